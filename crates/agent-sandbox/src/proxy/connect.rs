@@ -1,0 +1,112 @@
+//! `CONNECT` tunnels, and the byte pump shared with WebSocket upgrades.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+
+use super::event::EventGuard;
+use super::{empty, sanitize, ProxyBody, Refusal, Shared};
+use crate::policy::parse_authority;
+
+const METHOD: &str = "CONNECT";
+/// Large enough that bulk transfers are not syscall-bound.
+const BUF: usize = 64 * 1024;
+
+pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let uri = req.uri();
+    let raw = match (uri.scheme(), uri.authority(), uri.path()) {
+        (None, Some(a), "" | "/") => a.as_str().to_owned(),
+        _ => {
+            let shown = sanitize(&uri.to_string());
+            return shared.refuse(METHOD, &shown, 0, Refusal::new(StatusCode::BAD_REQUEST, "malformed; error=CONNECT needs host:port"));
+        }
+    };
+    let (host, port) = match parse_authority(&raw, None) {
+        Ok(hp) => hp,
+        Err(e) => {
+            return shared.refuse(METHOD, &sanitize(&raw), 0, Refusal::new(StatusCode::BAD_REQUEST, format!("malformed; error={}", e.code())));
+        }
+    };
+    let shown = host.to_string();
+    let target = match shared.authorize(host, port).await {
+        Ok(t) => t,
+        Err(r) => return shared.refuse(METHOD, &shown, port, r),
+    };
+    let guard = shared.guard(started, METHOD, &target);
+    guard.set_status(200);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let idle = shared.limits.idle_timeout;
+    let shutdown = shared.shutdown.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            // Bytes the client pipelined behind the CONNECT head are still in
+            // the upgraded stream's buffer; reading it yields them first.
+            Ok(upgraded) => tunnel(TokioIo::new(upgraded), target.stream, idle, &guard, shutdown).await,
+            Err(e) => guard.set_reason(format!("upgrade-failed; error={}", sanitize(&e.to_string()))),
+        }
+    });
+    Response::new(empty())
+}
+
+/// Copies both ways until both sides have closed, propagating half-close
+/// (EOF on one side becomes a write shutdown on the other). Ends early after
+/// `idle` with no bytes either way, or on proxy shutdown.
+pub(super) async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, guard: &EventGuard, mut shutdown: watch::Receiver<bool>)
+where
+    C: AsyncRead + AsyncWrite + Send,
+    U: AsyncRead + AsyncWrite + Send,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(super::event::millis(epoch.elapsed()), Ordering::Relaxed);
+    let up = pump(cr, uw, |n| {
+        guard.add_up(n);
+        touch();
+    });
+    let down = pump(ur, cw, |n| {
+        guard.add_down(n);
+        touch();
+    });
+    let watchdog = async {
+        loop {
+            let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if since >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        () = watchdog => guard.set_reason("idle-timeout".into()),
+        _ = shutdown.changed() => guard.set_reason("proxy-shutdown".into()),
+    }
+}
+
+async fn pump<R, W>(mut r: R, mut w: W, on_bytes: impl Fn(usize))
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        on_bytes(n);
+    }
+    let _ = w.shutdown().await;
+}

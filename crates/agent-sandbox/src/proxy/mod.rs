@@ -1,0 +1,439 @@
+//! The allowlist proxy: HTTP/1.1 forwarding of absolute-URI requests and
+//! `CONNECT` tunnels, each destination checked against a [`Policy`].
+//!
+//! For every request: parse strictly and canonicalise once; check the name
+//! before any lookup; resolve once through the [`Resolver`]; check every
+//! address; dial a checked address through the [`Dialer`]. Any refusal is
+//! answered (403 for policy, 400 for malformed, 502/504 for upstream
+//! failures, 503 over the connection cap) with an `X-Agent-Sandbox-Denied`
+//! header naming the rule or reason, and the connection is closed.
+
+mod connect;
+mod event;
+mod forward;
+mod listen;
+mod resolve;
+
+pub use event::{AuditEvent, EventSink, Verdict};
+pub use listen::{Listen, ListenAddr};
+pub use resolve::{BoxFuture, Dialer, Resolver, SystemResolver, TcpDialer};
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+
+use crate::policy::{Host, Policy};
+use crate::Error;
+use event::EventGuard;
+
+/// The header that names why a request was refused.
+pub const DENIED_HEADER: &str = "x-agent-sandbox-denied";
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Bounds on what one proxy accepts. Every field has a default.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest request head (request line plus headers). Default 16 KiB
+    /// (hyper's floor is 8 KiB).
+    pub max_header_bytes: usize,
+    /// Time allowed to send a complete request head. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time allowed for resolving plus connecting upstream. Default 10 s.
+    pub connect_timeout: Duration,
+    /// A tunnel or forwarded exchange with no bytes either way for this long
+    /// is closed. Default 300 s.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more get 503. Default 1024.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Configures a proxy. Defaults: the system resolver, plain TCP, no event
+/// sink, [`Limits::default`], no sandbox id.
+#[must_use]
+pub struct ProxyBuilder {
+    policy: Policy,
+    resolver: Arc<dyn Resolver>,
+    dialer: Arc<dyn Dialer>,
+    sink: Option<EventSink>,
+    limits: Limits,
+    sandbox_id: Option<String>,
+    host_addrs: Option<HashSet<IpAddr>>,
+}
+
+/// The allowlist proxy. Start one with [`Proxy::builder`].
+#[derive(Debug)]
+pub struct Proxy;
+
+impl Proxy {
+    /// A builder for a proxy enforcing `policy`.
+    pub fn builder(policy: Policy) -> ProxyBuilder {
+        ProxyBuilder {
+            policy,
+            resolver: Arc::new(SystemResolver),
+            dialer: Arc::new(TcpDialer),
+            sink: None,
+            limits: Limits::default(),
+            sandbox_id: None,
+            host_addrs: None,
+        }
+    }
+}
+
+impl ProxyBuilder {
+    /// Replaces the resolver (tests count lookups through this seam).
+    pub fn resolver(mut self, r: impl Resolver) -> Self {
+        self.resolver = Arc::new(r);
+        self
+    }
+
+    /// Replaces the dialer.
+    pub fn dialer(mut self, d: impl Dialer) -> Self {
+        self.dialer = Arc::new(d);
+        self
+    }
+
+    /// Calls `f` for every audit event. It runs on the proxy's tasks: keep it quick.
+    pub fn on_event(mut self, f: impl Fn(&AuditEvent) + Send + Sync + 'static) -> Self {
+        self.sink = Some(Arc::new(f));
+        self
+    }
+
+    /// Sets the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Tags every event with this sandbox id.
+    pub fn sandbox_id(mut self, id: impl Into<String>) -> Self {
+        self.sandbox_id = Some(id.into());
+        self
+    }
+
+    /// Overrides the set of the host's own addresses, which are refused
+    /// unless a CIDR rule allows them. Default: read from the interfaces at start.
+    pub fn host_addrs(mut self, addrs: HashSet<IpAddr>) -> Self {
+        self.host_addrs = Some(addrs);
+        self
+    }
+
+    /// Binds the listener and starts serving in the background.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] if the address cannot be bound (busy port, missing
+    /// directory), [`Error::SocketPathInUse`] if a unix path exists and is
+    /// not a socket.
+    pub async fn start(self, listen: &Listen) -> Result<ProxyHandle, Error> {
+        let listener = listen.bind().await?;
+        let local_addr = listener.local_addr()?;
+        let host_addrs = self.host_addrs.unwrap_or_else(own_addrs);
+        let (tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            policy: self.policy,
+            resolver: self.resolver,
+            dialer: self.dialer,
+            sink: self.sink,
+            sem: Arc::new(Semaphore::new(self.limits.max_connections)),
+            limits: self.limits,
+            sandbox_id: self.sandbox_id,
+            host_addrs,
+            shutdown: rx,
+        });
+        let task = tokio::spawn(accept_loop(listener, shared));
+        Ok(ProxyHandle { local_addr, shutdown: tx, task: Some(task) })
+    }
+}
+
+/// A running proxy. Dropping it stops the proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    local_addr: ListenAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// Where the proxy listens (the real port when asked for port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local_addr
+    }
+
+    /// Stops accepting, closes open connections and tunnels, and removes a
+    /// unix socket file.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.local_addr.cleanup();
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if self.task.is_some() {
+            self.local_addr.cleanup();
+        }
+    }
+}
+
+fn own_addrs() -> HashSet<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|ifs| ifs.into_iter().map(|i| i.ip().to_canonical()).collect())
+        .unwrap_or_default()
+}
+
+pub(crate) struct Shared {
+    policy: Policy,
+    resolver: Arc<dyn Resolver>,
+    dialer: Arc<dyn Dialer>,
+    sink: Option<EventSink>,
+    limits: Limits,
+    sem: Arc<Semaphore>,
+    sandbox_id: Option<String>,
+    host_addrs: HashSet<IpAddr>,
+    shutdown: watch::Receiver<bool>,
+}
+
+async fn accept_loop(listener: listen::Listener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => break,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(_) => {
+                // EMFILE and friends: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        match shared.sem.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    match stream {
+                        listen::Stream::Tcp(s) => serve_conn(s, shared).await,
+                        listen::Stream::Unix(s) => serve_conn(s, shared).await,
+                    }
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    shared.emit_now(Verdict::Deny, "", "", 0, None, "too-many-connections", 503);
+                    match stream {
+                        listen::Stream::Tcp(s) => reply_busy(s).await,
+                        listen::Stream::Unix(s) => reply_busy(s).await,
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn reply_busy<S: AsyncWrite + Unpin>(mut s: S) {
+    let body = "agent-sandbox: too many connections through this proxy; retry later\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\n{DENIED_HEADER}: too-many-connections\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+async fn serve_conn<S>(stream: S, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut shutdown = shared.shutdown.clone();
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(shared.handle(req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_read_timeout)
+        .max_buf_size(shared.limits.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .half_close(false);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// A refusal: status, reason (header value), and the deciding rule.
+pub(crate) struct Refusal {
+    status: StatusCode,
+    reason: String,
+    rule: Option<String>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
+        Refusal { status, reason: reason.into(), rule: None }
+    }
+}
+
+/// What a request was allowed to reach.
+pub(crate) struct Target {
+    host: Host,
+    port: u16,
+    rule: String,
+    stream: TcpStream,
+}
+
+impl Shared {
+    async fn handle(self: &Arc<Self>, req: Request<Incoming>) -> Response<ProxyBody> {
+        if req.method() == Method::CONNECT {
+            connect::handle(self.clone(), req).await
+        } else {
+            forward::handle(self.clone(), req).await
+        }
+    }
+
+    fn event(&self, verdict: Verdict, method: &str, host: &str, port: u16, rule: Option<String>) -> event::AuditEvent {
+        AuditEvent {
+            time: SystemTime::now(),
+            sandbox_id: self.sandbox_id.clone(),
+            verdict,
+            method: method.to_owned(),
+            host: host.to_owned(),
+            port,
+            rule,
+            reason: None,
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_now(&self, verdict: Verdict, method: &str, host: &str, port: u16, rule: Option<String>, reason: &str, status: u16) {
+        if let Some(sink) = &self.sink {
+            let mut e = self.event(verdict, method, host, port, rule);
+            e.reason = Some(reason.to_owned());
+            e.status = status;
+            sink(&e);
+        }
+    }
+
+    /// An event delivered when the returned guard is dropped.
+    fn guard(&self, started: Instant, method: &str, target: &Target) -> Arc<EventGuard> {
+        let e = self.event(Verdict::Allow, method, &target.host.to_string(), target.port, Some(target.rule.clone()));
+        EventGuard::new(e, started, self.sink.clone())
+    }
+
+    /// Answers a refusal, emits its event, and closes the connection.
+    fn refuse(&self, method: &str, host: &str, port: u16, r: Refusal) -> Response<ProxyBody> {
+        let verdict = if r.status == StatusCode::FORBIDDEN || r.status == StatusCode::BAD_REQUEST {
+            Verdict::Deny
+        } else {
+            Verdict::Allow
+        };
+        self.emit_now(verdict, method, host, port, r.rule.clone(), &r.reason, r.status.as_u16());
+        let what = if r.status == StatusCode::FORBIDDEN {
+            "blocked by the sandbox's network policy"
+        } else if r.status == StatusCode::BAD_REQUEST {
+            "refused as malformed"
+        } else {
+            "could not be completed"
+        };
+        let target = if port == 0 { host.to_owned() } else { format!("{host}:{port}") };
+        let mut body = format!("agent-sandbox: {method} {target} {what}: {}\n", r.reason);
+        if r.status == StatusCode::FORBIDDEN {
+            body.push_str("This is a policy decision, not a network failure. Ask for the host to be added to the allowlist if it is needed.\n");
+        }
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = r.status;
+        let h = resp.headers_mut();
+        h.insert(DENIED_HEADER, HeaderValue::from_str(&r.reason).unwrap_or(HeaderValue::from_static("refused")));
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        resp
+    }
+
+    /// Check the name, resolve once, check every address, dial a checked one.
+    async fn authorize(&self, host: Host, port: u16) -> Result<Target, Refusal> {
+        let allowed = self.policy.check_host(&host, port).map_err(|d| Refusal {
+            status: StatusCode::FORBIDDEN,
+            reason: d.to_string(),
+            rule: d.rule().map(str::to_owned),
+        })?;
+        let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
+        let addrs = match (&allowed.addrs, &host) {
+            (Some(a), _) => a.clone(),
+            (None, Host::Name(name)) => {
+                match tokio::time::timeout_at(deadline, self.resolver.resolve(name, port)).await {
+                    Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "resolve-timeout")),
+                    Ok(Err(e)) => return Err(Refusal::new(StatusCode::BAD_GATEWAY, format!("resolve-failed; error={}", sanitize(&e.to_string())))),
+                    Ok(Ok(a)) if a.is_empty() => return Err(Refusal::new(StatusCode::BAD_GATEWAY, "resolve-failed; error=no addresses")),
+                    Ok(Ok(a)) => a,
+                }
+            }
+            (None, Host::Ip(ip)) => vec![*ip],
+        };
+        self.policy
+            .check_addrs(&addrs, port, allowed.pinned, &self.host_addrs)
+            .map_err(|d| Refusal { status: StatusCode::FORBIDDEN, reason: d.to_string(), rule: Some(allowed.rule.clone()) })?;
+        let mut last_err = None;
+        for ip in addrs {
+            match tokio::time::timeout_at(deadline, self.dialer.dial(SocketAddr::new(ip, port))).await {
+                Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")),
+                Ok(Ok(stream)) => return Ok(Target { host, port, rule: allowed.rule, stream }),
+                Ok(Err(e)) => last_err = Some(e),
+            }
+        }
+        let e = last_err.map(|e| sanitize(&e.to_string())).unwrap_or_default();
+        Err(Refusal::new(StatusCode::BAD_GATEWAY, format!("connect-failed; error={e}")))
+    }
+}
+
+/// Keeps header values printable ASCII.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+}
+
+pub(crate) fn full(s: impl Into<Bytes>) -> ProxyBody {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+pub(crate) fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
