@@ -115,8 +115,8 @@ const V4_SPECIAL: &[([u8; 4], u8, &str)] = &[
     ([198, 51, 100, 0], 24, "documentation"),
     ([203, 0, 113, 0], 24, "documentation"),
     ([224, 0, 0, 0], 4, "multicast"),
-    ([240, 0, 0, 0], 4, "reserved"),
     ([255, 255, 255, 255], 32, "broadcast"),
+    ([240, 0, 0, 0], 4, "reserved"),
 ];
 
 /// The special range `ip` lies in, if any: loopback, private, link-local

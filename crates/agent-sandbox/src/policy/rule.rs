@@ -87,8 +87,8 @@ fn parse_ports(rule: &str, port: Option<&str>) -> Result<Ports, RuleError> {
 /// Parses `github.com`, `*.github.com`, `.github.com`, each with an optional
 /// `:PORT` or `:*`.
 pub(crate) fn parse_host_rule(text: &str) -> Result<HostRule, RuleError> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
+    let trimmed = text;
+    if trimmed.trim().is_empty() {
         return Err(err(text, "empty rule"));
     }
     if trimmed.contains("://") || trimmed.contains('/') {
@@ -139,8 +139,8 @@ fn is_public_suffix(name: &str) -> bool {
 /// Parses `10.0.0.0/8`, `::1/128`, a bare address, each with an optional
 /// `:PORT` or `:*` after the prefix (`127.0.0.1/32:8080`, `::1/128:*`).
 pub(crate) fn parse_cidr_rule(text: &str) -> Result<CidrRule, RuleError> {
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
+    let trimmed = text;
+    if trimmed.trim().is_empty() {
         return Err(err(text, "empty CIDR rule"));
     }
     // A port can only follow the prefix length, which keeps IPv6 unambiguous.
