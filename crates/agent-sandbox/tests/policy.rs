@@ -79,7 +79,8 @@ fn hosts_that_parsers_disagree_on_are_refused() {
         ("[github.com]", "bad-ipv6"),
         ("[::1]x", "bad-ipv6"),
         ("xn--zz.example", "bad-punycode"),
-        ("xn--.example", "bad-punycode"),
+        ("xn--.example", "hyphen"),
+        ("xn--a.example", "bad-punycode"),
     ];
     for (input, code) in cases {
         match Host::parse(input) {
