@@ -1,0 +1,336 @@
+//! Local canary servers, a counting resolver and a recording dialer, so
+//! every proxy test can prove what was (and was not) looked up or dialled.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_sandbox::policy::Policy;
+use agent_sandbox::proxy::{AuditEvent, BoxFuture, Dialer, Limits, Listen, Proxy, ProxyHandle, Resolver};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw TCP echo server that counts connections and records bytes. It
+/// echoes until the client half-closes, then half-closes itself.
+pub struct EchoCanary {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<u8>>>,
+    pub saw_eof: Arc<AtomicUsize>,
+}
+
+impl EchoCanary {
+    pub async fn start() -> EchoCanary {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(bind: &str) -> EchoCanary {
+        let listener = TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let saw_eof = Arc::new(AtomicUsize::new(0));
+        let (c, r, e) = (connections.clone(), received.clone(), saw_eof.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, e) = (r.clone(), e.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) => {
+                                e.fetch_add(1, Ordering::SeqCst);
+                                let _ = s.shutdown().await;
+                                return;
+                            }
+                            Ok(n) => {
+                                r.lock().unwrap().extend_from_slice(&buf[..n]);
+                                if s.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        EchoCanary { addr, connections, received, saw_eof }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// What the HTTP canary saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.1 server that records every request. `/redirect` answers 302;
+/// anything else answers 200 "hello from canary".
+pub struct HttpCanary {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl HttpCanary {
+    pub async fn start() -> HttpCanary {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = r.clone();
+                        async move { Ok::<_, Infallible>(answer(req, r).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        HttpCanary { addr, connections, requests }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Response<Full<Bytes>> {
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let websocket = req.headers().get("upgrade").is_some_and(|v| v == "websocket");
+    let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    seen.lock().unwrap().push(Seen { method, uri: uri.clone(), headers, body });
+    if let Some(on_upgrade) = on_upgrade {
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
+    if uri == "/redirect" {
+        return Response::builder()
+            .status(302)
+            .header("location", "http://elsewhere.test/")
+            .body(Full::new(Bytes::from_static(b"moved")))
+            .unwrap();
+    }
+    Response::builder()
+        .header("connection", "keep-alive, x-upstream-hop")
+        .header("x-upstream-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::from_static(b"hello from canary")))
+        .unwrap()
+}
+
+/// A resolver with fixed answers that counts lookups. A name with several
+/// answer sets returns them in turn (for rebinding tests).
+#[derive(Clone, Default)]
+pub struct CountingResolver {
+    pub answers: Arc<Mutex<HashMap<String, Vec<Vec<IpAddr>>>>>,
+    pub lookups: Arc<Mutex<Vec<String>>>,
+    pub hang: bool,
+}
+
+impl CountingResolver {
+    pub fn answer(self, name: &str, addrs: &[&str]) -> Self {
+        let addrs = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        self.answers.lock().unwrap().entry(name.to_owned()).or_default().push(addrs);
+        self
+    }
+
+    pub fn lookups(&self) -> usize {
+        self.lookups.lock().unwrap().len()
+    }
+}
+
+impl Resolver for CountingResolver {
+    fn resolve<'a>(&'a self, name: &'a str, _port: u16) -> BoxFuture<'a, io::Result<Vec<IpAddr>>> {
+        Box::pin(async move {
+            self.lookups.lock().unwrap().push(name.to_owned());
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            let mut answers = self.answers.lock().unwrap();
+            match answers.get_mut(name) {
+                Some(list) if list.len() > 1 => Ok(list.remove(0)),
+                Some(list) => Ok(list[0].clone()),
+                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such name (test resolver)")),
+            }
+        })
+    }
+}
+
+/// Records every dial and refuses to dial anything but loopback, so a bug
+/// can never send test traffic off this machine.
+#[derive(Clone, Default)]
+pub struct RecordingDialer {
+    pub dialled: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl RecordingDialer {
+    pub fn dialled(&self) -> Vec<SocketAddr> {
+        self.dialled.lock().unwrap().clone()
+    }
+}
+
+impl Dialer for RecordingDialer {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<TcpStream>> {
+        Box::pin(async move {
+            self.dialled.lock().unwrap().push(addr);
+            if !addr.ip().is_loopback() {
+                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "test dialer only dials loopback"));
+            }
+            TcpStream::connect(addr).await
+        })
+    }
+}
+
+/// A proxy under test with its seams and collected events.
+pub struct TestProxy {
+    pub handle: ProxyHandle,
+    pub addr: SocketAddr,
+    pub resolver: CountingResolver,
+    pub dialer: RecordingDialer,
+    pub events: Arc<Mutex<Vec<AuditEvent>>>,
+}
+
+impl TestProxy {
+    pub async fn start(policy: Policy, resolver: CountingResolver) -> TestProxy {
+        Self::start_with(policy, resolver, Limits::default()).await
+    }
+
+    pub async fn start_with(policy: Policy, resolver: CountingResolver, limits: Limits) -> TestProxy {
+        let dialer = RecordingDialer::default();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let handle = Proxy::builder(policy)
+            .resolver(resolver.clone())
+            .dialer(dialer.clone())
+            .limits(limits)
+            .sandbox_id("test-sandbox")
+            .on_event(move |e| ev.lock().unwrap().push(e.clone()))
+            .start(&Listen::parse("127.0.0.1:0").unwrap())
+            .await
+            .unwrap();
+        let addr = handle.local_addr().tcp().unwrap();
+        TestProxy { handle, addr, resolver, dialer, events }
+    }
+
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` events arrived; allowed events arrive when
+    /// their connection ends.
+    pub async fn wait_events(&self, n: usize) -> Vec<AuditEvent> {
+        for _ in 0..200 {
+            if self.events.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.events()
+    }
+
+    pub async fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    /// Sends raw bytes and reads until the proxy closes (bounded by 5 s).
+    pub async fn exchange(&self, raw: &[u8]) -> String {
+        let mut s = self.connect().await;
+        s.write_all(raw).await.unwrap();
+        read_to_close(&mut s).await
+    }
+}
+
+/// Reads until EOF; panics if the peer keeps the connection open for 5 s.
+pub async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy did not close the connection")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads one response head (up to the blank line).
+pub async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await.expect("head timed out").unwrap();
+        assert!(n > 0, "connection closed mid-head: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+pub fn status_of(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+pub fn header_of<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    resp.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
