@@ -12,7 +12,11 @@ use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "agent-sandbox", version, about = "Run AI agents' commands in a box they cannot leave")]
+#[command(
+    name = "agent-sandbox",
+    version,
+    about = "Run AI agents' commands in a box they cannot leave"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,9 @@ fn audit_writer(target: &str) -> std::io::Result<Box<dyn Write + Send>> {
     if target == "-" {
         return Ok(Box::new(std::io::stdout()));
     }
-    Ok(Box::new(OpenOptions::new().create(true).append(true).open(target)?))
+    Ok(Box::new(
+        OpenOptions::new().create(true).append(true).open(target)?,
+    ))
 }
 
 async fn proxy(args: ProxyArgs) -> Result<(), agent_sandbox::Error> {
@@ -111,7 +117,10 @@ async fn proxy(args: ProxyArgs) -> Result<(), agent_sandbox::Error> {
         });
     }
     let handle = builder.start(&listen).await?;
-    eprintln!("agent-sandbox proxy listening on {} (Ctrl-C to stop)", handle.local_addr());
+    eprintln!(
+        "agent-sandbox proxy listening on {} (Ctrl-C to stop)",
+        handle.local_addr()
+    );
     wait_for_signal().await;
     handle.shutdown().await;
     eprintln!("agent-sandbox proxy stopped");
@@ -151,7 +160,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("agent-sandbox: error: {e}");
-            ExitCode::from(if e.code() == "policy" || e.code() == "listen" { 2 } else { 1 })
+            ExitCode::from(if e.code() == "policy" || e.code() == "listen" {
+                2
+            } else {
+                1
+            })
         }
     }
 }

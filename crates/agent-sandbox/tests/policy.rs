@@ -94,12 +94,21 @@ fn hosts_that_parsers_disagree_on_are_refused() {
 fn host_lengths_are_bounded() {
     let label63 = "a".repeat(63);
     assert!(Host::parse(&format!("{label63}.test")).is_ok());
-    assert_eq!(Host::parse(&format!("a{label63}.test")).unwrap_err().code(), "label-too-long");
+    assert_eq!(
+        Host::parse(&format!("a{label63}.test")).unwrap_err().code(),
+        "label-too-long"
+    );
     let name253 = format!("{0}.{0}.{0}.{1}", label63, "a".repeat(61));
     assert_eq!(name253.len(), 253);
     assert!(Host::parse(&name253).is_ok());
-    assert!(Host::parse(&format!("{name253}.")).is_ok(), "a trailing dot does not count");
-    assert_eq!(Host::parse(&format!("a{name253}")).unwrap_err().code(), "name-too-long");
+    assert!(
+        Host::parse(&format!("{name253}.")).is_ok(),
+        "a trailing dot does not count"
+    );
+    assert_eq!(
+        Host::parse(&format!("a{name253}")).unwrap_err().code(),
+        "name-too-long"
+    );
 }
 
 #[test]
@@ -179,18 +188,42 @@ fn malformed_rules_are_errors_naming_the_rule() {
         "xn--zz.example",
     ];
     for rule in bad {
-        let err = Policy::builder().allow("ok.test").allow(rule).build().expect_err(rule);
+        let err = Policy::builder()
+            .allow("ok.test")
+            .allow(rule)
+            .build()
+            .expect_err(rule);
         assert_eq!(err.rule, rule, "the error names the rule");
-        assert!(err.to_string().contains(&format!("{rule:?}")), "message names the rule: {err}");
+        assert!(
+            err.to_string().contains(&format!("{rule:?}")),
+            "message names the rule: {err}"
+        );
         let err = Policy::builder().deny(rule).build().expect_err(rule);
         assert_eq!(err.rule, rule);
     }
-    let bad_cidrs = ["", "10.0.0.0/33", "10.0.0.1/8", "::1/129", "10.0.0.0/", "10.0.0.0/x", "github.com/8", "10.0.0.0/8:0", "10.0.0.0/8:x", "2130706433/32"];
+    let bad_cidrs = [
+        "",
+        "10.0.0.0/33",
+        "10.0.0.1/8",
+        "::1/129",
+        "10.0.0.0/",
+        "10.0.0.0/x",
+        "github.com/8",
+        "10.0.0.0/8:0",
+        "10.0.0.0/8:x",
+        "2130706433/32",
+    ];
     for c in bad_cidrs {
         let err = Policy::builder().allow_cidr(c).build().expect_err(c);
         assert_eq!(err.rule, c);
     }
-    let bad_pins = ["a.test:443", "a.test:0:127.0.0.1", "a.test:443:localhost", "a.test", "2130706433:443:127.0.0.1"];
+    let bad_pins = [
+        "a.test:443",
+        "a.test:0:127.0.0.1",
+        "a.test:443:localhost",
+        "a.test",
+        "2130706433:443:127.0.0.1",
+    ];
     for p in bad_pins {
         let built = Policy::builder().resolve_spec(p).and_then(|b| b.build());
         assert!(built.is_err(), "pin {p:?} accepted");
@@ -199,23 +232,54 @@ fn malformed_rules_are_errors_naming_the_rule() {
 
 #[test]
 fn valid_rules_build() {
-    let rules = ["github.com", "*.github.com", ".github.com", "github.com:22", "github.com:*", "localhost:*", "GitHub.COM.", "*.github.io", "xn--bcher-kva.example"];
+    let rules = [
+        "github.com",
+        "*.github.com",
+        ".github.com",
+        "github.com:22",
+        "github.com:*",
+        "localhost:*",
+        "GitHub.COM.",
+        "*.github.io",
+        "xn--bcher-kva.example",
+    ];
     for r in rules {
-        Policy::builder().allow(r).build().unwrap_or_else(|e| panic!("{r}: {e}"));
+        Policy::builder()
+            .allow(r)
+            .build()
+            .unwrap_or_else(|e| panic!("{r}: {e}"));
     }
-    let cidrs = ["10.0.0.0/8", "::1/128", "127.0.0.1", "::1", "0.0.0.0/0", "127.0.0.1/32:8080", "::1/128:*", "::ffff:10.0.0.0/104"];
+    let cidrs = [
+        "10.0.0.0/8",
+        "::1/128",
+        "127.0.0.1",
+        "::1",
+        "0.0.0.0/0",
+        "127.0.0.1/32:8080",
+        "::1/128:*",
+        "::ffff:10.0.0.0/104",
+    ];
     for c in cidrs {
-        Policy::builder().allow_cidr(c).build().unwrap_or_else(|e| panic!("{c}: {e}"));
+        Policy::builder()
+            .allow_cidr(c)
+            .build()
+            .unwrap_or_else(|e| panic!("{c}: {e}"));
     }
 }
 
 fn check(p: &Policy, host: &str, port: u16) -> Result<String, Denial> {
-    p.check_host(&Host::parse(host).unwrap(), port).map(|a| a.rule)
+    p.check_host(&Host::parse(host).unwrap(), port)
+        .map(|a| a.rule)
 }
 
 #[test]
 fn exact_wildcard_and_dot_rules_match_as_documented() {
-    let p = Policy::builder().allow("exact.test").allow("*.sub.test").allow(".dot.test").build().unwrap();
+    let p = Policy::builder()
+        .allow("exact.test")
+        .allow("*.sub.test")
+        .allow(".dot.test")
+        .build()
+        .unwrap();
     let cases = [
         ("exact.test", true),
         ("EXACT.test.", true),
@@ -239,7 +303,12 @@ fn exact_wildcard_and_dot_rules_match_as_documented() {
 
 #[test]
 fn ports_default_to_80_and_443() {
-    let p = Policy::builder().allow("web.test").allow("ssh.test:22").allow("any.test:*").build().unwrap();
+    let p = Policy::builder()
+        .allow("web.test")
+        .allow("ssh.test:22")
+        .allow("any.test:*")
+        .build()
+        .unwrap();
     let cases = [
         ("web.test", 80, true),
         ("web.test", 443, true),
@@ -263,10 +332,23 @@ fn deny_rules_win_and_name_the_rule() {
         .deny("*.internal.corp.test:8443")
         .build()
         .unwrap();
-    assert_eq!(check(&p, "secret.corp.test", 443), Err(Denial::DenyRule("secret.corp.test".into())));
-    assert_eq!(check(&p, "secret.corp.test", 9999), Err(Denial::DenyRule("secret.corp.test".into())), "deny without a port covers every port");
-    assert_eq!(check(&p, "a.internal.corp.test", 8443), Err(Denial::DenyRule("*.internal.corp.test:8443".into())));
-    assert_eq!(check(&p, "a.internal.corp.test", 443).unwrap(), ".corp.test:*");
+    assert_eq!(
+        check(&p, "secret.corp.test", 443),
+        Err(Denial::DenyRule("secret.corp.test".into()))
+    );
+    assert_eq!(
+        check(&p, "secret.corp.test", 9999),
+        Err(Denial::DenyRule("secret.corp.test".into())),
+        "deny without a port covers every port"
+    );
+    assert_eq!(
+        check(&p, "a.internal.corp.test", 8443),
+        Err(Denial::DenyRule("*.internal.corp.test:8443".into()))
+    );
+    assert_eq!(
+        check(&p, "a.internal.corp.test", 443).unwrap(),
+        ".corp.test:*"
+    );
     assert_eq!(check(&p, "www.corp.test", 443).unwrap(), ".corp.test:*");
     assert_eq!(check(&p, "other.test", 443), Err(Denial::NoMatchingRule));
 }
@@ -281,13 +363,31 @@ fn no_rule_means_no_access() {
 
 #[test]
 fn ip_literals_need_a_cidr_rule() {
-    let p = Policy::builder().allow("github.com").allow_cidr("10.1.0.0/16").allow_cidr("::1/128:*").build().unwrap();
+    let p = Policy::builder()
+        .allow("github.com")
+        .allow_cidr("10.1.0.0/16")
+        .allow_cidr("::1/128:*")
+        .build()
+        .unwrap();
     assert_eq!(check(&p, "10.1.2.3", 443).unwrap(), "10.1.0.0/16");
-    assert_eq!(check(&p, "10.1.2.3", 22), Err(Denial::IpLiteral(ip("10.1.2.3"))));
-    assert_eq!(check(&p, "10.2.0.1", 443), Err(Denial::IpLiteral(ip("10.2.0.1"))));
+    assert_eq!(
+        check(&p, "10.1.2.3", 22),
+        Err(Denial::IpLiteral(ip("10.1.2.3")))
+    );
+    assert_eq!(
+        check(&p, "10.2.0.1", 443),
+        Err(Denial::IpLiteral(ip("10.2.0.1")))
+    );
     assert_eq!(check(&p, "[::1]", 5432).unwrap(), "::1/128:*");
-    assert_eq!(check(&p, "[::ffff:10.1.0.1]", 80).unwrap(), "10.1.0.0/16", "mapped form is the same address");
-    assert!(check(&p, "140.82.112.3", 443).is_err(), "a public literal is still refused without a CIDR rule");
+    assert_eq!(
+        check(&p, "[::ffff:10.1.0.1]", 80).unwrap(),
+        "10.1.0.0/16",
+        "mapped form is the same address"
+    );
+    assert!(
+        check(&p, "140.82.112.3", 443).is_err(),
+        "a public literal is still refused without a CIDR rule"
+    );
 }
 
 #[test]
@@ -349,16 +449,54 @@ fn special_ranges_are_named() {
 
 #[test]
 fn resolved_addresses_are_all_checked() {
-    let p = Policy::builder().allow("app.test").allow_cidr("10.5.0.0/16").build().unwrap();
+    let p = Policy::builder()
+        .allow("app.test")
+        .allow_cidr("10.5.0.0/16")
+        .build()
+        .unwrap();
     let none = HashSet::new();
-    let ok = |addrs: &[&str]| p.check_addrs(&addrs.iter().map(|a| ip(a)).collect::<Vec<_>>(), 443, false, &none);
+    let ok = |addrs: &[&str]| {
+        p.check_addrs(
+            &addrs.iter().map(|a| ip(a)).collect::<Vec<_>>(),
+            443,
+            false,
+            &none,
+        )
+    };
     assert!(ok(&["140.82.112.3"]).is_ok());
-    assert!(ok(&["10.5.1.1"]).is_ok(), "a CIDR rule opens a private range");
-    assert!(matches!(ok(&["140.82.112.3", "127.0.0.1"]), Err(Denial::SpecialAddress { range: "loopback", .. })), "one bad answer refuses all");
-    assert!(matches!(ok(&["::ffff:169.254.169.254"]), Err(Denial::SpecialAddress { range: "link-local", .. })));
-    assert!(matches!(ok(&["10.6.0.1"]), Err(Denial::SpecialAddress { range: "private", .. })));
+    assert!(
+        ok(&["10.5.1.1"]).is_ok(),
+        "a CIDR rule opens a private range"
+    );
+    assert!(
+        matches!(
+            ok(&["140.82.112.3", "127.0.0.1"]),
+            Err(Denial::SpecialAddress {
+                range: "loopback",
+                ..
+            })
+        ),
+        "one bad answer refuses all"
+    );
+    assert!(matches!(
+        ok(&["::ffff:169.254.169.254"]),
+        Err(Denial::SpecialAddress {
+            range: "link-local",
+            ..
+        })
+    ));
+    assert!(matches!(
+        ok(&["10.6.0.1"]),
+        Err(Denial::SpecialAddress {
+            range: "private",
+            ..
+        })
+    ));
     let host: HashSet<IpAddr> = [ip("140.82.112.9")].into();
-    assert_eq!(p.check_addrs(&[ip("140.82.112.9")], 443, false, &host), Err(Denial::HostAddress(ip("140.82.112.9"))));
+    assert_eq!(
+        p.check_addrs(&[ip("140.82.112.9")], 443, false, &host),
+        Err(Denial::HostAddress(ip("140.82.112.9")))
+    );
 }
 
 #[test]
@@ -371,13 +509,29 @@ fn pins_are_exempt_from_range_checks_but_not_from_rules() {
         .resolve("allowed.test", 80, "127.0.0.2")
         .build()
         .unwrap();
-    let a = p.check_host(&Host::parse("ALLOWED.test.").unwrap(), 443).unwrap();
+    let a = p
+        .check_host(&Host::parse("ALLOWED.test.").unwrap(), 443)
+        .unwrap();
     assert_eq!(a.addrs, Some(vec![ip("127.0.0.1")]));
     assert!(a.pinned);
-    assert!(p.check_addrs(&[ip("127.0.0.1")], 443, true, &HashSet::new()).is_ok());
-    assert_eq!(check(&p, "denied.test", 443), Err(Denial::NoMatchingRule), "a pin does not allow a name");
-    let b = p.check_host(&Host::parse("allowed.test").unwrap(), 80).unwrap();
-    assert!(matches!(p.check_addrs(b.addrs.as_deref().unwrap(), 80, true, &HashSet::new()), Err(Denial::DenyCidr { .. })), "deny CIDR still applies to pins");
+    assert!(p
+        .check_addrs(&[ip("127.0.0.1")], 443, true, &HashSet::new())
+        .is_ok());
+    assert_eq!(
+        check(&p, "denied.test", 443),
+        Err(Denial::NoMatchingRule),
+        "a pin does not allow a name"
+    );
+    let b = p
+        .check_host(&Host::parse("allowed.test").unwrap(), 80)
+        .unwrap();
+    assert!(
+        matches!(
+            p.check_addrs(b.addrs.as_deref().unwrap(), 80, true, &HashSet::new()),
+            Err(Denial::DenyCidr { .. })
+        ),
+        "deny CIDR still applies to pins"
+    );
     let unpinned = p.check_host(&Host::parse("allowed.test").unwrap(), 8443);
     assert!(unpinned.is_err(), "port 8443 is not allowed at all");
 }
@@ -389,7 +543,10 @@ fn many_rules_match_the_first_written() {
         b = b.allow(format!("host{i}.example.test"));
     }
     let p = b.allow("*.wild.test").build().unwrap();
-    assert_eq!(check(&p, "host9999.example.test", 443).unwrap(), "host9999.example.test");
+    assert_eq!(
+        check(&p, "host9999.example.test", 443).unwrap(),
+        "host9999.example.test"
+    );
     assert_eq!(check(&p, "x.y.wild.test", 443).unwrap(), "*.wild.test");
     assert!(check(&p, "host10000.example.test", 443).is_err());
 }

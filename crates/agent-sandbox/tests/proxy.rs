@@ -12,7 +12,11 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pinned(name: &str, port: u16) -> Policy {
-    Policy::builder().allow(format!("{name}:{port}")).resolve(name, port, "127.0.0.1").build().unwrap()
+    Policy::builder()
+        .allow(format!("{name}:{port}"))
+        .resolve(name, port, "127.0.0.1")
+        .build()
+        .unwrap()
 }
 
 fn connect_req(authority: &str) -> String {
@@ -25,7 +29,9 @@ async fn allowed_connect_tunnels_bytes_end_to_end() {
     let port = echo.addr.port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
     let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("Allowed.TEST.:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("Allowed.TEST.:{port}")).as_bytes())
+        .await
+        .unwrap();
     let head = read_head(&mut s).await;
     assert_eq!(status_of(&head), 200, "{head}");
     s.write_all(b"ping").await.unwrap();
@@ -36,8 +42,14 @@ async fn allowed_connect_tunnels_bytes_end_to_end() {
     let events = p.wait_events(1).await;
     assert_eq!(events.len(), 1);
     let e = &events[0];
-    assert_eq!((e.verdict, e.method.as_str(), e.host.as_str(), e.port), (Verdict::Allow, "CONNECT", "allowed.test", port));
-    assert_eq!(e.rule.as_deref(), Some(format!("allowed.test:{port}").as_str()));
+    assert_eq!(
+        (e.verdict, e.method.as_str(), e.host.as_str(), e.port),
+        (Verdict::Allow, "CONNECT", "allowed.test", port)
+    );
+    assert_eq!(
+        e.rule.as_deref(),
+        Some(format!("allowed.test:{port}").as_str())
+    );
     assert_eq!((e.bytes_up, e.bytes_down), (4, 4));
     assert_eq!(e.sandbox_id.as_deref(), Some("test-sandbox"));
     assert_eq!(p.resolver.lookups(), 0, "a pinned name is not looked up");
@@ -56,7 +68,10 @@ async fn connect_keeps_bytes_sent_before_the_200() {
     let head = read_head(&mut s).await;
     assert_eq!(status_of(&head), 200);
     let mut buf = [0u8; 11];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"early-bytes");
 }
 
@@ -66,7 +81,9 @@ async fn tunnel_propagates_half_close() {
     let port = echo.addr.port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
     let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(status_of(&read_head(&mut s).await), 200);
     s.write_all(b"last words").await.unwrap();
     s.shutdown().await.unwrap();
@@ -81,10 +98,20 @@ async fn tunnel_propagates_half_close() {
 async fn resolved_name_is_dialled_at_the_checked_address() {
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
-    let policy = Policy::builder().allow("svc.test:*").allow_cidr("127.0.0.1/32:*").build().unwrap();
-    let p = TestProxy::start(policy, CountingResolver::default().answer("svc.test", &["127.0.0.1"])).await;
+    let policy = Policy::builder()
+        .allow("svc.test:*")
+        .allow_cidr("127.0.0.1/32:*")
+        .build()
+        .unwrap();
+    let p = TestProxy::start(
+        policy,
+        CountingResolver::default().answer("svc.test", &["127.0.0.1"]),
+    )
+    .await;
     let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("svc.test:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("svc.test:{port}")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(status_of(&read_head(&mut s).await), 200);
     assert_eq!(p.resolver.lookups(), 1);
     assert_eq!(p.dialer.dialled(), vec![echo.addr]);
@@ -96,17 +123,29 @@ async fn rebinding_reaches_only_the_first_checked_address() {
     let first = EchoCanary::start().await;
     let port = first.addr.port();
     let second = EchoCanary::start_on(&format!("127.0.0.2:{port}")).await;
-    let policy = Policy::builder().allow("rebind.test:*").allow_cidr("127.0.0.1/32:*").build().unwrap();
-    let resolver = CountingResolver::default().answer("rebind.test", &["127.0.0.1"]).answer("rebind.test", &["127.0.0.2"]);
+    let policy = Policy::builder()
+        .allow("rebind.test:*")
+        .allow_cidr("127.0.0.1/32:*")
+        .build()
+        .unwrap();
+    let resolver = CountingResolver::default()
+        .answer("rebind.test", &["127.0.0.1"])
+        .answer("rebind.test", &["127.0.0.2"]);
     let p = TestProxy::start(policy, resolver).await;
     let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("rebind.test:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("rebind.test:{port}")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(status_of(&read_head(&mut s).await), 200);
     s.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(p.resolver.lookups(), 1, "resolved once");
-    assert_eq!(p.dialer.dialled(), vec![first.addr], "dialled the checked address");
+    assert_eq!(
+        p.dialer.dialled(),
+        vec![first.addr],
+        "dialled the checked address"
+    );
     assert_eq!((first.connections(), second.connections()), (1, 0));
 }
 
@@ -117,7 +156,7 @@ async fn denied_names_are_never_resolved_nor_dialled() {
     let policy = Policy::builder()
         .allow(format!("allowed.test:{port}"))
         .allow(format!(".corp.test:{port}"))
-        .deny(format!("secret.corp.test"))
+        .deny("secret.corp.test")
         .build()
         .unwrap();
     let resolver = CountingResolver::default()
@@ -129,26 +168,52 @@ async fn denied_names_are_never_resolved_nor_dialled() {
         (format!("denied.test:{port}"), "no-matching-rule"),
         (format!("allowed.test.evil.test:{port}"), "no-matching-rule"),
         (format!("evilallowed.test:{port}"), "no-matching-rule"),
-        (format!("allowed.test:{}", port.wrapping_add(1).max(1)), "no-matching-rule"),
-        (format!("secret.corp.test:{port}"), "deny-rule; rule=secret.corp.test"),
-        (format!("SECRET.corp.test.:{port}"), "deny-rule; rule=secret.corp.test"),
+        (
+            format!("allowed.test:{}", port.wrapping_add(1).max(1)),
+            "no-matching-rule",
+        ),
+        (
+            format!("secret.corp.test:{port}"),
+            "deny-rule; rule=secret.corp.test",
+        ),
+        (
+            format!("SECRET.corp.test.:{port}"),
+            "deny-rule; rule=secret.corp.test",
+        ),
         (format!("127.0.0.1:{port}"), "ip-literal; addr=127.0.0.1"),
-        (format!("[::ffff:127.0.0.1]:{port}"), "ip-literal; addr=127.0.0.1"),
+        (
+            format!("[::ffff:127.0.0.1]:{port}"),
+            "ip-literal; addr=127.0.0.1",
+        ),
         (format!("[::1]:{port}"), "ip-literal; addr=::1"),
     ];
     for (authority, reason) in &cases {
         let resp = p.exchange(connect_req(authority).as_bytes()).await;
         assert_eq!(status_of(&resp), 403, "{authority}: {resp}");
-        assert_eq!(header_of(&resp, DENIED_HEADER), Some(*reason), "{authority}");
-        assert!(resp.contains("policy"), "the body says it is a policy decision: {resp}");
+        assert_eq!(
+            header_of(&resp, DENIED_HEADER),
+            Some(*reason),
+            "{authority}"
+        );
+        assert!(
+            resp.contains("policy"),
+            "the body says it is a policy decision: {resp}"
+        );
     }
-    let resp = p.exchange(format!("GET http://denied.test:{port}/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n").as_bytes()).await;
+    let resp = p
+        .exchange(
+            format!("GET http://denied.test:{port}/ HTTP/1.1\r\nHost: allowed.test\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
     assert_eq!(status_of(&resp), 403);
     assert_eq!(p.resolver.lookups(), 0, "no DNS query for a denied name");
     assert!(p.dialer.dialled().is_empty());
     assert_eq!(echo.connections(), 0, "the canary saw nothing");
     let events = p.wait_events(cases.len() + 1).await;
-    assert!(events.iter().all(|e| e.verdict == Verdict::Deny && e.status == 403));
+    assert!(events
+        .iter()
+        .all(|e| e.verdict == Verdict::Deny && e.status == 403));
     assert_eq!(events[4].rule.as_deref(), Some("secret.corp.test"));
 }
 
@@ -156,7 +221,11 @@ async fn denied_names_are_never_resolved_nor_dialled() {
 async fn special_addresses_after_resolution_are_refused_before_dialling() {
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
-    let policy = Policy::builder().allow(format!(".sneaky.test:{port}")).allow_cidr("127.0.0.1/32:*").build().unwrap();
+    let policy = Policy::builder()
+        .allow(format!(".sneaky.test:{port}"))
+        .allow_cidr("127.0.0.1/32:*")
+        .build()
+        .unwrap();
     let resolver = CountingResolver::default()
         .answer("meta.sneaky.test", &["169.254.169.254"])
         .answer("lo.sneaky.test", &["127.0.0.2"])
@@ -165,19 +234,40 @@ async fn special_addresses_after_resolution_are_refused_before_dialling() {
         .answer("nat64.sneaky.test", &["64:ff9b::a9fe:a9fe"]);
     let p = TestProxy::start(policy, resolver).await;
     let cases = [
-        ("meta.sneaky.test", "special-address; range=link-local; addr=169.254.169.254"),
-        ("lo.sneaky.test", "special-address; range=loopback; addr=127.0.0.2"),
-        ("mapped.sneaky.test", "special-address; range=private; addr=10.0.0.1"),
-        ("mixed.sneaky.test", "special-address; range=private; addr=10.1.2.3"),
-        ("nat64.sneaky.test", "special-address; range=nat64-of-special; addr=64:ff9b::a9fe:a9fe"),
+        (
+            "meta.sneaky.test",
+            "special-address; range=link-local; addr=169.254.169.254",
+        ),
+        (
+            "lo.sneaky.test",
+            "special-address; range=loopback; addr=127.0.0.2",
+        ),
+        (
+            "mapped.sneaky.test",
+            "special-address; range=private; addr=10.0.0.1",
+        ),
+        (
+            "mixed.sneaky.test",
+            "special-address; range=private; addr=10.1.2.3",
+        ),
+        (
+            "nat64.sneaky.test",
+            "special-address; range=nat64-of-special; addr=64:ff9b::a9fe:a9fe",
+        ),
     ];
     for (name, reason) in cases {
-        let resp = p.exchange(connect_req(&format!("{name}:{port}")).as_bytes()).await;
+        let resp = p
+            .exchange(connect_req(&format!("{name}:{port}")).as_bytes())
+            .await;
         assert_eq!(status_of(&resp), 403, "{name}: {resp}");
         assert_eq!(header_of(&resp, DENIED_HEADER), Some(reason), "{name}");
     }
     assert_eq!(p.resolver.lookups(), cases.len());
-    assert!(p.dialer.dialled().is_empty(), "nothing dialled: {:?}", p.dialer.dialled());
+    assert!(
+        p.dialer.dialled().is_empty(),
+        "nothing dialled: {:?}",
+        p.dialer.dialled()
+    );
     assert_eq!(echo.connections(), 0);
 }
 
@@ -185,8 +275,17 @@ async fn special_addresses_after_resolution_are_refused_before_dialling() {
 async fn malformed_targets_are_400_and_touch_nothing() {
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
-    let policy = Policy::builder().allow("allowed.test:*").allow_cidr("127.0.0.0/8:*").resolve("allowed.test", port, "127.0.0.1").build().unwrap();
-    let p = TestProxy::start(policy, CountingResolver::default().answer("allowed.test", &["127.0.0.1"])).await;
+    let policy = Policy::builder()
+        .allow("allowed.test:*")
+        .allow_cidr("127.0.0.0/8:*")
+        .resolve("allowed.test", port, "127.0.0.1")
+        .build()
+        .unwrap();
+    let p = TestProxy::start(
+        policy,
+        CountingResolver::default().answer("allowed.test", &["127.0.0.1"]),
+    )
+    .await;
     let raws = [
         format!("CONNECT user@allowed.test:{port} HTTP/1.1\r\n\r\n"),
         format!("CONNECT 2130706433:{port} HTTP/1.1\r\n\r\n"),
@@ -212,7 +311,11 @@ async fn malformed_targets_are_400_and_touch_nothing() {
         let resp = p.exchange(raw.as_bytes()).await;
         let status = status_of(&resp);
         assert!(status == 400 || status == 431, "{raw:.80}: {resp}");
-        assert_eq!(resp.matches("HTTP/1.1").count(), 1, "one answer, then close");
+        assert_eq!(
+            resp.matches("HTTP/1.1").count(),
+            1,
+            "one answer, then close"
+        );
     }
     assert_eq!(p.resolver.lookups(), 0);
     assert!(p.dialer.dialled().is_empty());
@@ -222,12 +325,22 @@ async fn malformed_targets_are_400_and_touch_nothing() {
 #[tokio::test]
 async fn refusals_name_the_reason_in_a_header() {
     let p = TestProxy::start(Policy::deny_all(), CountingResolver::default()).await;
-    let resp = p.exchange(b"CONNECT user@x.test:443 HTTP/1.1\r\n\r\n").await;
-    assert_eq!(header_of(&resp, DENIED_HEADER), Some("malformed; error=userinfo"));
+    let resp = p
+        .exchange(b"CONNECT user@x.test:443 HTTP/1.1\r\n\r\n")
+        .await;
+    assert_eq!(
+        header_of(&resp, DENIED_HEADER),
+        Some("malformed; error=userinfo")
+    );
     let resp = p.exchange(b"CONNECT 127.1:443 HTTP/1.1\r\n\r\n").await;
-    assert_eq!(header_of(&resp, DENIED_HEADER), Some("malformed; error=numeric-name"));
+    assert_eq!(
+        header_of(&resp, DENIED_HEADER),
+        Some("malformed; error=numeric-name")
+    );
     let resp = p.exchange(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n").await;
-    assert!(header_of(&resp, DENIED_HEADER).unwrap().starts_with("malformed; error=not a proxy request"));
+    assert!(header_of(&resp, DENIED_HEADER)
+        .unwrap()
+        .starts_with("malformed; error=not a proxy request"));
     assert_eq!(header_of(&resp, "connection"), Some("close"));
 }
 
@@ -241,7 +354,11 @@ async fn request_pipelined_after_refused_connect_is_never_processed() {
     );
     let resp = p.exchange(raw.as_bytes()).await;
     assert_eq!(status_of(&resp), 403);
-    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "exactly one response: {resp}");
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response: {resp}"
+    );
     assert_eq!(http.connections(), 0);
     assert!(http.requests().is_empty());
 }
@@ -257,19 +374,40 @@ async fn allowed_get_is_forwarded_with_a_rebuilt_host_and_no_hop_by_hop_headers(
     let resp = p.exchange(raw.as_bytes()).await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert!(resp.ends_with("hello from canary"), "{resp}");
-    assert_eq!(header_of(&resp, "x-upstream-hop"), None, "response hop-by-hop stripped");
+    assert_eq!(
+        header_of(&resp, "x-upstream-hop"),
+        None,
+        "response hop-by-hop stripped"
+    );
     assert_eq!(header_of(&resp, "keep-alive"), None);
     let seen = http.requests();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
     assert_eq!(r.uri, "/path?q=1", "origin-form upstream");
-    assert_eq!(r.header("host"), Some(format!("allowed.test:{port}").as_str()), "Host rebuilt from the URI");
-    for h in ["proxy-authorization", "proxy-connection", "x-hop", "keep-alive", "te"] {
+    assert_eq!(
+        r.header("host"),
+        Some(format!("allowed.test:{port}").as_str()),
+        "Host rebuilt from the URI"
+    );
+    for h in [
+        "proxy-authorization",
+        "proxy-connection",
+        "x-hop",
+        "keep-alive",
+        "te",
+    ] {
         assert_eq!(r.header(h), None, "{h} reached the canary");
     }
     assert_eq!(r.header("x-keep"), Some("yes"));
     let events = p.wait_events(1).await;
-    assert_eq!((events[0].verdict, events[0].method.as_str(), events[0].status), (Verdict::Allow, "GET", 200));
+    assert_eq!(
+        (
+            events[0].verdict,
+            events[0].method.as_str(),
+            events[0].status
+        ),
+        (Verdict::Allow, "GET", 200)
+    );
     assert_eq!(events[0].bytes_down, "hello from canary".len() as u64);
 }
 
@@ -291,7 +429,14 @@ async fn redirects_are_relayed_not_followed() {
     let http = HttpCanary::start().await;
     let port = http.addr.port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
-    let resp = p.exchange(format!("GET http://allowed.test:{port}/redirect HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let resp = p
+        .exchange(
+            format!(
+                "GET http://allowed.test:{port}/redirect HTTP/1.1\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
     assert_eq!(status_of(&resp), 302);
     assert_eq!(header_of(&resp, "location"), Some("http://elsewhere.test/"));
     assert_eq!(http.requests().len(), 1);
@@ -322,9 +467,15 @@ async fn smuggling_attempts_never_reach_the_canary_as_a_second_request() {
         assert!(!resp.is_empty(), "no answer to {raw:.60}");
     }
     let seen = http.requests();
-    assert!(seen.iter().all(|r| r.uri != "/smuggled"), "smuggled request reached the canary: {seen:?}");
+    assert!(
+        seen.iter().all(|r| r.uri != "/smuggled"),
+        "smuggled request reached the canary: {seen:?}"
+    );
     for r in &seen {
-        assert!(r.body.is_empty() || !String::from_utf8_lossy(&r.body).contains("GET "), "smuggled bytes forwarded as body: {r:?}");
+        assert!(
+            r.body.is_empty() || !String::from_utf8_lossy(&r.body).contains("GET "),
+            "smuggled bytes forwarded as body: {r:?}"
+        );
     }
 }
 
@@ -340,7 +491,10 @@ async fn websocket_upgrade_is_relayed() {
     assert_eq!(status_of(&head), 101, "{head}");
     s.write_all(b"frame").await.unwrap();
     let mut buf = [0u8; 5];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf, b"frame");
     assert_eq!(http.requests()[0].header("upgrade"), Some("websocket"));
 }
@@ -351,15 +505,24 @@ async fn resolver_failures_are_502_or_504_never_a_fallback() {
     let port = echo.addr.port();
     let policy = Policy::builder().allow("*.fail.test:*").build().unwrap();
     let p = TestProxy::start(policy.clone(), CountingResolver::default()).await;
-    let resp = p.exchange(connect_req(&format!("nx.fail.test:{port}")).as_bytes()).await;
+    let resp = p
+        .exchange(connect_req(&format!("nx.fail.test:{port}")).as_bytes())
+        .await;
     assert_eq!(status_of(&resp), 502, "{resp}");
-    assert!(header_of(&resp, DENIED_HEADER).unwrap().starts_with("resolve-failed"));
+    assert!(header_of(&resp, DENIED_HEADER)
+        .unwrap()
+        .starts_with("resolve-failed"));
 
-    let hanging = CountingResolver { hang: true, ..Default::default() };
+    let hanging = CountingResolver {
+        hang: true,
+        ..Default::default()
+    };
     let mut limits = Limits::default();
     limits.connect_timeout = Duration::from_millis(200);
     let p2 = TestProxy::start_with(policy, hanging, limits).await;
-    let resp = p2.exchange(connect_req(&format!("slow.fail.test:{port}")).as_bytes()).await;
+    let resp = p2
+        .exchange(connect_req(&format!("slow.fail.test:{port}")).as_bytes())
+        .await;
     assert_eq!(status_of(&resp), 504, "{resp}");
     assert_eq!(header_of(&resp, DENIED_HEADER), Some("resolve-timeout"));
     assert!(p.dialer.dialled().is_empty() && p2.dialer.dialled().is_empty());
@@ -369,11 +532,19 @@ async fn resolver_failures_are_502_or_504_never_a_fallback() {
 #[tokio::test]
 async fn connect_failure_is_502() {
     // Bind then drop, so the port is closed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
-    let resp = p.exchange(connect_req(&format!("allowed.test:{port}")).as_bytes()).await;
+    let resp = p
+        .exchange(connect_req(&format!("allowed.test:{port}")).as_bytes())
+        .await;
     assert_eq!(status_of(&resp), 502, "{resp}");
-    assert!(header_of(&resp, DENIED_HEADER).unwrap().starts_with("connect-failed"));
+    assert!(header_of(&resp, DENIED_HEADER)
+        .unwrap()
+        .starts_with("connect-failed"));
 }
 
 #[tokio::test]
@@ -387,7 +558,10 @@ async fn connections_over_the_cap_get_503() {
     let mut c = p.connect().await;
     let resp = read_to_close(&mut c).await;
     assert_eq!(status_of(&resp), 503, "{resp}");
-    assert_eq!(header_of(&resp, DENIED_HEADER), Some("too-many-connections"));
+    assert_eq!(
+        header_of(&resp, DENIED_HEADER),
+        Some("too-many-connections")
+    );
     drop((_a, _b));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let resp = p.exchange(b"CONNECT x.test:443 HTTP/1.1\r\n\r\n").await;
@@ -400,7 +574,9 @@ async fn slow_request_heads_are_cut_off() {
     limits.header_read_timeout = Duration::from_millis(200);
     let p = TestProxy::start_with(Policy::deny_all(), CountingResolver::default(), limits).await;
     let mut s = p.connect().await;
-    s.write_all(b"CONNECT slow.test:443 HTTP/1.1\r\nX-A: ").await.unwrap();
+    s.write_all(b"CONNECT slow.test:443 HTTP/1.1\r\nX-A: ")
+        .await
+        .unwrap();
     let resp = read_to_close(&mut s).await;
     assert!(!resp.contains("200"), "{resp}");
 }
@@ -411,9 +587,16 @@ async fn idle_tunnels_are_closed() {
     let port = echo.addr.port();
     let mut limits = Limits::default();
     limits.idle_timeout = Duration::from_millis(300);
-    let p = TestProxy::start_with(pinned("allowed.test", port), CountingResolver::default(), limits).await;
+    let p = TestProxy::start_with(
+        pinned("allowed.test", port),
+        CountingResolver::default(),
+        limits,
+    )
+    .await;
     let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(status_of(&read_head(&mut s).await), 200);
     let rest = read_to_close(&mut s).await;
     assert_eq!(rest, "");
@@ -433,7 +616,9 @@ async fn unix_socket_listener_serves_connect() {
         .await
         .unwrap();
     let mut s = tokio::net::UnixStream::connect(&path).await.unwrap();
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 1024];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -442,7 +627,9 @@ async fn unix_socket_listener_serves_connect() {
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"unix");
     // A second proxy on the same live socket is refused, not silently stolen.
-    let second = Proxy::builder(Policy::deny_all()).start(&Listen::Unix(path.clone())).await;
+    let second = Proxy::builder(Policy::deny_all())
+        .start(&Listen::Unix(path.clone()))
+        .await;
     assert_eq!(second.unwrap_err().code(), "bind");
     handle.shutdown().await;
     assert!(!path.exists(), "socket file removed on shutdown");
@@ -455,7 +642,9 @@ async fn shutdown_closes_open_tunnels() {
     let port = echo.addr.port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
     let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes()).await.unwrap();
+    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
+        .await
+        .unwrap();
     assert_eq!(status_of(&read_head(&mut s).await), 200);
     p.handle.shutdown().await;
     assert_eq!(read_to_close(&mut s).await, "");

@@ -33,10 +33,14 @@ impl Cidr {
                 if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(format!("{p:?} is not a prefix length"));
                 }
-                let n: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+                let n: u8 = p
+                    .parse()
+                    .map_err(|_| format!("{p:?} is not a prefix length"))?;
                 // An IPv4-mapped network written in IPv6 form keeps its meaning.
                 let n = if addr_s.contains(':') && addr.is_ipv4() {
-                    n.checked_sub(96).ok_or_else(|| format!("prefix /{n} is too short for an IPv4-mapped address"))?
+                    n.checked_sub(96).ok_or_else(|| {
+                        format!("prefix /{n} is too short for an IPv4-mapped address")
+                    })?
                 } else {
                     n
                 };
@@ -81,11 +85,19 @@ impl fmt::Display for Cidr {
 }
 
 fn mask32(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
 }
 
 fn mask128(prefix: u8) -> u128 {
-    if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) }
+    if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(prefix))
+    }
 }
 
 fn in4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {

@@ -167,10 +167,16 @@ pub(crate) fn parse_name(input: &str) -> Result<String, HostError> {
     check_chars(input)?;
     if input.contains(['[', ']', ':']) {
         return Err(HostError::InvalidChar(
-            input.chars().find(|c| matches!(c, '[' | ']' | ':')).unwrap_or(':'),
+            input
+                .chars()
+                .find(|c| matches!(c, '[' | ']' | ':'))
+                .unwrap_or(':'),
         ));
     }
-    let name = input.strip_suffix('.').unwrap_or(input).to_ascii_lowercase();
+    let name = input
+        .strip_suffix('.')
+        .unwrap_or(input)
+        .to_ascii_lowercase();
     if name.is_empty() {
         return Err(HostError::EmptyLabel);
     }
@@ -217,8 +223,7 @@ fn is_numeric_label(label: &str) -> bool {
 /// Parses a port in plain decimal, 1..=65535, no sign, no leading zeros.
 pub(crate) fn parse_port(s: &str) -> Result<u16, HostError> {
     let bad = || HostError::BadPort(s.chars().take(16).collect());
-    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0')
-    {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
         return Err(bad());
     }
     match s.parse::<u16>() {

@@ -104,10 +104,16 @@ impl PolicyBuilder {
     /// # Errors
     /// [`RuleError`] when the text is not `HOST:PORT:ADDR`.
     pub fn resolve_spec(self, spec: &str) -> Result<Self, RuleError> {
-        let bad = |reason: &str| RuleError { rule: spec.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| RuleError {
+            rule: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
         let mut parts = spec.splitn(3, ':');
-        let (Some(name), Some(port), Some(addr)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected HOST:PORT:ADDR, e.g. allowed.test:443:127.0.0.1"));
+        let (Some(name), Some(port), Some(addr)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(
+                "expected HOST:PORT:ADDR, e.g. allowed.test:443:127.0.0.1",
+            ));
         };
         let port = host::parse_port(port).map_err(|_| bad("the port must be 1-65535"))?;
         Ok(self.resolve(name, port, addr))
@@ -121,21 +127,42 @@ impl PolicyBuilder {
     pub fn build(self) -> Result<Policy, RuleError> {
         let allow = RuleSet::new(&self.allow)?;
         let deny = RuleSet::new(&self.deny)?;
-        let allow_cidr = self.allow_cidr.iter().map(|c| rule::parse_cidr_rule(c)).collect::<Result<_, _>>()?;
-        let deny_cidr = self.deny_cidr.iter().map(|c| rule::parse_cidr_rule(c)).collect::<Result<_, _>>()?;
+        let allow_cidr = self
+            .allow_cidr
+            .iter()
+            .map(|c| rule::parse_cidr_rule(c))
+            .collect::<Result<_, _>>()?;
+        let deny_cidr = self
+            .deny_cidr
+            .iter()
+            .map(|c| rule::parse_cidr_rule(c))
+            .collect::<Result<_, _>>()?;
         let mut pins: HashMap<(String, u16), Vec<IpAddr>> = HashMap::new();
         for (name, port, addr) in &self.resolve {
             let text = format!("{name}:{port}:{addr}");
-            let bad = |reason: String| RuleError { rule: text.clone(), reason };
+            let bad = |reason: String| RuleError {
+                rule: text.clone(),
+                reason,
+            };
             let name = host::parse_name(name).map_err(|e| bad(e.to_string()))?;
             let addr_s = addr.trim_start_matches('[').trim_end_matches(']');
-            let ip: IpAddr = addr_s.parse().map_err(|_| bad(format!("{addr:?} is not an IP address")))?;
+            let ip: IpAddr = addr_s
+                .parse()
+                .map_err(|_| bad(format!("{addr:?} is not an IP address")))?;
             if *port == 0 {
                 return Err(bad("the port must be 1-65535".into()));
             }
-            pins.entry((name, *port)).or_default().push(ip.to_canonical());
+            pins.entry((name, *port))
+                .or_default()
+                .push(ip.to_canonical());
         }
-        Ok(Policy { allow, deny, allow_cidr, deny_cidr, pins })
+        Ok(Policy {
+            allow,
+            deny,
+            allow_cidr,
+            deny_cidr,
+            pins,
+        })
     }
 }
 
@@ -165,13 +192,19 @@ impl RuleSet {
                 let glob = GlobBuilder::new(g)
                     .literal_separator(false)
                     .build()
-                    .map_err(|e| RuleError { rule: text.clone(), reason: e.to_string() })?;
+                    .map_err(|e| RuleError {
+                        rule: text.clone(),
+                        reason: e.to_string(),
+                    })?;
                 builder.add(glob);
                 owner.push(rules.len());
             }
             rules.push(rule);
         }
-        let set = builder.build().map_err(|e| RuleError { rule: String::new(), reason: e.to_string() })?;
+        let set = builder.build().map_err(|e| RuleError {
+            rule: String::new(),
+            reason: e.to_string(),
+        })?;
         Ok(RuleSet { rules, set, owner })
     }
 
@@ -258,7 +291,9 @@ impl fmt::Display for Denial {
             Denial::DenyRule(r) => write!(f, "deny-rule; rule={r}"),
             Denial::NoMatchingRule => f.write_str("no-matching-rule"),
             Denial::IpLiteral(ip) => write!(f, "ip-literal; addr={ip}"),
-            Denial::SpecialAddress { addr, range } => write!(f, "special-address; range={range}; addr={addr}"),
+            Denial::SpecialAddress { addr, range } => {
+                write!(f, "special-address; range={range}; addr={addr}")
+            }
             Denial::HostAddress(ip) => write!(f, "host-address; addr={ip}"),
             Denial::DenyCidr { addr, rule } => write!(f, "deny-cidr; rule={rule}; addr={addr}"),
         }
@@ -286,7 +321,9 @@ impl Policy {
     /// A policy that allows nothing.
     #[must_use]
     pub fn deny_all() -> Policy {
-        PolicyBuilder::default().build().unwrap_or_else(|_| unreachable!("an empty policy is valid"))
+        PolicyBuilder::default()
+            .build()
+            .unwrap_or_else(|_| unreachable!("an empty policy is valid"))
     }
 
     /// Decides on a destination before any lookup.
@@ -297,8 +334,16 @@ impl Policy {
         match host {
             Host::Ip(ip) => {
                 self.check_deny_cidr(*ip, port)?;
-                match self.allow_cidr.iter().find(|r| r.cidr.contains(*ip) && r.ports.covers(port, false)) {
-                    Some(r) => Ok(Allowed { rule: r.text.clone(), addrs: Some(vec![*ip]), pinned: false }),
+                match self
+                    .allow_cidr
+                    .iter()
+                    .find(|r| r.cidr.contains(*ip) && r.ports.covers(port, false))
+                {
+                    Some(r) => Ok(Allowed {
+                        rule: r.text.clone(),
+                        addrs: Some(vec![*ip]),
+                        pinned: false,
+                    }),
                     None => Err(Denial::IpLiteral(*ip)),
                 }
             }
@@ -306,16 +351,30 @@ impl Policy {
                 if let Some(rule) = self.deny.find(name, port, true) {
                     return Err(Denial::DenyRule(rule.text.clone()));
                 }
-                let rule = self.allow.find(name, port, false).ok_or(Denial::NoMatchingRule)?;
+                let rule = self
+                    .allow
+                    .find(name, port, false)
+                    .ok_or(Denial::NoMatchingRule)?;
                 let pin = self.pins.get(&(name.clone(), port));
-                Ok(Allowed { rule: rule.text.clone(), addrs: pin.cloned(), pinned: pin.is_some() })
+                Ok(Allowed {
+                    rule: rule.text.clone(),
+                    addrs: pin.cloned(),
+                    pinned: pin.is_some(),
+                })
             }
         }
     }
 
     fn check_deny_cidr(&self, ip: IpAddr, port: u16) -> Result<(), Denial> {
-        match self.deny_cidr.iter().find(|r| r.cidr.contains(ip) && r.ports.covers(port, true)) {
-            Some(r) => Err(Denial::DenyCidr { addr: ip, rule: r.text.clone() }),
+        match self
+            .deny_cidr
+            .iter()
+            .find(|r| r.cidr.contains(ip) && r.ports.covers(port, true))
+        {
+            Some(r) => Err(Denial::DenyCidr {
+                addr: ip,
+                rule: r.text.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -342,7 +401,10 @@ impl Policy {
             if pinned {
                 continue;
             }
-            let cidr_allowed = self.allow_cidr.iter().any(|r| r.cidr.contains(ip) && r.ports.covers(port, false));
+            let cidr_allowed = self
+                .allow_cidr
+                .iter()
+                .any(|r| r.cidr.contains(ip) && r.ports.covers(port, false));
             if cidr_allowed {
                 continue;
             }

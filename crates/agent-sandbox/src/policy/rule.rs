@@ -71,7 +71,10 @@ pub struct RuleError {
 }
 
 fn err(rule: &str, reason: impl Into<String>) -> RuleError {
-    RuleError { rule: rule.to_owned(), reason: reason.into() }
+    RuleError {
+        rule: rule.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 fn parse_ports(rule: &str, port: Option<&str>) -> Result<Ports, RuleError> {
@@ -95,14 +98,20 @@ pub(crate) fn parse_host_rule(text: &str) -> Result<HostRule, RuleError> {
         return Err(err(text, "looks like a URL or a path; write only the host, e.g. github.com or github.com:443 (CIDR blocks go in allow_cidr)"));
     }
     if trimmed == "*" || trimmed == "*:*" || trimmed == "." {
-        return Err(err(text, "matches every host; list the hosts the sandbox needs"));
+        return Err(err(
+            text,
+            "matches every host; list the hosts the sandbox needs",
+        ));
     }
     let (host_part, port) = match trimmed.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
         None => (trimmed, None),
     };
     if host_part.contains([':', '[', ']']) {
-        return Err(err(text, "IP literals are not host rules; use allow_cidr (e.g. ::1/128)"));
+        return Err(err(
+            text,
+            "IP literals are not host rules; use allow_cidr (e.g. ::1/128)",
+        ));
     }
     let ports = parse_ports(text, port)?;
     let (scope, base) = if let Some(b) = host_part.strip_prefix("*.") {
@@ -113,19 +122,36 @@ pub(crate) fn parse_host_rule(text: &str) -> Result<HostRule, RuleError> {
         (Scope::Exact, host_part)
     };
     if base.contains('*') {
-        return Err(err(text, "'*' is only allowed as a whole leading label, as in *.github.com"));
+        return Err(err(
+            text,
+            "'*' is only allowed as a whole leading label, as in *.github.com",
+        ));
     }
     if base.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Err(err(text, "IP literals are not host rules; use allow_cidr (e.g. 10.0.0.1/32)"));
+        return Err(err(
+            text,
+            "IP literals are not host rules; use allow_cidr (e.g. 10.0.0.1/32)",
+        ));
     }
     let name = host::parse_name(base).map_err(|e| match e {
-        HostError::NonAscii => err(text, "non-ASCII name: write it as a punycode A-label (xn--...)"),
+        HostError::NonAscii => err(
+            text,
+            "non-ASCII name: write it as a punycode A-label (xn--...)",
+        ),
         other => err(text, other.to_string()),
     })?;
     if scope != Scope::Exact && is_public_suffix(&name) {
-        return Err(err(text, format!("{name:?} is a public suffix; a wildcard over it would allow unrelated sites")));
+        return Err(err(
+            text,
+            format!("{name:?} is a public suffix; a wildcard over it would allow unrelated sites"),
+        ));
     }
-    Ok(HostRule { text: text.to_owned(), name, scope, ports })
+    Ok(HostRule {
+        text: text.to_owned(),
+        name,
+        scope,
+        ports,
+    })
 }
 
 fn is_public_suffix(name: &str) -> bool {
@@ -149,9 +175,19 @@ pub(crate) fn parse_cidr_rule(text: &str) -> Result<CidrRule, RuleError> {
             Some((prefix, port)) => (format!("{addr}/{prefix}"), Some(port)),
             None => (trimmed.to_owned(), None),
         },
-        None => (trimmed.trim_start_matches('[').trim_end_matches(']').to_owned(), None),
+        None => (
+            trimmed
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            None,
+        ),
     };
     let cidr = Cidr::parse(&net).map_err(|reason| err(text, reason))?;
     let ports = parse_ports(text, port)?;
-    Ok(CidrRule { text: text.to_owned(), cidr, ports })
+    Ok(CidrRule {
+        text: text.to_owned(),
+        cidr,
+        ports,
+    })
 }

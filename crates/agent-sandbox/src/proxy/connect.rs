@@ -25,13 +25,29 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         (None, Some(a), "" | "/") => a.as_str().to_owned(),
         _ => {
             let shown = sanitize(&uri.to_string());
-            return shared.refuse(METHOD, &shown, 0, Refusal::new(StatusCode::BAD_REQUEST, "malformed; error=CONNECT needs host:port"));
+            return shared.refuse(
+                METHOD,
+                &shown,
+                0,
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed; error=CONNECT needs host:port",
+                ),
+            );
         }
     };
     let (host, port) = match parse_authority(&raw, None) {
         Ok(hp) => hp,
         Err(e) => {
-            return shared.refuse(METHOD, &sanitize(&raw), 0, Refusal::new(StatusCode::BAD_REQUEST, format!("malformed; error={}", e.code())));
+            return shared.refuse(
+                METHOD,
+                &sanitize(&raw),
+                0,
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed; error={}", e.code()),
+                ),
+            );
         }
     };
     let shown = host.to_string();
@@ -48,8 +64,20 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         match on_upgrade.await {
             // Bytes the client pipelined behind the CONNECT head are still in
             // the upgraded stream's buffer; reading it yields them first.
-            Ok(upgraded) => tunnel(TokioIo::new(upgraded), target.stream, idle, &guard, shutdown).await,
-            Err(e) => guard.set_reason(format!("upgrade-failed; error={}", sanitize(&e.to_string()))),
+            Ok(upgraded) => {
+                tunnel(
+                    TokioIo::new(upgraded),
+                    target.stream,
+                    idle,
+                    &guard,
+                    shutdown,
+                )
+                .await
+            }
+            Err(e) => guard.set_reason(format!(
+                "upgrade-failed; error={}",
+                sanitize(&e.to_string())
+            )),
         }
     });
     Response::new(empty())
@@ -58,8 +86,13 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
 /// Copies both ways until both sides have closed, propagating half-close
 /// (EOF on one side becomes a write shutdown on the other). Ends early after
 /// `idle` with no bytes either way, or on proxy shutdown.
-pub(super) async fn tunnel<C, U>(client: C, upstream: U, idle: Duration, guard: &EventGuard, mut shutdown: watch::Receiver<bool>)
-where
+pub(super) async fn tunnel<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    guard: &EventGuard,
+    mut shutdown: watch::Receiver<bool>,
+) where
     C: AsyncRead + AsyncWrite + Send,
     U: AsyncRead + AsyncWrite + Send,
 {
@@ -78,7 +111,9 @@ where
     });
     let watchdog = async {
         loop {
-            let since = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            let since = epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if since >= idle {
                 return;
             }

@@ -77,8 +77,18 @@ pub(crate) struct EventGuard {
 }
 
 impl EventGuard {
-    pub(crate) fn new(event: AuditEvent, started: Instant, sink: Option<EventSink>) -> Arc<EventGuard> {
-        Arc::new(EventGuard { event: std::sync::Mutex::new(event), started, up: AtomicU64::new(0), down: AtomicU64::new(0), sink })
+    pub(crate) fn new(
+        event: AuditEvent,
+        started: Instant,
+        sink: Option<EventSink>,
+    ) -> Arc<EventGuard> {
+        Arc::new(EventGuard {
+            event: std::sync::Mutex::new(event),
+            started,
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            sink,
+        })
     }
 
     pub(crate) fn set_status(&self, status: u16) {
@@ -105,7 +115,9 @@ impl EventGuard {
 impl Drop for EventGuard {
     fn drop(&mut self) {
         let Some(sink) = &self.sink else { return };
-        let Ok(event) = self.event.get_mut() else { return };
+        let Ok(event) = self.event.get_mut() else {
+            return;
+        };
         event.bytes_up = *self.up.get_mut();
         event.bytes_down = *self.down.get_mut();
         event.duration_ms = millis(self.started.elapsed());

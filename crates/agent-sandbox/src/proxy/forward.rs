@@ -11,7 +11,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING,
+    UPGRADE,
+};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
@@ -36,13 +39,34 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
     let uri = req.uri().clone();
-    let bad = |reason: &str| Refusal::new(StatusCode::BAD_REQUEST, format!("malformed; error={reason}"));
+    let bad = |reason: &str| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("malformed; error={reason}"),
+        )
+    };
     let shown = sanitize(&uri.to_string());
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return shared.refuse(&method, &shown, 0, bad("https URLs go through CONNECT (set HTTPS_PROXY)")),
-        Some(_) => return shared.refuse(&method, &shown, 0, bad("only http:// URLs are forwarded")),
-        None => return shared.refuse(&method, &shown, 0, bad("not a proxy request (absolute URI required)")),
+        Some("https") => {
+            return shared.refuse(
+                &method,
+                &shown,
+                0,
+                bad("https URLs go through CONNECT (set HTTPS_PROXY)"),
+            )
+        }
+        Some(_) => {
+            return shared.refuse(&method, &shown, 0, bad("only http:// URLs are forwarded"))
+        }
+        None => {
+            return shared.refuse(
+                &method,
+                &shown,
+                0,
+                bad("not a proxy request (absolute URI required)"),
+            )
+        }
     }
     let Some(authority) = uri.authority() else {
         return shared.refuse(&method, &shown, 0, bad("missing host"));
@@ -58,7 +82,14 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     let websocket = match req.headers().get(UPGRADE) {
         None => false,
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"websocket") => true,
-        Some(_) => return shared.refuse(&method, &shown, port, bad("only websocket upgrades are allowed")),
+        Some(_) => {
+            return shared.refuse(
+                &method,
+                &shown,
+                port,
+                bad("only websocket upgrades are allowed"),
+            )
+        }
     };
     let target = match shared.authorize(host.clone(), port).await {
         Ok(t) => t,
@@ -75,8 +106,10 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     *out.headers_mut() = strip_hop_by_hop(parts.headers);
     out.headers_mut().insert(HOST, host_header(&host, port));
     if websocket {
-        out.headers_mut().insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        out.headers_mut().insert(UPGRADE, HeaderValue::from_static("websocket"));
+        out.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        out.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
     }
 
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
@@ -87,14 +120,20 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         Err(e) => return upstream_failed(&shared, &guard, &method, &shown, port, &e),
     };
     tokio::spawn(conn.with_upgrades());
-    let resp = match tokio::time::timeout(shared.limits.idle_timeout, sender.send_request(out)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return upstream_failed(&shared, &guard, &method, &shown, port, &e),
-        Err(_) => {
-            guard.set_reason("upstream-timeout".into());
-            return shared.refuse(&method, &shown, port, Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"));
-        }
-    };
+    let resp =
+        match tokio::time::timeout(shared.limits.idle_timeout, sender.send_request(out)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return upstream_failed(&shared, &guard, &method, &shown, port, &e),
+            Err(_) => {
+                guard.set_reason("upstream-timeout".into());
+                return shared.refuse(
+                    &method,
+                    &shown,
+                    port,
+                    Refusal::new(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout"),
+                );
+            }
+        };
     guard.set_status(resp.status().as_u16());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -109,11 +148,23 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     back
 }
 
-fn upstream_failed(shared: &Shared, guard: &EventGuard, method: &str, host: &str, port: u16, e: &hyper::Error) -> Response<ProxyBody> {
+fn upstream_failed(
+    shared: &Shared,
+    guard: &EventGuard,
+    method: &str,
+    host: &str,
+    port: u16,
+    e: &hyper::Error,
+) -> Response<ProxyBody> {
     let reason = format!("upstream-error; error={}", sanitize(&e.to_string()));
     guard.set_reason(reason.clone());
     guard.set_status(502);
-    shared.refuse(method, host, port, Refusal::new(StatusCode::BAD_GATEWAY, reason))
+    shared.refuse(
+        method,
+        host,
+        port,
+        Refusal::new(StatusCode::BAD_GATEWAY, reason),
+    )
 }
 
 /// Answers 101 to the client and splices the two upgraded connections.
@@ -152,7 +203,11 @@ fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
     if cl == 1 && !te.is_empty() {
         return Err("both Content-Length and Transfer-Encoding");
     }
-    if te.len() > 1 || te.first().is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked")) {
+    if te.len() > 1
+        || te
+            .first()
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
         return Err("unsupported Transfer-Encoding");
     }
     Ok(())
@@ -165,7 +220,11 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 fn host_header(host: &Host, port: u16) -> HeaderValue {
-    let text = if port == 80 { host.to_string() } else { format!("{host}:{port}") };
+    let text = if port == 80 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
     // A canonical host is LDH, a dotted quad, or a bracketed IPv6 literal.
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("invalid"))
 }
@@ -184,7 +243,11 @@ fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
     for name in HOP_BY_HOP {
         headers.remove(*name);
     }
-    let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
     for name in proxy {
         headers.remove(name);
     }

@@ -31,7 +31,10 @@ impl Listen {
     /// assert!(Listen::parse("localhost:8888").is_err());
     /// ```
     pub fn parse(s: &str) -> Result<Listen, Error> {
-        let bad = |reason: &str| Error::Listen { addr: s.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| Error::Listen {
+            addr: s.to_owned(),
+            reason: reason.to_owned(),
+        };
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(bad("empty socket path"));
@@ -45,10 +48,15 @@ impl Listen {
 
     pub(crate) async fn bind(&self) -> Result<Listener, Error> {
         match self {
-            Listen::Tcp(addr) => TcpListener::bind(addr)
-                .await
-                .map(Listener::Tcp)
-                .map_err(|source| Error::Bind { addr: addr.to_string(), source }),
+            Listen::Tcp(addr) => {
+                TcpListener::bind(addr)
+                    .await
+                    .map(Listener::Tcp)
+                    .map_err(|source| Error::Bind {
+                        addr: addr.to_string(),
+                        source,
+                    })
+            }
             Listen::Unix(path) => {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     if !meta.file_type().is_socket() {
@@ -57,7 +65,10 @@ impl Listen {
                     if UnixStream::connect(path).await.is_ok() {
                         return Err(Error::Bind {
                             addr: format!("unix:{}", path.display()),
-                            source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another process is listening on this socket"),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                "another process is listening on this socket",
+                            ),
                         });
                     }
                     // A stale socket left by a process that died.
@@ -65,7 +76,10 @@ impl Listen {
                 }
                 UnixListener::bind(path)
                     .map(|l| Listener::Unix(l, path.clone()))
-                    .map_err(|source| Error::Bind { addr: format!("unix:{}", path.display()), source })
+                    .map_err(|source| Error::Bind {
+                        addr: format!("unix:{}", path.display()),
+                        source,
+                    })
             }
         }
     }

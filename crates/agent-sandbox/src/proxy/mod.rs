@@ -166,7 +166,11 @@ impl ProxyBuilder {
             shutdown: rx,
         });
         let task = tokio::spawn(accept_loop(listener, shared));
-        Ok(ProxyHandle { local_addr, shutdown: tx, task: Some(task) })
+        Ok(ProxyHandle {
+            local_addr,
+            shutdown: tx,
+            task: Some(task),
+        })
     }
 }
 
@@ -289,7 +293,9 @@ where
         .max_buf_size(shared.limits.max_header_bytes.max(8192))
         .keep_alive(true)
         .half_close(false);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -306,7 +312,11 @@ pub(crate) struct Refusal {
 
 impl Refusal {
     fn new(status: StatusCode, reason: impl Into<String>) -> Refusal {
-        Refusal { status, reason: reason.into(), rule: None }
+        Refusal {
+            status,
+            reason: reason.into(),
+            rule: None,
+        }
     }
 }
 
@@ -327,7 +337,14 @@ impl Shared {
         }
     }
 
-    fn event(&self, verdict: Verdict, method: &str, host: &str, port: u16, rule: Option<String>) -> event::AuditEvent {
+    fn event(
+        &self,
+        verdict: Verdict,
+        method: &str,
+        host: &str,
+        port: u16,
+        rule: Option<String>,
+    ) -> event::AuditEvent {
         AuditEvent {
             time: SystemTime::now(),
             sandbox_id: self.sandbox_id.clone(),
@@ -345,7 +362,16 @@ impl Shared {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn emit_now(&self, verdict: Verdict, method: &str, host: &str, port: u16, rule: Option<String>, reason: &str, status: u16) {
+    fn emit_now(
+        &self,
+        verdict: Verdict,
+        method: &str,
+        host: &str,
+        port: u16,
+        rule: Option<String>,
+        reason: &str,
+        status: u16,
+    ) {
         if let Some(sink) = &self.sink {
             let mut e = self.event(verdict, method, host, port, rule);
             e.reason = Some(reason.to_owned());
@@ -356,7 +382,13 @@ impl Shared {
 
     /// An event delivered when the returned guard is dropped.
     fn guard(&self, started: Instant, method: &str, target: &Target) -> Arc<EventGuard> {
-        let e = self.event(Verdict::Allow, method, &target.host.to_string(), target.port, Some(target.rule.clone()));
+        let e = self.event(
+            Verdict::Allow,
+            method,
+            &target.host.to_string(),
+            target.port,
+            Some(target.rule.clone()),
+        );
         EventGuard::new(e, started, self.sink.clone())
     }
 
@@ -367,7 +399,15 @@ impl Shared {
         } else {
             Verdict::Allow
         };
-        self.emit_now(verdict, method, host, port, r.rule.clone(), &r.reason, r.status.as_u16());
+        self.emit_now(
+            verdict,
+            method,
+            host,
+            port,
+            r.rule.clone(),
+            &r.reason,
+            r.status.as_u16(),
+        );
         let what = if r.status == StatusCode::FORBIDDEN {
             "blocked by the sandbox's network policy"
         } else if r.status == StatusCode::BAD_REQUEST {
@@ -375,7 +415,11 @@ impl Shared {
         } else {
             "could not be completed"
         };
-        let target = if port == 0 { host.to_owned() } else { format!("{host}:{port}") };
+        let target = if port == 0 {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        };
         let mut body = format!("agent-sandbox: {method} {target} {what}: {}\n", r.reason);
         if r.status == StatusCode::FORBIDDEN {
             body.push_str("This is a policy decision, not a network failure. Ask for the host to be added to the allowlist if it is needed.\n");
@@ -383,9 +427,15 @@ impl Shared {
         let mut resp = Response::new(full(body));
         *resp.status_mut() = r.status;
         let h = resp.headers_mut();
-        h.insert(DENIED_HEADER, HeaderValue::from_str(&r.reason).unwrap_or(HeaderValue::from_static("refused")));
+        h.insert(
+            DENIED_HEADER,
+            HeaderValue::from_str(&r.reason).unwrap_or(HeaderValue::from_static("refused")),
+        );
         h.insert(CONNECTION, HeaderValue::from_static("close"));
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         resp
     }
 
@@ -401,9 +451,21 @@ impl Shared {
             (Some(a), _) => a.clone(),
             (None, Host::Name(name)) => {
                 match tokio::time::timeout_at(deadline, self.resolver.resolve(name, port)).await {
-                    Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "resolve-timeout")),
-                    Ok(Err(e)) => return Err(Refusal::new(StatusCode::BAD_GATEWAY, format!("resolve-failed; error={}", sanitize(&e.to_string())))),
-                    Ok(Ok(a)) if a.is_empty() => return Err(Refusal::new(StatusCode::BAD_GATEWAY, "resolve-failed; error=no addresses")),
+                    Err(_) => {
+                        return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "resolve-timeout"))
+                    }
+                    Ok(Err(e)) => {
+                        return Err(Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            format!("resolve-failed; error={}", sanitize(&e.to_string())),
+                        ))
+                    }
+                    Ok(Ok(a)) if a.is_empty() => {
+                        return Err(Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            "resolve-failed; error=no addresses",
+                        ))
+                    }
                     Ok(Ok(a)) => a,
                 }
             }
@@ -411,23 +473,49 @@ impl Shared {
         };
         self.policy
             .check_addrs(&addrs, port, allowed.pinned, &self.host_addrs)
-            .map_err(|d| Refusal { status: StatusCode::FORBIDDEN, reason: d.to_string(), rule: Some(allowed.rule.clone()) })?;
+            .map_err(|d| Refusal {
+                status: StatusCode::FORBIDDEN,
+                reason: d.to_string(),
+                rule: Some(allowed.rule.clone()),
+            })?;
         let mut last_err = None;
         for ip in addrs {
-            match tokio::time::timeout_at(deadline, self.dialer.dial(SocketAddr::new(ip, port))).await {
+            match tokio::time::timeout_at(deadline, self.dialer.dial(SocketAddr::new(ip, port)))
+                .await
+            {
                 Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")),
-                Ok(Ok(stream)) => return Ok(Target { host, port, rule: allowed.rule, stream }),
+                Ok(Ok(stream)) => {
+                    return Ok(Target {
+                        host,
+                        port,
+                        rule: allowed.rule,
+                        stream,
+                    })
+                }
                 Ok(Err(e)) => last_err = Some(e),
             }
         }
-        let e = last_err.map(|e| sanitize(&e.to_string())).unwrap_or_default();
-        Err(Refusal::new(StatusCode::BAD_GATEWAY, format!("connect-failed; error={e}")))
+        let e = last_err
+            .map(|e| sanitize(&e.to_string()))
+            .unwrap_or_default();
+        Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!("connect-failed; error={e}"),
+        ))
     }
 }
 
 /// Keeps header values printable ASCII.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 pub(crate) fn full(s: impl Into<Bytes>) -> ProxyBody {

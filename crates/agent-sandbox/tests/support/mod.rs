@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_sandbox::policy::Policy;
-use agent_sandbox::proxy::{AuditEvent, BoxFuture, Dialer, Limits, Listen, Proxy, ProxyHandle, Resolver};
+use agent_sandbox::proxy::{
+    AuditEvent, BoxFuture, Dialer, Limits, Listen, Proxy, ProxyHandle, Resolver,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -43,7 +45,9 @@ impl EchoCanary {
         let (c, r, e) = (connections.clone(), received.clone(), saw_eof.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 let (r, e) = (r.clone(), e.clone());
                 tokio::spawn(async move {
@@ -67,7 +71,12 @@ impl EchoCanary {
                 });
             }
         });
-        EchoCanary { addr, connections, received, saw_eof }
+        EchoCanary {
+            addr,
+            connections,
+            received,
+            saw_eof,
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -86,7 +95,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -107,7 +119,9 @@ impl HttpCanary {
         let (c, r) = (connections.clone(), requests.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { return };
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
                 c.fetch_add(1, Ordering::SeqCst);
                 let r = r.clone();
                 tokio::spawn(async move {
@@ -122,7 +136,11 @@ impl HttpCanary {
                 });
             }
         });
-        HttpCanary { addr, connections, requests }
+        HttpCanary {
+            addr,
+            connections,
+            requests,
+        }
     }
 
     pub fn connections(&self) -> usize {
@@ -138,14 +156,32 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
     let headers = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
-    let websocket = req.headers().get("upgrade").is_some_and(|v| v == "websocket");
+    let websocket = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "websocket");
     let on_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    seen.lock().unwrap().push(Seen { method, uri: uri.clone(), headers, body });
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().to_vec())
+        .unwrap_or_default();
+    seen.lock().unwrap().push(Seen {
+        method,
+        uri: uri.clone(),
+        headers,
+        body,
+    });
     if let Some(on_upgrade) = on_upgrade {
         tokio::spawn(async move {
             if let Ok(up) = on_upgrade.await {
@@ -192,7 +228,12 @@ pub struct CountingResolver {
 impl CountingResolver {
     pub fn answer(self, name: &str, addrs: &[&str]) -> Self {
         let addrs = addrs.iter().map(|a| a.parse().unwrap()).collect();
-        self.answers.lock().unwrap().entry(name.to_owned()).or_default().push(addrs);
+        self.answers
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .push(addrs);
         self
     }
 
@@ -212,7 +253,10 @@ impl Resolver for CountingResolver {
             match answers.get_mut(name) {
                 Some(list) if list.len() > 1 => Ok(list.remove(0)),
                 Some(list) => Ok(list[0].clone()),
-                None => Err(io::Error::new(io::ErrorKind::NotFound, "no such name (test resolver)")),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "no such name (test resolver)",
+                )),
             }
         })
     }
@@ -236,7 +280,10 @@ impl Dialer for RecordingDialer {
         Box::pin(async move {
             self.dialled.lock().unwrap().push(addr);
             if !addr.ip().is_loopback() {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "test dialer only dials loopback"));
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "test dialer only dials loopback",
+                ));
             }
             TcpStream::connect(addr).await
         })
@@ -257,7 +304,11 @@ impl TestProxy {
         Self::start_with(policy, resolver, Limits::default()).await
     }
 
-    pub async fn start_with(policy: Policy, resolver: CountingResolver, limits: Limits) -> TestProxy {
+    pub async fn start_with(
+        policy: Policy,
+        resolver: CountingResolver,
+        limits: Limits,
+    ) -> TestProxy {
         let dialer = RecordingDialer::default();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
@@ -271,7 +322,13 @@ impl TestProxy {
             .await
             .unwrap();
         let addr = handle.local_addr().tcp().unwrap();
-        TestProxy { handle, addr, resolver, dialer, events }
+        TestProxy {
+            handle,
+            addr,
+            resolver,
+            dialer,
+            events,
+        }
     }
 
     pub fn events(&self) -> Vec<AuditEvent> {
@@ -317,15 +374,25 @@ pub async fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await.expect("head timed out").unwrap();
-        assert!(n > 0, "connection closed mid-head: {:?}", String::from_utf8_lossy(&head));
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+            .await
+            .expect("head timed out")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     String::from_utf8(head).unwrap()
 }
 
 pub fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn header_of<'a>(resp: &'a str, name: &str) -> Option<&'a str> {

@@ -1,0 +1,120 @@
+//! The `agent-sandbox proxy` command as a user runs it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_agent-sandbox"))
+}
+
+#[test]
+fn bad_rule_exits_2_naming_the_rule() {
+    for (flag, rule) in [
+        ("--allow", "*.com"),
+        ("--allow", "https://github.com"),
+        ("--allow-cidr", "10.0.0.1/8"),
+        ("--resolve", "a.test:443"),
+    ] {
+        let out = bin()
+            .args(["proxy", "--listen", "127.0.0.1:0", flag, rule])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} {rule}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(rule), "stderr names {rule:?}: {err}");
+    }
+}
+
+#[test]
+fn busy_port_exits_1_with_a_clear_message() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bin()
+        .args(["proxy", "--listen", &addr, "--allow", "a.test"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn proxy_tunnels_writes_audit_json_and_stops_on_sigterm() {
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in echo.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let dir = std::env::temp_dir().join(format!("as-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("audit.jsonl");
+    let sock = dir.join("p.sock");
+    let mut child = bin()
+        .args(["proxy", "--listen", &format!("unix:{}", sock.display())])
+        .args([
+            "--allow",
+            &format!("allowed.test:{port}"),
+            "--resolve",
+            &format!("allowed.test:{port}:127.0.0.1"),
+        ])
+        .args(["--audit-log", log.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on unix:"), "{line}");
+
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "CONNECT allowed.test:{port} HTTP/1.1\r\n\r\nhi").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"hi") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    drop(s);
+    let mut d = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    write!(d, "CONNECT denied.test:443 HTTP/1.1\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    d.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 403"));
+
+    std::thread::sleep(Duration::from_millis(200));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(!sock.exists(), "socket removed");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let allow = lines.iter().find(|e| e["verdict"] == "allow").unwrap();
+    assert_eq!(allow["host"], "allowed.test");
+    assert_eq!(allow["bytes_up"], 2);
+    let deny = lines.iter().find(|e| e["verdict"] == "deny").unwrap();
+    assert_eq!(deny["reason"], "no-matching-rule");
+    std::fs::remove_dir_all(&dir).ok();
+}
