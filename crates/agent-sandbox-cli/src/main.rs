@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_sandbox::policy::{Policy, PolicyBuilder};
-use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy};
+use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy, Verdict};
+use agent_sandbox::runtime::{gc, Engine, PullProgress};
+use agent_sandbox::{parse_size, CancelToken, Command as SandboxCommand, Sandbox};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -24,8 +26,46 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a sandbox: read-only root, one read-write workspace,
+    /// no network but the allowlist proxy.
+    Run(RunArgs),
+    /// Remove sandbox containers whose owning process is gone.
+    Gc,
     /// Run the allowlist proxy on its own (HTTP forwarding and CONNECT tunnels).
     Proxy(ProxyArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Image (default: $AGENT_SANDBOX_IMAGE, else debian:bookworm-slim).
+    #[arg(long)]
+    image: Option<String>,
+    /// The read-write directory, mounted at /workspace (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<String>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Set an environment variable in the sandbox. Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Kill the command after SECS seconds (exit status 124).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Memory limit, swap included (e.g. 512m, 2g). Default 1g.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// CPU limit. Default 1.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Process limit. Default 256.
+    #[arg(long)]
+    pids: Option<i64>,
+    /// Write audit events as JSON lines to FILE (appended), or - for stderr.
+    #[arg(long, value_name = "FILE|-")]
+    audit_log: Option<String>,
+    /// The command. One argument runs through /bin/sh -c; several run as given.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
 }
 
 /// Network policy flags, shared by every command that builds a policy.
@@ -99,6 +139,164 @@ fn audit_writer(target: &str) -> std::io::Result<Box<dyn Write + Send>> {
     ))
 }
 
+fn pull_progress(p: &PullProgress) {
+    let layer = p.layer.as_deref().unwrap_or("");
+    match (p.current, p.total) {
+        (Some(c), Some(t)) if t > 0 => {
+            let width = 30usize;
+            let done = (c.clamp(0, t) as f64 / t as f64 * width as f64) as usize;
+            eprint!(
+                "\r{layer} {:<12} [{}{}] {:>5.1} / {:.1} MB ",
+                p.status,
+                "#".repeat(done),
+                " ".repeat(width - done),
+                c as f64 / 1e6,
+                t as f64 / 1e6
+            );
+        }
+        _ => eprintln!("\r{layer} {}", p.status),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<u8, agent_sandbox::Error> {
+    let policy = &args.policy;
+    let mut b = Sandbox::builder().workspace(args.workspace.clone().unwrap_or_else(|| ".".into()));
+    if let Some(image) = &args.image {
+        b = b.image(image);
+    }
+    for r in &policy.allow {
+        b = b.allow(r);
+    }
+    for r in &policy.deny {
+        b = b.deny(r);
+    }
+    for r in &policy.allow_cidr {
+        b = b.allow_cidr(r);
+    }
+    for r in &policy.deny_cidr {
+        b = b.deny_cidr(r);
+    }
+    for r in &policy.resolve {
+        b = b.resolve_spec(r);
+    }
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| agent_sandbox::Error::InvalidArgument {
+                what: "--env".into(),
+                reason: format!("{kv:?} is not K=V"),
+            })?;
+        b = b.env(k, v);
+    }
+    if let Some(t) = args.timeout {
+        let t =
+            Duration::try_from_secs_f64(t).map_err(|_| agent_sandbox::Error::InvalidArgument {
+                what: "--timeout".into(),
+                reason: format!("{t} is not a number of seconds"),
+            })?;
+        b = b.timeout(t);
+    }
+    if let Some(m) = &args.memory {
+        b = b.memory(parse_size(m)?);
+    }
+    if let Some(c) = args.cpus {
+        b = b.cpus(c);
+    }
+    if let Some(p) = args.pids {
+        b = b.pids(p);
+    }
+    if let Some(target) = &args.audit_log {
+        let out: Box<dyn Write + Send> = if target == "-" {
+            Box::new(std::io::stderr())
+        } else {
+            audit_writer(target)?
+        };
+        let out = Mutex::new(out);
+        b = b.on_event(move |e: &AuditEvent| {
+            if let Ok(mut w) = out.lock() {
+                let _ = writeln!(w, "{}", e.to_json());
+                let _ = w.flush();
+            }
+        });
+    }
+    b = b
+        .on_stdout(|bytes| {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(bytes);
+            let _ = o.flush();
+        })
+        .on_stderr(|bytes| {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(bytes);
+            let _ = e.flush();
+        })
+        .on_pull(pull_progress)
+        .output_limit(0);
+    let cancel = CancelToken::new();
+    b = b.cancel_token(cancel.clone());
+    let cmd = if args.command.len() == 1 {
+        SandboxCommand::Shell(args.command[0].clone())
+    } else {
+        SandboxCommand::Argv(args.command.clone())
+    };
+    let run = b.run(cmd);
+    tokio::pin!(run);
+    let out = tokio::select! {
+        r = &mut run => r?,
+        () = wait_for_signal() => {
+            cancel.cancel();
+            let _ = run.await;
+            eprintln!("agent-sandbox: interrupted; the sandbox was removed");
+            return Ok(130);
+        }
+    };
+    let denied: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.verdict == Verdict::Deny)
+        .collect();
+    if !denied.is_empty() {
+        eprintln!(
+            "agent-sandbox: {} network request(s) refused by the policy:",
+            denied.len()
+        );
+        for e in denied {
+            eprintln!(
+                "  {} {}:{} ({})",
+                e.method,
+                e.host,
+                e.port,
+                e.reason.as_deref().unwrap_or("denied")
+            );
+        }
+    }
+    if out.oom_killed {
+        eprintln!("agent-sandbox: the command was killed for exceeding the memory limit");
+    }
+    if out.timed_out {
+        eprintln!(
+            "agent-sandbox: the command timed out after {:.1}s and was killed",
+            args.timeout.unwrap_or_default()
+        );
+        return Ok(124);
+    }
+    Ok(u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1))
+}
+
+async fn gc_cmd() -> Result<u8, agent_sandbox::Error> {
+    let engine = Engine::connect().await?;
+    let report = gc(&engine).await?;
+    for id in &report.removed {
+        println!("removed {}", &id[..id.len().min(12)]);
+    }
+    eprintln!(
+        "agent-sandbox gc: removed {}, kept {} (owner still running or on another host)",
+        report.removed.len(),
+        report.kept
+    );
+    Ok(0)
+}
+
 async fn proxy(args: ProxyArgs) -> Result<(), agent_sandbox::Error> {
     let policy = args.policy.build()?;
     let listen = Listen::parse(&args.listen)?;
@@ -156,11 +354,13 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Proxy(args) => proxy(args).await,
+            Command::Run(args) => run(args).await,
+            Command::Gc => gc_cmd().await,
+            Command::Proxy(args) => proxy(args).await.map(|()| 0),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("agent-sandbox: error: {e}");
             ExitCode::from(if e.code() == "policy" || e.code() == "listen" {

@@ -34,6 +34,57 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// No Docker engine answers at `DOCKER_HOST` (or the default socket).
+    #[error("Docker is not reachable at {host}: {reason}. Start the engine (`sudo systemctl start docker`, or `sudo dockerd &`), or point DOCKER_HOST at one")]
+    DockerUnavailable {
+        /// Where it was looked for.
+        host: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// The engine is older than Docker 20.10 (API 1.41).
+    #[error("the Docker engine is too old to sandbox safely (version {version}, API {api}); agent-sandbox needs Docker 20.10 (API 1.41) or later")]
+    EngineTooOld {
+        /// Engine version.
+        version: String,
+        /// Engine API version.
+        api: String,
+    },
+    /// The image is not present locally and could not be pulled.
+    #[error("image {image:?} is not available: {reason}. Check the name, `docker pull` it, or build it locally (see `make image`)")]
+    ImageNotFound {
+        /// The image reference.
+        image: String,
+        /// What the engine said.
+        reason: String,
+    },
+    /// The workspace (or an extra mount) cannot be used.
+    #[error("workspace {}: {reason}", path.display())]
+    Workspace {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it is refused, and what to do.
+        reason: String,
+    },
+    /// An argument is invalid (an env name, a size, a limit).
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// Which argument.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The engine failed during an operation.
+    #[error("Docker failed to {what}: {reason}")]
+    Engine {
+        /// The operation.
+        what: String,
+        /// What the engine said.
+        reason: String,
+    },
+    /// The run was cancelled by the caller; its container was removed.
+    #[error("the run was cancelled; its container was removed")]
+    Cancelled,
     /// Other I/O.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -47,6 +98,13 @@ impl Error {
             Error::Policy(_) => "policy",
             Error::Listen { .. } => "listen",
             Error::Bind { .. } | Error::SocketPathInUse { .. } => "bind",
+            Error::DockerUnavailable { .. } => "docker_unavailable",
+            Error::EngineTooOld { .. } => "engine_too_old",
+            Error::ImageNotFound { .. } => "image_not_found",
+            Error::Workspace { .. } => "workspace",
+            Error::InvalidArgument { .. } => "invalid_argument",
+            Error::Engine { .. } => "engine",
+            Error::Cancelled => "cancelled",
             Error::Io(_) => "io",
         }
     }

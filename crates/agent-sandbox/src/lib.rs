@@ -32,5 +32,12 @@
 pub mod error;
 pub mod policy;
 pub mod proxy;
+pub mod runtime;
+mod sandbox;
+mod workspace;
+
+pub use sandbox::{
+    parse_size, CancelToken, Command, Output, Sandbox, SandboxBuilder, DEFAULT_IMAGE,
+};
 
 pub use error::Error;

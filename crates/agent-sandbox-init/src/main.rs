@@ -1,0 +1,175 @@
+//! `agent-sandbox-init`: PID 1 of every sandbox.
+//!
+//! ```text
+//! agent-sandbox-init --port 3128 --socket /.agent-sandbox/net/proxy.sock -- CMD [ARGS...]
+//! ```
+//!
+//! - listens on `127.0.0.1:<port>` inside the container (whose network is
+//!   `none`: loopback only) and bridges every connection to the proxy's unix
+//!   socket, which is bind-mounted from the host: the proxy is the only way out;
+//! - starts the command in its own process group and forwards SIGHUP, SIGINT,
+//!   SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2 and SIGWINCH to that group (PID 1 gets no
+//!   default signal handling from the kernel, so without this `docker stop`
+//!   would wait for its timeout);
+//! - reaps every zombie (orphans are re-parented to PID 1);
+//! - exits with the command's exit code, or 128 + the signal that killed it.
+//!
+//! std only and built statically (the core crate embeds it), so it runs in
+//! any Linux image of the same architecture.
+// The few libc calls std does not wrap (signal, kill, waitpid) are declared here.
+#![allow(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::thread;
+
+extern "C" {
+    fn signal(signum: i32, handler: usize) -> usize;
+    fn kill(pid: i32, sig: i32) -> i32;
+    fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+}
+
+const FORWARDED: [i32; 7] = [1, 2, 3, 10, 12, 15, 28];
+/// The command's process group id (its pid), once started.
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: i32) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // kill(2) is async-signal-safe; a negative pid targets the group.
+        unsafe {
+            kill(-pid, sig);
+        }
+    }
+}
+
+struct Args {
+    port: Option<u16>,
+    socket: Option<PathBuf>,
+    command: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut out = Args {
+        port: None,
+        socket: None,
+        command: Vec::new(),
+    };
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--port" => {
+                let v = args.next().ok_or("--port needs a value")?;
+                out.port = Some(v.parse().map_err(|_| format!("bad --port {v:?}"))?);
+            }
+            "--socket" => out.socket = Some(args.next().ok_or("--socket needs a value")?.into()),
+            "--" => {
+                out.command = args.collect();
+                break;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if out.command.is_empty() {
+        return Err("no command given after --".into());
+    }
+    Ok(out)
+}
+
+/// Copies one direction, then half-closes the other side's write end.
+fn pump(mut from: impl Read, mut to: impl Write, close: impl FnOnce()) {
+    let _ = io::copy(&mut from, &mut to);
+    close();
+}
+
+fn bridge(client: TcpStream, socket: &PathBuf) {
+    let Ok(upstream) = UnixStream::connect(socket) else {
+        // The proxy is gone: the connection just closes.
+        return;
+    };
+    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let up = thread::spawn(move || {
+        pump(&client, &upstream, || {
+            drop(upstream.shutdown(Shutdown::Write))
+        })
+    });
+    pump(&u2, &c2, || drop(c2.shutdown(Shutdown::Write)));
+    let _ = up.join();
+}
+
+fn start_bridge(port: u16, socket: PathBuf) -> io::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let socket = socket.clone();
+            let _ = conn.set_nodelay(true);
+            thread::spawn(move || bridge(conn, &socket));
+        }
+    });
+    Ok(())
+}
+
+fn exit_code(status: i32) -> u8 {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        ((status >> 8) & 0xff) as u8
+    } else {
+        128u8.wrapping_add(sig as u8)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("agent-sandbox-init: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    if let (Some(port), Some(socket)) = (args.port, args.socket.clone()) {
+        if let Err(e) = start_bridge(port, socket) {
+            eprintln!("agent-sandbox-init: cannot listen on 127.0.0.1:{port}: {e}");
+            return ExitCode::from(125);
+        }
+    }
+    for sig in FORWARDED {
+        unsafe {
+            signal(sig, forward as extern "C" fn(i32) as usize);
+        }
+    }
+    let child = match Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .process_group(0)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent-sandbox-init: cannot run {:?}: {e}", args.command[0]);
+            // 127: not found, 126: found but not runnable (the shell's convention).
+            return ExitCode::from(if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
+    let pid = child.id() as i32;
+    CHILD.store(pid, Ordering::SeqCst);
+    loop {
+        let mut status = 0;
+        let reaped = unsafe { waitpid(-1, &mut status, 0) };
+        if reaped == pid {
+            return ExitCode::from(exit_code(status));
+        }
+        if reaped < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return ExitCode::from(125);
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Creating, running and removing one hardened container.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use bollard::container::LogOutput;
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::{engine_err, Engine};
+use crate::Error;
+
+/// A host path bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Canonical host path.
+    pub host: PathBuf,
+    /// Absolute path inside the container.
+    pub container: String,
+    /// Read-only unless explicitly asked otherwise.
+    pub read_only: bool,
+}
+
+/// Resource limits; each becomes a field of `docker inspect`'s `HostConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resources {
+    /// Memory limit in bytes (swap is set equal: no swap).
+    pub memory: i64,
+    /// CPUs (fractional allowed).
+    pub cpus: f64,
+    /// Maximum number of processes/threads.
+    pub pids: i64,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmp_size: u64,
+    /// Size of `/dev/shm` in bytes.
+    pub shm_size: i64,
+}
+
+/// Everything needed to create a sandbox container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Image reference.
+    pub image: String,
+    /// Entrypoint and arguments (the init plus the command).
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    /// `uid:gid`.
+    pub user: String,
+    /// Working directory inside the container.
+    pub working_dir: String,
+    /// Bind mounts (workspace, init, proxy socket directory, extras).
+    pub mounts: Vec<Mount>,
+    /// Extra tmpfs mounts beyond `/tmp` and `/run` (path to size in bytes).
+    pub extra_tmpfs: Vec<(String, u64)>,
+    /// Limits.
+    pub resources: Resources,
+    /// Labels (owner, id).
+    pub labels: HashMap<String, String>,
+}
+
+impl ContainerSpec {
+    fn to_body(&self) -> ContainerCreateBody {
+        let binds = self
+            .mounts
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}:{}:{}",
+                    m.host.display(),
+                    m.container,
+                    if m.read_only { "ro" } else { "rw" }
+                )
+            })
+            .collect();
+        let mut tmpfs = HashMap::from([
+            (
+                "/tmp".to_owned(),
+                format!("rw,nosuid,nodev,size={},mode=1777", self.resources.tmp_size),
+            ),
+            (
+                "/run".to_owned(),
+                "rw,nosuid,nodev,noexec,size=16777216,mode=755".to_owned(),
+            ),
+        ]);
+        for (path, size) in &self.extra_tmpfs {
+            tmpfs.insert(
+                path.clone(),
+                format!("rw,nosuid,nodev,size={size},mode=1777"),
+            );
+        }
+        let host = HostConfig {
+            binds: Some(binds),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(tmpfs),
+            shm_size: Some(self.resources.shm_size),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            network_mode: Some("none".into()),
+            pids_limit: Some(self.resources.pids),
+            memory: Some(self.resources.memory),
+            memory_swap: Some(self.resources.memory),
+            nano_cpus: Some((self.resources.cpus * 1e9) as i64),
+            privileged: Some(false),
+            publish_all_ports: Some(false),
+            ipc_mode: Some("private".into()),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            auto_remove: Some(false),
+            init: Some(false),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            entrypoint: Some(self.argv[..1].to_vec()),
+            cmd: Some(self.argv[1..].to_vec()),
+            env: Some(self.env.clone()),
+            user: Some(self.user.clone()),
+            working_dir: Some(self.working_dir.clone()),
+            labels: Some(self.labels.clone()),
+            hostname: Some("sandbox".into()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            network_disabled: Some(false),
+            host_config: Some(host),
+            ..Default::default()
+        }
+    }
+}
+
+/// Which stream a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How the container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Exit {
+    pub(crate) code: i64,
+    pub(crate) oom_killed: bool,
+}
+
+impl Engine {
+    /// Creates the container (not started).
+    pub(crate) async fn create(&self, spec: &ContainerSpec) -> Result<String, Error> {
+        let resp = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, spec.to_body())
+            .await
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404,
+                    message,
+                } => Error::ImageNotFound {
+                    image: spec.image.clone(),
+                    reason: message,
+                },
+                other => engine_err("create the container", other),
+            })?;
+        Ok(resp.id)
+    }
+
+    /// Attaches to output, starts the container, and feeds every chunk of
+    /// output to `on_output` until the container's streams close.
+    pub(crate) async fn start_and_stream(
+        &self,
+        id: &str,
+        mut on_output: impl FnMut(Stream, Bytes) + Send + 'static,
+    ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, Error> {
+        // Attached before start, so no output is missed; the log driver is
+        // `none`, so nothing is kept by the engine.
+        let opts = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            logs: false,
+            ..Default::default()
+        };
+        let attached = self
+            .docker
+            .attach_container(id, Some(opts))
+            .await
+            .map_err(|e| engine_err("attach to the container", e))?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| engine_err("start the container", e))?;
+        let mut output = attached.output;
+        Ok(Box::pin(async move {
+            while let Some(Ok(chunk)) = output.next().await {
+                match chunk {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        on_output(Stream::Stdout, message)
+                    }
+                    LogOutput::StdErr { message } => on_output(Stream::Stderr, message),
+                    LogOutput::StdIn { .. } => {}
+                }
+            }
+        }))
+    }
+
+    /// Waits for the container to stop.
+    pub(crate) async fn wait(&self, id: &str) -> Result<Exit, Error> {
+        let mut s = self.docker.wait_container(id, None);
+        let code = match s.next().await {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(engine_err("wait for the container", e)),
+            None => {
+                return Err(Error::Engine {
+                    what: "wait for the container".into(),
+                    reason: "the engine closed the wait stream".into(),
+                })
+            }
+        };
+        let oom_killed = match self.docker.inspect_container(id, None).await {
+            Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(_) => false,
+        };
+        Ok(Exit { code, oom_killed })
+    }
+
+    /// Sends SIGKILL (ignores "not running").
+    pub(crate) async fn kill(&self, id: &str) {
+        let _ = self
+            .docker
+            .kill_container(
+                id,
+                Some(KillContainerOptions {
+                    signal: "KILL".into(),
+                }),
+            )
+            .await;
+    }
+
+    /// Removes the container, killing it if needed.
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), Error> {
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(engine_err("remove the container", e)),
+        }
+    }
+}

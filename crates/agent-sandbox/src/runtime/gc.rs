@@ -1,0 +1,112 @@
+//! Garbage collection: remove sandbox containers whose owning process is gone
+//! (a crash, `kill -9`, a power cut of the caller).
+
+use std::collections::HashMap;
+
+use bollard::query_parameters::ListContainersOptions;
+
+use super::{engine_err, labels, Engine};
+use crate::Error;
+
+/// What [`gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Ids of the containers removed.
+    pub removed: Vec<String>,
+    /// Sandbox containers left alone (owner alive, or on another host).
+    pub kept: usize,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A process's start time (field 22 of `/proc/PID/stat`), which tells a live
+/// owner from a new process that reused its pid.
+fn start_time(pid: &str) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// The owner label of this process: `host:pid:starttime`.
+#[must_use]
+pub fn owner_label_value() -> String {
+    let pid = std::process::id().to_string();
+    let start = start_time(&pid).unwrap_or_default();
+    format!("{}:{pid}:{start}", hostname())
+}
+
+fn owner_alive(owner: &str, this_host: &str) -> bool {
+    let mut parts = owner.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return true; // not ours to judge
+    };
+    if host != this_host {
+        return true;
+    }
+    start_time(pid).is_some_and(|s| s == start)
+}
+
+/// Removes every sandbox container on `engine` whose owner process (on this
+/// host) is no longer running.
+///
+/// # Errors
+/// [`Error::Engine`] if the engine cannot list containers.
+pub async fn gc(engine: &Engine) -> Result<GcReport, Error> {
+    let filters = HashMap::from([("label".to_owned(), vec![labels::MANAGED.to_owned()])]);
+    let list = engine
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| engine_err("list containers", e))?;
+    let here = hostname();
+    let mut report = GcReport::default();
+    for c in list {
+        let owner = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(labels::OWNER))
+            .cloned()
+            .unwrap_or_default();
+        let Some(id) = c.id else { continue };
+        if owner_alive(&owner, &here) {
+            report.kept += 1;
+        } else {
+            engine.remove(&id).await?;
+            report.removed.push(id);
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_dead_pid_is_not() {
+        let me = owner_label_value();
+        assert!(owner_alive(&me, &hostname()));
+        let stale = format!("{}:{}:1", hostname(), std::process::id());
+        assert!(
+            !owner_alive(&stale, &hostname()),
+            "same pid, other start time: pid reuse"
+        );
+        assert!(!owner_alive(
+            &format!("{}:999999999:1", hostname()),
+            &hostname()
+        ));
+        assert!(
+            owner_alive("other-host:1:1", &hostname()),
+            "other hosts' containers are kept"
+        );
+    }
+}

@@ -1,0 +1,815 @@
+//! The public API: configure a sandbox, run a command in it, get the result.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::policy::{Policy, PolicyBuilder};
+use crate::proxy::{AuditEvent, EventSink, Limits, Listen, Proxy};
+use crate::runtime::{
+    labels, owner_label_value, ContainerSpec, Engine, Mount, PullProgress, Resources,
+};
+use crate::workspace::check_dir;
+use crate::Error;
+
+/// The image used when neither the builder nor `AGENT_SANDBOX_IMAGE` names one.
+pub const DEFAULT_IMAGE: &str = "debian:bookworm-slim";
+/// The port the in-container bridge listens on (inside the container's own
+/// network namespace, so it cannot clash with anything on the host).
+const PROXY_PORT: u16 = 3128;
+/// Where the init binary and the proxy socket directory appear in the container.
+const INIT_PATH: &str = "/.agent-sandbox/init";
+const NET_DIR: &str = "/.agent-sandbox/net";
+static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
+
+/// A command: one string runs through `/bin/sh -c`; a list runs as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `sh -c STRING`.
+    Shell(String),
+    /// `argv[0] argv[1..]`, no shell.
+    Argv(Vec<String>),
+}
+
+impl Command {
+    fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+            Command::Argv(v) => v.clone(),
+        }
+    }
+}
+
+impl From<&str> for Command {
+    fn from(s: &str) -> Self {
+        Command::Shell(s.to_owned())
+    }
+}
+impl From<String> for Command {
+    fn from(s: String) -> Self {
+        Command::Shell(s)
+    }
+}
+impl From<Vec<String>> for Command {
+    fn from(v: Vec<String>) -> Self {
+        Command::Argv(v)
+    }
+}
+impl From<&[&str]> for Command {
+    fn from(v: &[&str]) -> Self {
+        Command::Argv(v.iter().map(|s| (*s).to_owned()).collect())
+    }
+}
+impl<const N: usize> From<[&str; N]> for Command {
+    fn from(v: [&str; N]) -> Self {
+        Command::Argv(v.iter().map(|s| (*s).to_owned()).collect())
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Output {
+    /// The command's exit code (128 + signal if a signal killed it; 137 after
+    /// a timeout or an OOM kill).
+    pub exit_code: i64,
+    /// Captured stdout, up to the output limit.
+    pub stdout: Vec<u8>,
+    /// Captured stderr, up to the output limit.
+    pub stderr: Vec<u8>,
+    /// Whether stdout was cut at the limit.
+    pub stdout_truncated: bool,
+    /// Whether stderr was cut at the limit.
+    pub stderr_truncated: bool,
+    /// Whether the timeout killed the command.
+    pub timed_out: bool,
+    /// Whether the memory limit killed it.
+    pub oom_killed: bool,
+    /// Wall time from start of the run (image check included) to the end.
+    pub duration: Duration,
+    /// Every network decision the proxy made during the run.
+    pub events: Vec<AuditEvent>,
+    /// The sandbox id (also the `agent-sandbox.id` container label).
+    pub sandbox_id: String,
+}
+
+impl Output {
+    /// Exit code 0 and no timeout.
+    #[must_use]
+    pub fn success(&self) -> bool {
+        self.exit_code == 0 && !self.timed_out
+    }
+
+    /// stdout as text (lossy).
+    #[must_use]
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text (lossy).
+    #[must_use]
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Cancels a run from elsewhere (Ctrl-C, an agent's abort). Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct CancelToken(Arc<watch::Sender<bool>>);
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        CancelToken(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl CancelToken {
+    /// A new, un-cancelled token.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels every run holding this token: each kills and removes its
+    /// container and returns [`Error::Cancelled`].
+    pub fn cancel(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn cancelled(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+type OutputSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+type PullSink = Arc<dyn Fn(&PullProgress) + Send + Sync>;
+
+/// Entry point: `Sandbox::builder()`.
+#[derive(Debug)]
+pub struct Sandbox;
+
+impl Sandbox {
+    /// A builder with every default stated on its setters.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+}
+
+/// Configures a sandbox. Nothing is checked until [`run`](SandboxBuilder::run),
+/// where every input is validated before anything starts.
+#[must_use]
+#[derive(Clone)]
+pub struct SandboxBuilder {
+    image: Option<String>,
+    workspace: Option<PathBuf>,
+    policy: PolicyBuilder,
+    resolve_specs: Vec<String>,
+    env: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    memory: i64,
+    cpus: f64,
+    pids: i64,
+    tmp_size: u64,
+    output_limit: usize,
+    mounts: Vec<(PathBuf, String, bool)>,
+    user: Option<String>,
+    on_stdout: Option<OutputSink>,
+    on_stderr: Option<OutputSink>,
+    on_event: Option<EventSink>,
+    on_pull: Option<PullSink>,
+    cancel: Option<CancelToken>,
+    proxy_limits: Limits,
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        SandboxBuilder {
+            image: None,
+            workspace: None,
+            policy: PolicyBuilder::default(),
+            resolve_specs: Vec::new(),
+            env: Vec::new(),
+            timeout: None,
+            memory: 1 << 30,
+            cpus: 1.0,
+            pids: 256,
+            tmp_size: 512 << 20,
+            output_limit: 16 << 20,
+            mounts: Vec::new(),
+            user: None,
+            on_stdout: None,
+            on_stderr: None,
+            on_event: None,
+            on_pull: None,
+            cancel: None,
+            proxy_limits: Limits::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("image", &self.image)
+            .field("workspace", &self.workspace)
+            .field("policy", &self.policy)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxBuilder {
+    /// The image. Default: `AGENT_SANDBOX_IMAGE`, else [`DEFAULT_IMAGE`]
+    /// (`debian:bookworm-slim`). Used if present locally, pulled otherwise.
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
+    /// The one read-write directory, mounted at `/workspace` (the working
+    /// directory). Default: none (`/workspace` is an empty tmpfs).
+    pub fn workspace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.workspace = Some(path.into());
+        self
+    }
+
+    /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
+    pub fn allow(mut self, rule: impl Into<String>) -> Self {
+        self.policy = self.policy.allow(rule);
+        self
+    }
+
+    /// Denies a host rule; deny wins.
+    pub fn deny(mut self, rule: impl Into<String>) -> Self {
+        self.policy = self.policy.deny(rule);
+        self
+    }
+
+    /// Allows a network (the only way to reach IP literals and private ranges).
+    pub fn allow_cidr(mut self, cidr: impl Into<String>) -> Self {
+        self.policy = self.policy.allow_cidr(cidr);
+        self
+    }
+
+    /// Denies a network.
+    pub fn deny_cidr(mut self, cidr: impl Into<String>) -> Self {
+        self.policy = self.policy.deny_cidr(cidr);
+        self
+    }
+
+    /// Pins `name:port` to `addr`, like curl's `--resolve`.
+    pub fn resolve(mut self, name: impl Into<String>, port: u16, addr: impl Into<String>) -> Self {
+        self.policy = self.policy.resolve(name, port, addr);
+        self
+    }
+
+    /// Pins from `HOST:PORT:ADDR` text (checked at run).
+    pub fn resolve_spec(mut self, spec: impl Into<String>) -> Self {
+        self.resolve_specs.push(spec.into());
+        self
+    }
+
+    /// Sets an environment variable in the sandbox. The proxy variables,
+    /// `HOME` (`/tmp`) and cache locations are set by the sandbox itself.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Kills the command after this long. Default: no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Memory limit in bytes, swap included. Default 1 GiB.
+    pub fn memory(mut self, bytes: i64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// CPU limit. Default 1.0.
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.cpus = cpus;
+        self
+    }
+
+    /// Process/thread limit. Default 256.
+    pub fn pids(mut self, pids: i64) -> Self {
+        self.pids = pids;
+        self
+    }
+
+    /// Size of the `/tmp` tmpfs in bytes. Default 512 MiB.
+    pub fn tmp_size(mut self, bytes: u64) -> Self {
+        self.tmp_size = bytes;
+        self
+    }
+
+    /// Bytes of stdout and of stderr kept in the [`Output`]; the rest is
+    /// still streamed to callbacks but not stored. Default 16 MiB each.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = bytes;
+        self
+    }
+
+    /// Mounts a host directory read-only at `container_path`.
+    pub fn mount(mut self, host: impl Into<PathBuf>, container_path: impl Into<String>) -> Self {
+        self.mounts.push((host.into(), container_path.into(), true));
+        self
+    }
+
+    /// Mounts a host directory read-write (only when asked: the workspace is
+    /// the one read-write mount by default).
+    pub fn mount_rw(mut self, host: impl Into<PathBuf>, container_path: impl Into<String>) -> Self {
+        self.mounts
+            .push((host.into(), container_path.into(), false));
+        self
+    }
+
+    /// Runs as `uid:gid` instead of the caller's own ids (the default, so
+    /// files written to the workspace belong to the caller).
+    pub fn user(mut self, uid_gid: impl Into<String>) -> Self {
+        self.user = Some(uid_gid.into());
+        self
+    }
+
+    /// Called with each chunk of stdout as it arrives.
+    pub fn on_stdout(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.on_stdout = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with each chunk of stderr as it arrives.
+    pub fn on_stderr(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.on_stderr = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with each audit event as the proxy decides.
+    pub fn on_event(mut self, f: impl Fn(&AuditEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with image pull progress (only when the image is pulled).
+    pub fn on_pull(mut self, f: impl Fn(&PullProgress) + Send + Sync + 'static) -> Self {
+        self.on_pull = Some(Arc::new(f));
+        self
+    }
+
+    /// Lets another task cancel the run.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// The proxy's limits. Default [`Limits::default`].
+    pub fn proxy_limits(mut self, limits: Limits) -> Self {
+        self.proxy_limits = limits;
+        self
+    }
+
+    fn validate(&self) -> Result<Policy, Error> {
+        let mut policy = self.policy.clone();
+        for spec in &self.resolve_specs {
+            policy = policy.resolve_spec(spec)?;
+        }
+        let policy = policy.build()?;
+        let bad = |what: &str, reason: String| Error::InvalidArgument {
+            what: what.into(),
+            reason,
+        };
+        for (k, _) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(bad(
+                    "environment variable",
+                    format!("{k:?} is not a valid name"),
+                ));
+            }
+        }
+        if self.memory < 6 << 20 {
+            return Err(bad(
+                "memory",
+                format!("{} bytes is below Docker's minimum of 6 MiB", self.memory),
+            ));
+        }
+        if !(self.cpus > 0.0 && self.cpus.is_finite()) {
+            return Err(bad(
+                "cpus",
+                format!("{} must be a positive number", self.cpus),
+            ));
+        }
+        if self.pids < 8 {
+            return Err(bad(
+                "pids",
+                format!("{} is too few to start a shell; use at least 8", self.pids),
+            ));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(bad("timeout", "must be more than zero".into()));
+        }
+        for (_, target, _) in &self.mounts {
+            if !target.starts_with('/') || target == "/" || target.split('/').any(|p| p == "..") {
+                return Err(bad(
+                    "mount target",
+                    format!("{target:?} must be an absolute path below /"),
+                ));
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Runs `cmd` in a fresh sandbox and removes it afterwards, on success,
+    /// error, timeout and cancellation alike.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] for a malformed rule, [`Error::Workspace`] for a
+    /// missing or forbidden workspace, [`Error::DockerUnavailable`],
+    /// [`Error::ImageNotFound`], [`Error::Cancelled`], [`Error::Engine`].
+    /// A non-zero exit or a timeout is not an error: see [`Output`].
+    pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
+        let started = Instant::now();
+        let cmd = cmd.into();
+        if cmd.argv().first().is_none_or(|a| a.is_empty()) {
+            return Err(Error::InvalidArgument {
+                what: "command".into(),
+                reason: "empty command".into(),
+            });
+        }
+        let policy = self.validate()?;
+        let engine = Engine::connect().await?;
+        let socket = engine.socket_path();
+        let workspace = match &self.workspace {
+            Some(p) => Some(check_dir(p, socket.as_deref())?),
+            None => None,
+        };
+        let mut extra = Vec::new();
+        for (host, target, ro) in &self.mounts {
+            extra.push(Mount {
+                host: check_dir(host, socket.as_deref())?,
+                container: target.clone(),
+                read_only: *ro,
+            });
+        }
+        let image = self
+            .image
+            .clone()
+            .or_else(|| {
+                std::env::var("AGENT_SANDBOX_IMAGE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        let pull = self.on_pull.clone();
+        engine
+            .ensure_image(
+                &image,
+                pull.as_deref()
+                    .map(|f| f as &(dyn Fn(&PullProgress) + Send + Sync)),
+            )
+            .await?;
+
+        let id = new_id();
+        let dir = SandboxDir::create(&id)?;
+        let init = init_binary()?;
+        let caller = std::fs::metadata(&dir.0)?;
+        let user = self
+            .user
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", caller.uid(), caller.gid()));
+
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink_events = events.clone();
+        let user_sink = self.on_event.clone();
+        let proxy = Proxy::builder(policy)
+            .sandbox_id(id.clone())
+            .limits(self.proxy_limits.clone())
+            .on_event(move |e| {
+                if let Some(f) = &user_sink {
+                    f(e);
+                }
+                if let Ok(mut v) = sink_events.lock() {
+                    v.push(e.clone());
+                }
+            })
+            .start(&Listen::Unix(dir.0.join("proxy.sock")))
+            .await?;
+        if self.user.is_some() {
+            // Another uid must be able to connect to the caller's socket.
+            std::fs::set_permissions(
+                dir.0.join("proxy.sock"),
+                std::fs::Permissions::from_mode(0o666),
+            )?;
+        }
+
+        let mut mounts = vec![
+            Mount {
+                host: init,
+                container: INIT_PATH.into(),
+                read_only: true,
+            },
+            Mount {
+                host: dir.0.clone(),
+                container: NET_DIR.into(),
+                read_only: true,
+            },
+        ];
+        let mut extra_tmpfs = Vec::new();
+        match workspace {
+            Some(ws) => mounts.push(Mount {
+                host: ws,
+                container: "/workspace".into(),
+                read_only: false,
+            }),
+            None => extra_tmpfs.push(("/workspace".to_owned(), self.tmp_size)),
+        }
+        mounts.extend(extra);
+        let mut argv = vec![
+            INIT_PATH.to_owned(),
+            "--port".into(),
+            PROXY_PORT.to_string(),
+            "--socket".into(),
+            format!("{NET_DIR}/proxy.sock"),
+            "--".into(),
+        ];
+        argv.extend(cmd.argv());
+        let spec = ContainerSpec {
+            image,
+            argv,
+            env: sandbox_env(&self.env),
+            user,
+            working_dir: "/workspace".into(),
+            mounts,
+            extra_tmpfs,
+            resources: Resources {
+                memory: self.memory,
+                cpus: self.cpus,
+                pids: self.pids,
+                tmp_size: self.tmp_size,
+                shm_size: 64 << 20,
+            },
+            labels: HashMap::from([
+                (labels::MANAGED.to_owned(), "1".to_owned()),
+                (labels::ID.to_owned(), id.clone()),
+                (labels::OWNER.to_owned(), owner_label_value()),
+            ]),
+        };
+        let container = ContainerGuard {
+            engine: engine.clone(),
+            id: Some(engine.create(&spec).await?),
+        };
+        let result = self.supervise(&engine, container.id(), started).await;
+        container.remove().await;
+        proxy.shutdown().await;
+        drop(dir);
+        let (exit, timed_out, out, err) = result?;
+        let events = events.lock().map(|v| v.clone()).unwrap_or_default();
+        Ok(Output {
+            exit_code: exit.code,
+            stdout: out.buf,
+            stderr: err.buf,
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+            timed_out,
+            oom_killed: exit.oom_killed,
+            duration: started.elapsed(),
+            events,
+            sandbox_id: id,
+        })
+    }
+
+    /// Starts the container, streams its output, and waits for it under the
+    /// timeout and the cancel token.
+    async fn supervise(
+        &self,
+        engine: &Engine,
+        id: &str,
+        started: Instant,
+    ) -> Result<(crate::runtime::Exit, bool, Capture, Capture), Error> {
+        let out = Arc::new(Mutex::new(Capture::new(self.output_limit)));
+        let err = Arc::new(Mutex::new(Capture::new(self.output_limit)));
+        let (o, e) = (out.clone(), err.clone());
+        let (on_out, on_err) = (self.on_stdout.clone(), self.on_stderr.clone());
+        let drain = engine
+            .start_and_stream(id, move |stream, bytes: Bytes| {
+                let (cap, cb) = match stream {
+                    crate::runtime::Stream::Stdout => (&o, &on_out),
+                    crate::runtime::Stream::Stderr => (&e, &on_err),
+                };
+                if let Some(cb) = cb {
+                    cb(&bytes);
+                }
+                if let Ok(mut c) = cap.lock() {
+                    c.push(&bytes);
+                }
+            })
+            .await?;
+        let drain = tokio::spawn(drain);
+        let deadline = self
+            .timeout
+            .map(|t| tokio::time::Instant::from_std(started) + t);
+        let cancel = self.cancel.clone();
+        let mut timed_out = false;
+        let exit = tokio::select! {
+            r = engine.wait(id) => r?,
+            () = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                timed_out = true;
+                engine.kill(id).await;
+                engine.wait(id).await?
+            }
+            () = async { match &cancel { Some(c) => c.cancelled().await, None => std::future::pending().await } } => {
+                engine.kill(id).await;
+                drain.abort();
+                return Err(Error::Cancelled);
+            }
+        };
+        // Output still in flight when the container stopped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        let take = |c: &Arc<Mutex<Capture>>| {
+            c.lock()
+                .map(|mut c| std::mem::take(&mut *c))
+                .unwrap_or_default()
+        };
+        Ok((exit, timed_out, take(&out), take(&err)))
+    }
+}
+
+/// Parses a size as Docker does: bytes, or a number with `b`, `k`, `m`, `g`
+/// (binary units, case-insensitive): `512m`, `1g`, `1048576`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for anything else.
+///
+/// # Examples
+/// ```
+/// assert_eq!(agent_sandbox::parse_size("512m").unwrap(), 512 << 20);
+/// assert!(agent_sandbox::parse_size("lots").is_err());
+/// ```
+pub fn parse_size(s: &str) -> Result<i64, Error> {
+    let bad = || Error::InvalidArgument {
+        what: "size".into(),
+        reason: format!("{s:?} is not a size like 512m, 2g or 1048576"),
+    };
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'b')) => (&t[..i], 1i64),
+        Some((i, 'k')) => (&t[..i], 1 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(bad());
+    }
+    let v = n * mult as f64;
+    if v > i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v as i64)
+}
+
+/// Output kept up to a limit; the rest is counted as truncated.
+#[derive(Default)]
+struct Capture {
+    buf: Vec<u8>,
+    limit: usize,
+    truncated: bool,
+}
+
+impl Capture {
+    fn new(limit: usize) -> Capture {
+        Capture {
+            buf: Vec::new(),
+            limit,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let room = self.limit.saturating_sub(self.buf.len());
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+fn sandbox_env(user: &[(String, String)]) -> Vec<String> {
+    let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
+    let mut env = vec![
+        "HOME=/tmp".to_owned(),
+        "XDG_CACHE_HOME=/tmp/.cache".to_owned(),
+        "npm_config_cache=/tmp/.npm".to_owned(),
+        "PIP_CACHE_DIR=/tmp/.cache/pip".to_owned(),
+        "CARGO_HOME=/tmp/.cargo".to_owned(),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+    ];
+    for k in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        env.push(format!("{k}={proxy}"));
+    }
+    env.push("NO_PROXY=localhost,127.0.0.1,::1".into());
+    env.push("no_proxy=localhost,127.0.0.1,::1".into());
+    env.extend(user.iter().map(|(k, v)| format!("{k}={v}")));
+    env
+}
+
+fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// The per-sandbox host directory holding the proxy socket; removed on drop.
+struct SandboxDir(PathBuf);
+
+impl SandboxDir {
+    fn create(id: &str) -> Result<SandboxDir, Error> {
+        let path = std::env::temp_dir().join(format!("agent-sandbox-{id}"));
+        std::fs::create_dir(&path)?;
+        // Traversable (not listable) by the sandbox user if it differs from the caller.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))?;
+        Ok(SandboxDir(path))
+    }
+}
+
+impl Drop for SandboxDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the container however the run ends; if the run's future is
+/// dropped mid-way, removal continues on a background task.
+struct ContainerGuard {
+    engine: Engine,
+    id: Option<String>,
+}
+
+impl ContainerGuard {
+    fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
+    async fn remove(mut self) {
+        if let Some(id) = self.id.take() {
+            let _ = self.engine.remove(&id).await;
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if let (Some(id), Ok(rt)) = (self.id.take(), tokio::runtime::Handle::try_current()) {
+            let engine = self.engine.clone();
+            rt.spawn(async move {
+                let _ = engine.remove(&id).await;
+            });
+        }
+    }
+}
+
+/// Writes the embedded init binary to the cache directory (once per
+/// version) and returns its path.
+fn init_binary() -> Result<PathBuf, Error> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    INIT_BINARY.hash(&mut h);
+    let name = format!("init-{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish());
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("agent-sandbox");
+    let path = base.join(&name);
+    if std::fs::read(&path).is_ok_and(|b| b == INIT_BINARY) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&base)?;
+    let tmp = base.join(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, INIT_BINARY)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
