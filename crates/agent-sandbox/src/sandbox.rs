@@ -437,7 +437,11 @@ impl SandboxBuilder {
     pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
         let started = Instant::now();
         let cmd = cmd.into();
-        if cmd.argv().first().is_none_or(|a| a.is_empty()) {
+        let empty = match &cmd {
+            Command::Shell(s) => s.trim().is_empty(),
+            Command::Argv(v) => v.first().is_none_or(|a| a.is_empty()),
+        };
+        if empty {
             return Err(Error::InvalidArgument {
                 what: "command".into(),
                 reason: "empty command".into(),

@@ -1,0 +1,788 @@
+//! Real-Docker tests of the jail: every hardening default read back from
+//! `docker inspect`, and adversarial tests that try to get out and assert
+//! they could not. `make test` starts the engine and builds the image.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sandbox::proxy::Verdict;
+use agent_sandbox::runtime::{gc, labels, Engine};
+use agent_sandbox::{CancelToken, Error, Output, Sandbox, SandboxBuilder};
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use bollard::Docker;
+
+fn image() -> String {
+    std::env::var("AGENT_SANDBOX_IMAGE").unwrap_or_else(|_| "agent-sandbox/base:bookworm".into())
+}
+
+fn sandbox() -> SandboxBuilder {
+    Sandbox::builder().image(image())
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "as-docker-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+}
+
+async fn containers_with_label(label: &str) -> Vec<bollard::models::ContainerSummary> {
+    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+    docker()
+        .await
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+}
+
+/// Asserts the run's container is gone.
+async fn assert_removed(out: &Output) {
+    let left = containers_with_label(&format!("{}={}", labels::ID, out.sandbox_id)).await;
+    assert!(
+        left.is_empty(),
+        "container of {} left behind",
+        out.sandbox_id
+    );
+}
+
+async fn run(b: SandboxBuilder, cmd: &str) -> Output {
+    let out = b
+        .run(cmd)
+        .await
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert_removed(&out).await;
+    out
+}
+
+/// A TCP listener on the host that counts connections.
+fn host_canary(bind: &str) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind(bind).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            if s.is_ok() {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (port, count)
+}
+
+/// A tiny HTTP server on 127.0.0.1 that counts connections and answers
+/// every request with `body`.
+fn http_canary(body: &'static str) -> (u16, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn hardening_defaults_are_visible_in_docker_inspect() {
+    let ws = tempdir("inspect");
+    let marker = format!("inspect-marker-{}", std::process::id());
+    let cancel = CancelToken::new();
+    let b = sandbox().workspace(&ws).cancel_token(cancel.clone());
+    let cmd = format!("sleep 60; : {marker}");
+    let task = tokio::spawn(async move { b.run(cmd).await });
+    let d = docker().await;
+    let mut found = None;
+    for _ in 0..100 {
+        for c in containers_with_label(labels::MANAGED).await {
+            if c.command.as_deref().unwrap_or("").contains(&marker)
+                && c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING)
+            {
+                found = c.id;
+            }
+        }
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = found.expect("the sandbox container is running");
+    let info = d
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let hc = info.host_config.unwrap();
+    let cfg = info.config.unwrap();
+    assert_eq!(hc.readonly_rootfs, Some(true), "read-only root");
+    let tmpfs = hc.tmpfs.unwrap();
+    for (path, opts) in [("/tmp", &tmpfs["/tmp"]), ("/run", &tmpfs["/run"])] {
+        for want in ["size=", "nosuid", "nodev"] {
+            assert!(opts.contains(want), "{path} tmpfs has {want}: {opts}");
+        }
+    }
+    assert_eq!(hc.shm_size, Some(64 << 20), "bounded /dev/shm");
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert!(hc.cap_add.unwrap_or_default().is_empty());
+    let secopt = hc.security_opt.unwrap_or_default();
+    assert!(
+        secopt.iter().any(|s| s == "no-new-privileges"),
+        "{secopt:?}"
+    );
+    assert!(
+        !secopt.iter().any(|s| s.contains("unconfined")),
+        "default seccomp and apparmor kept: {secopt:?}"
+    );
+    assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    assert_eq!(hc.pids_limit, Some(256));
+    assert_eq!(hc.memory, Some(1 << 30));
+    assert_eq!(hc.memory_swap, hc.memory, "no swap beyond the memory limit");
+    assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+    assert_eq!(hc.privileged, Some(false));
+    assert!(
+        hc.port_bindings.unwrap_or_default().is_empty(),
+        "no published ports"
+    );
+    assert_eq!(
+        hc.restart_policy
+            .and_then(|r| r.name)
+            .map(|n| n.to_string()),
+        Some("no".to_owned())
+    );
+    assert_eq!(
+        hc.log_config.and_then(|l| l.typ).as_deref(),
+        Some("none"),
+        "no logs kept"
+    );
+    assert!(hc.devices.unwrap_or_default().is_empty(), "no devices");
+    assert!(
+        hc.pid_mode.unwrap_or_default().is_empty() && hc.uts_mode.unwrap_or_default().is_empty(),
+        "no host namespaces"
+    );
+    assert_ne!(hc.ipc_mode.as_deref(), Some("host"));
+    let me = std::fs::metadata(&ws).unwrap();
+    assert_eq!(
+        cfg.user.as_deref(),
+        Some(format!("{}:{}", me.uid(), me.gid()).as_str()),
+        "the caller's uid:gid"
+    );
+    assert!(cfg.env.unwrap().iter().any(|e| e == "HOME=/tmp"));
+    assert_eq!(cfg.working_dir.as_deref(), Some("/workspace"));
+    let binds = hc.binds.unwrap();
+    let ws_c = ws.canonicalize().unwrap();
+    assert!(
+        binds.contains(&format!("{}:/workspace:rw", ws_c.display())),
+        "{binds:?}"
+    );
+    assert_eq!(
+        binds.iter().filter(|b| b.ends_with(":rw")).count(),
+        1,
+        "exactly one read-write mount: {binds:?}"
+    );
+    assert!(
+        binds.iter().all(|b| !b.contains("docker.sock")),
+        "{binds:?}"
+    );
+    let lbl = cfg.labels.unwrap();
+    assert_eq!(lbl.get(labels::MANAGED).map(String::as_str), Some("1"));
+    assert!(lbl
+        .get(labels::OWNER)
+        .unwrap()
+        .contains(&format!(":{}:", std::process::id())));
+    cancel.cancel();
+    let r = task.await.unwrap();
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let gone = d
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await;
+    assert!(gone.is_err(), "a cancelled run removes its container");
+}
+
+#[tokio::test]
+async fn exit_codes_and_output_pass_through() {
+    let out = run(sandbox(), "echo out; echo err >&2; exit 42").await;
+    assert_eq!(out.exit_code, 42);
+    assert_eq!(out.stdout_str(), "out\n");
+    assert_eq!(out.stderr_str(), "err\n");
+    assert!(!out.success() && !out.timed_out && !out.stdout_truncated);
+    let out = sandbox()
+        .run(["printf", "%s|", "a b", "$HOME"])
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "a b|$HOME|", "argv runs without a shell");
+    let out = sandbox().run(["/no/such/program"]).await.unwrap();
+    assert_eq!(out.exit_code, 127);
+    assert!(out.stderr_str().contains("/no/such/program"));
+}
+
+#[tokio::test]
+async fn streaming_callbacks_see_output_as_it_arrives() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let out = run(
+        sandbox().on_stdout(move |b| s.lock().unwrap().extend_from_slice(b)),
+        "for i in 1 2 3; do echo line$i; sleep 0.1; done",
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8(seen.lock().unwrap().clone()).unwrap(),
+        "line1\nline2\nline3\n"
+    );
+    assert_eq!(out.stdout_str(), "line1\nline2\nline3\n");
+}
+
+#[tokio::test]
+async fn workspace_files_belong_to_the_caller() {
+    let ws = tempdir("owner");
+    let out = run(
+        sandbox().workspace(&ws),
+        "echo data > /workspace/mine.txt && id -u",
+    )
+    .await;
+    assert!(out.success(), "{}", out.stderr_str());
+    let me = std::fs::metadata(&ws).unwrap();
+    let f = std::fs::metadata(ws.join("mine.txt")).unwrap();
+    assert_eq!((f.uid(), f.gid()), (me.uid(), me.gid()));
+    assert_eq!(out.stdout_str().trim(), me.uid().to_string());
+    // Another uid maps through as given, so ownership really follows the sandbox user.
+    let ws2 = tempdir("owner2");
+    std::fs::set_permissions(&ws2, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = run(
+        sandbox().workspace(&ws2).user("4321:4321"),
+        "echo x > /workspace/theirs.txt",
+    )
+    .await;
+    assert!(out.success(), "{}", out.stderr_str());
+    assert_eq!(
+        std::fs::metadata(ws2.join("theirs.txt")).unwrap().uid(),
+        4321
+    );
+}
+
+#[tokio::test]
+async fn only_workspace_and_tmp_are_writable() {
+    let ws = tempdir("rofs");
+    std::fs::set_permissions(&ws, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let script = r#"
+        for p in /f /etc/f /usr/f /bin/f /root/f /var/f /home/f /.agent-sandbox/f /.agent-sandbox/net/f; do
+          if touch "$p" 2>/dev/null; then echo "WROTE $p"; fi
+        done
+        rm -rf /bin 2>/dev/null; test -x /bin/sh && echo bin-intact
+        echo a > /tmp/ok && echo tmp-ok
+        echo b > /workspace/ok && echo ws-ok
+        cp /bin/true /tmp/t && /tmp/t && echo tmp-exec
+        mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED
+    "#;
+    let out = run(sandbox().workspace(&ws).user("1000:1000"), script).await;
+    let text = out.stdout_str();
+    assert!(!text.contains("WROTE"), "{text}");
+    assert!(!text.contains("MOUNTED"), "{text}");
+    for want in ["bin-intact", "tmp-ok", "ws-ok"] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
+    assert_eq!(std::fs::read_to_string(ws.join("ok")).unwrap(), "b\n");
+}
+
+#[tokio::test]
+async fn setuid_and_capabilities_give_nothing() {
+    let script = r#"
+        grep -E '^(NoNewPrivs|CapEff|CapPrm|Seccomp):' /proc/self/status
+        python3 -c 'import os; os.setuid(0)' 2>/dev/null && echo SETUID-OK
+        su -c id root </dev/null 2>/dev/null && echo SU-OK
+        cat /etc/shadow 2>/dev/null && echo SHADOW-READ
+        true
+    "#;
+    let out = run(sandbox().user("1000:1000"), script).await;
+    let text = out.stdout_str();
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("CapPrm:\t0000000000000000"), "{text}");
+    assert!(
+        text.contains("Seccomp:\t2"),
+        "seccomp filter active: {text}"
+    );
+    for bad in ["SETUID-OK", "SU-OK", "SHADOW-READ"] {
+        assert!(!text.contains(bad), "{bad}: {text}");
+    }
+}
+
+async fn bridge_gateway() -> Option<String> {
+    let n = docker()
+        .await
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .ok()?;
+    n.ipam?.config?.into_iter().find_map(|c| c.gateway)
+}
+
+#[tokio::test]
+async fn direct_connections_cannot_leave_the_sandbox() {
+    // A host listener on every interface, and another container on the
+    // default bridge, both made by this test.
+    let (port, hits) = host_canary("0.0.0.0:0");
+    let d = docker().await;
+    let other = d
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(image()),
+                cmd: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "nc -lk -p 8080 >/dev/null".into(),
+                ]),
+                labels: Some(HashMap::from([(
+                    "agent-sandbox-test".to_owned(),
+                    "peer".to_owned(),
+                )])),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    d.start_container(
+        &other.id,
+        None::<bollard::query_parameters::StartContainerOptions>,
+    )
+    .await
+    .unwrap();
+    let peer_ip = d
+        .inspect_container(&other.id, None::<InspectContainerOptions>)
+        .await
+        .unwrap()
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
+        .unwrap();
+    let gw = bridge_gateway()
+        .await
+        .unwrap_or_else(|| "172.17.0.1".into());
+    let targets = [
+        ("127.0.0.1", port),
+        (gw.as_str(), port),
+        (peer_ip.as_str(), 8080),
+    ];
+    let mut script = String::from("import socket\nfor host, port in [");
+    for (h, p) in &targets {
+        script.push_str(&format!("('{h}', {p}),"));
+    }
+    script.push_str("]:\n    try:\n        socket.create_connection((host, port), timeout=3); print('CONNECTED', host)\n    except OSError as e:\n        print('refused', host, e.errno)\n");
+    script.push_str("print(open('/proc/net/dev').read())\n");
+    let out = sandbox().run(["python3", "-c", &script]).await.unwrap();
+    assert_removed(&out).await;
+    let text = out.stdout_str();
+    assert!(!text.contains("CONNECTED"), "{text}");
+    assert_eq!(
+        text.matches("refused").count(),
+        3,
+        "{text}{}",
+        out.stderr_str()
+    );
+    let ifaces: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
+        .filter(|n| !n.contains('|'))
+        .collect();
+    assert_eq!(ifaces, vec!["lo"], "loopback only: {text}");
+    // Prove the peer was reachable at all, from outside the sandbox.
+    let probe = d
+        .create_exec(
+            &other.id,
+            bollard::models::ExecConfig {
+                cmd: Some(vec![
+                    "nc".into(),
+                    "-z".into(),
+                    "127.0.0.1".into(),
+                    "8080".into(),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let _ = d
+        .start_exec(&probe.id, None::<bollard::exec::StartExecOptions>)
+        .await;
+    d.remove_container(
+        &other.id,
+        Some(bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the host listener saw nothing"
+    );
+}
+
+#[tokio::test]
+async fn dns_lookups_fail_inside_the_sandbox() {
+    let script = "import socket\nfor n in ['canary.test', 'allowed.test']:\n    try:\n        print('RESOLVED', n, socket.getaddrinfo(n, 80))\n    except OSError as e:\n        print('no-dns', n)\n";
+    let out = sandbox()
+        .allow("allowed.test")
+        .resolve("allowed.test", 80, "127.0.0.1")
+        .run(["python3", "-c", script])
+        .await
+        .unwrap();
+    assert_removed(&out).await;
+    let text = out.stdout_str();
+    assert!(!text.contains("RESOLVED"), "{text}");
+    assert_eq!(text.matches("no-dns").count(), 2, "{text}");
+}
+
+#[tokio::test]
+async fn the_proxy_is_the_only_way_out_and_it_enforces_the_policy() {
+    let (port, hits) = http_canary("hello from allowed.test");
+    let script = format!(
+        "curl -sS http://allowed.test:{port}/; echo; \
+         curl -sS -p http://allowed.test:{port}/tunnel; echo; \
+         curl -sS -o /dev/null -D - http://denied.test:{port}/ | grep -i -e '^HTTP' -e x-agent-sandbox-denied; \
+         curl -sS --noproxy '' -o /dev/null -D - http://127.0.0.1:{port}/ | grep -i x-agent-sandbox-denied; \
+         curl -sS --noproxy '*' --max-time 3 http://127.0.0.1:{port}/ || echo direct-failed"
+    );
+    let out = run(
+        sandbox()
+            .allow(format!("allowed.test:{port}"))
+            .resolve("allowed.test", port, "127.0.0.1"),
+        &script,
+    )
+    .await;
+    let text = out.stdout_str();
+    assert_eq!(
+        text.matches("hello from allowed.test").count(),
+        2,
+        "{text}{}",
+        out.stderr_str()
+    );
+    assert!(text.contains("403"), "{text}");
+    assert!(
+        text.contains("x-agent-sandbox-denied: no-matching-rule"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-agent-sandbox-denied: ip-literal"),
+        "{text}"
+    );
+    assert!(text.contains("direct-failed"), "{text}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "the canary saw only the two allowed requests"
+    );
+    let allowed: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.verdict == Verdict::Allow)
+        .collect();
+    let denied: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.verdict == Verdict::Deny)
+        .collect();
+    assert_eq!((allowed.len(), denied.len()), (2, 2), "{:?}", out.events);
+    assert!(out
+        .events
+        .iter()
+        .all(|e| e.sandbox_id.as_deref() == Some(out.sandbox_id.as_str())));
+    assert!(denied.iter().any(|e| e.host == "denied.test"));
+}
+
+#[tokio::test]
+async fn git_clones_through_the_proxy() {
+    let src = tempdir("git-src");
+    let sh = |cmd: &str, dir: &Path| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            ok.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    sh("git init -q work && cd work && echo 'cloned through the proxy' > README && git add README && git -c user.name=t -c user.email=t@t.test commit -qm init && git clone -q --bare . ../repo.git && cd ../repo.git && git update-server-info", &src);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(&src)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..50 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = run(
+        sandbox()
+            .allow(format!("git.test:{port}"))
+            .resolve("git.test", port, "127.0.0.1"),
+        &format!("git clone -q http://git.test:{port}/repo.git /tmp/r && cat /tmp/r/README"),
+    )
+    .await;
+    let _ = server.kill();
+    assert!(out.success(), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "cloned through the proxy\n");
+}
+
+#[tokio::test]
+async fn fork_bomb_is_contained_by_the_pids_limit() {
+    let script = "import os, time\nn = 0\ntry:\n    while n < 10000:\n        if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint('forked', n)\n";
+    let out = sandbox()
+        .pids(64)
+        .timeout(Duration::from_secs(60))
+        .run(["python3", "-c", script])
+        .await
+        .unwrap();
+    assert_removed(&out).await;
+    let n: usize = out
+        .stdout_str()
+        .trim()
+        .strip_prefix("forked ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{} {}", out.stdout_str(), out.stderr_str()));
+    assert!(n < 64, "forked {n} processes under a limit of 64");
+    assert!(!out.timed_out);
+}
+
+#[tokio::test]
+async fn memory_bomb_is_oom_killed_and_reported() {
+    let out = sandbox()
+        .memory(64 << 20)
+        .run(["python3", "-c", "b = b'x' * (512 << 20); print('survived')"])
+        .await
+        .unwrap();
+    assert_removed(&out).await;
+    assert!(!out.stdout_str().contains("survived"));
+    assert!(
+        out.oom_killed,
+        "exit {} {}",
+        out.exit_code,
+        out.stderr_str()
+    );
+    assert_eq!(out.exit_code, 137);
+}
+
+#[tokio::test]
+async fn tmpfs_fill_stops_at_its_size() {
+    let out = run(sandbox().tmp_size(16 << 20), "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>/dev/null; echo rc=$?; du -k /tmp/fill | cut -f1").await;
+    let text = out.stdout_str();
+    let mut lines = text.lines();
+    assert_ne!(lines.next(), Some("rc=0"), "{text}");
+    let kib: u64 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(kib <= 16 * 1024, "{kib} KiB written into a 16 MiB tmpfs");
+}
+
+#[tokio::test]
+async fn output_flood_is_capped_but_still_streamed() {
+    let streamed = Arc::new(AtomicUsize::new(0));
+    let s = streamed.clone();
+    let out = run(
+        sandbox().output_limit(1 << 20).on_stdout(move |b| {
+            s.fetch_add(b.len(), Ordering::SeqCst);
+        }),
+        "head -c 20000000 /dev/zero",
+    )
+    .await;
+    assert_eq!(out.stdout.len(), 1 << 20);
+    assert!(out.stdout_truncated);
+    assert_eq!(streamed.load(Ordering::SeqCst), 20_000_000);
+}
+
+#[tokio::test]
+async fn timeout_kills_a_process_that_ignores_sigterm() {
+    let out = run(
+        sandbox().timeout(Duration::from_secs(2)),
+        "trap '' TERM; echo started; sleep 60; echo NOT-KILLED",
+    )
+    .await;
+    assert!(out.timed_out);
+    assert!(!out.success());
+    assert_eq!(out.stdout_str(), "started\n");
+}
+
+#[tokio::test]
+async fn bad_input_is_a_clear_error_before_anything_starts() {
+    let e = sandbox()
+        .workspace("/nonexistent/agent-sandbox-ws")
+        .run("true")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "workspace");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = sandbox().workspace("/").run("true").await.unwrap_err();
+    assert_eq!(e.code(), "workspace");
+    let e = sandbox().workspace("/run").run("true").await.unwrap_err();
+    assert!(e.to_string().contains("Docker socket"), "{e}");
+    let e = sandbox().allow("*.com").run("true").await.unwrap_err();
+    assert_eq!(e.code(), "policy");
+    assert!(e.to_string().contains("*.com"), "{e}");
+    let e = sandbox()
+        .resolve_spec("nonsense")
+        .run("true")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "policy");
+    let e = sandbox().env("A=B", "c").run("true").await.unwrap_err();
+    assert_eq!(e.code(), "invalid_argument");
+    let e = sandbox().memory(1024).run("true").await.unwrap_err();
+    assert_eq!(e.code(), "invalid_argument");
+    let e = sandbox().run("").await.unwrap_err();
+    assert_eq!(e.code(), "invalid_argument");
+}
+
+#[tokio::test]
+async fn a_missing_image_is_its_own_error() {
+    // A registry on a closed loopback port: the pull path runs and fails
+    // without any traffic leaving the machine.
+    let e = Sandbox::builder()
+        .image("localhost:1/agent-sandbox/missing:1")
+        .run("true")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "image_not_found", "{e}");
+    assert!(
+        e.to_string()
+            .contains("localhost:1/agent-sandbox/missing:1"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn init_runs_in_an_image_without_libc() {
+    let d = docker().await;
+    let tag = "agent-sandbox/test-empty:1";
+    if d.inspect_image(tag).await.is_err() {
+        let dir = tempdir("empty-image");
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("mkdir -p {0}/root/tmp {0}/root/workspace && tar -C {0}/root -c . | docker import - {tag}", dir.display()))
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    // The init is PID 1; it starts a second copy of itself as the command.
+    let out = Sandbox::builder()
+        .image(tag)
+        .run(["/.agent-sandbox/init", "--", "/no/such/binary"])
+        .await
+        .unwrap();
+    assert_removed(&out).await;
+    assert_eq!(out.exit_code, 127, "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("cannot run \"/no/such/binary\""),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[tokio::test]
+async fn gc_removes_containers_whose_owner_is_gone() {
+    let d = docker().await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mk = |owner: String| bollard::models::ContainerCreateBody {
+        image: Some(image()),
+        cmd: Some(vec!["true".into()]),
+        labels: Some(HashMap::from([
+            (labels::MANAGED.to_owned(), "1".to_owned()),
+            (labels::OWNER.to_owned(), owner),
+        ])),
+        ..Default::default()
+    };
+    let dead = d
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            mk(format!("{host}:999999999:1")),
+        )
+        .await
+        .unwrap();
+    let alive = d
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            mk(agent_sandbox::runtime::owner_label_value()),
+        )
+        .await
+        .unwrap();
+    let report = gc(&Engine::connect().await.unwrap()).await.unwrap();
+    assert!(report.removed.contains(&dead.id), "{report:?}");
+    assert!(!report.removed.contains(&alive.id));
+    assert!(d
+        .inspect_container(&dead.id, None::<InspectContainerOptions>)
+        .await
+        .is_err());
+    d.remove_container(
+        &alive.id,
+        Some(bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn many_sandboxes_run_at_once() {
+    let runs = (0..6).map(|i| async move { sandbox().run(format!("echo {i}")).await });
+    let outs = futures_util::future::join_all(runs).await;
+    for (i, o) in outs.into_iter().enumerate() {
+        let o = o.unwrap();
+        assert_eq!(o.stdout_str(), format!("{i}\n"));
+        assert_removed(&o).await;
+    }
+}
