@@ -2,12 +2,20 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/agent-sandbox-target
 export CARGO_TERM_COLOR ?= never
+export AGENT_SANDBOX_IMAGE ?= agent-sandbox/base:bookworm
 BIN := $(CARGO_TARGET_DIR)/release/agent-sandbox
 
-.PHONY: help build lint test demo bench fuzz clean
+.PHONY: help setup image build lint test demo bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: ## install what is missing, start Docker, build the base image
+	scripts/setup.sh
+	scripts/docker.sh
+
+image: ## build the local base image agent-sandbox/base:bookworm if absent
+	scripts/docker.sh
 
 build: ## build the library and the CLI (release)
 	cargo build --release --workspace
@@ -16,18 +24,17 @@ lint: ## rustfmt and clippy (warnings are errors)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: ## build everything and run every test
-	scripts/setup.sh
+test: setup ## build everything and run every test (Docker tests included)
 	$(MAKE) lint
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 
-demo: build ## a proxied run that shows the allowlist working
-	scripts/setup.sh
+demo: setup build ## a sandboxed run that shows the allowlist and the jail working
 	scripts/demo.sh $(BIN)
 
 bench: ## criterion policy benchmark and the loopback proxy comparison
 	scripts/setup.sh --bench
+	scripts/docker.sh
 	cargo bench -p agent-sandbox-benches --bench policy
 	cargo build --release -p agent-sandbox-benches -p agent-sandbox-cli
 	$(CARGO_TARGET_DIR)/release/proxy-compare --agent-sandbox $(BIN)

@@ -363,10 +363,18 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("agent-sandbox: error: {e}");
-            ExitCode::from(if e.code() == "policy" || e.code() == "listen" {
+            // 2 for bad input, 1 for a busy listen address, and 125 (as
+            // `docker run` does) when the sandbox itself could not run.
+            let usage = matches!(
+                e.code(),
+                "policy" | "listen" | "invalid_argument" | "workspace"
+            );
+            ExitCode::from(if usage {
                 2
-            } else {
+            } else if e.code() == "bind" {
                 1
+            } else {
+                125
             })
         }
     }

@@ -118,3 +118,181 @@ fn proxy_tunnels_writes_audit_json_and_stops_on_sigterm() {
     assert_eq!(deny["reason"], "no-matching-rule");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn image() -> String {
+    std::env::var("AGENT_SANDBOX_IMAGE").unwrap_or_else(|_| "agent-sandbox/base:bookworm".into())
+}
+
+fn workspace(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("as-cli-ws-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn containers_owned_by(pid: u32) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=agent-sandbox",
+            "--format",
+            "{{.ID}} {{.Label \"agent-sandbox.owner\"}}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(":{pid}:")))
+        .map(|l| l.split(' ').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[test]
+fn run_passes_the_exit_code_and_reports_refusals() {
+    let ws = workspace("exit");
+    let out = bin()
+        .args(["run", "--image", &image(), "--workspace", ws.to_str().unwrap()])
+        .args(["--", "echo to-stdout; curl -s -o /dev/null http://denied.test/; echo to-file > /workspace/f; exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused by the policy") && err.contains("denied.test:80"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "to-file\n");
+    let out = bin()
+        .args([
+            "run",
+            "--image",
+            &image(),
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--",
+            "printf",
+            "%s",
+            "a b",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a b",
+        "several arguments run as given"
+    );
+}
+
+#[test]
+fn run_timeout_exits_124() {
+    let ws = workspace("timeout");
+    let out = bin()
+        .args([
+            "run",
+            "--image",
+            &image(),
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--timeout",
+            "1",
+            "--",
+            "sleep 30",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+}
+
+#[test]
+fn ctrl_c_removes_the_container() {
+    let ws = workspace("sigint");
+    let mut child = bin()
+        .args([
+            "run",
+            "--image",
+            &image(),
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--",
+            "sleep 60",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut seen = false;
+    for _ in 0..100 {
+        if !containers_owned_by(pid).is_empty() {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen, "the sandbox container started");
+    Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        containers_owned_by(pid).is_empty(),
+        "no container left behind after Ctrl-C"
+    );
+}
+
+#[test]
+fn docker_unreachable_says_what_to_do() {
+    let out = bin()
+        .env("DOCKER_HOST", "unix:///nonexistent/agent-sandbox-test.sock")
+        .args([
+            "run",
+            "--image",
+            &image(),
+            "--workspace",
+            workspace("nodocker").to_str().unwrap(),
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Docker is not reachable at unix:///nonexistent/agent-sandbox-test.sock")
+            && err.contains("Start the engine"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_workspace_exits_2() {
+    let out = bin()
+        .args([
+            "run",
+            "--image",
+            &image(),
+            "--workspace",
+            "/nonexistent/ws",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn gc_runs() {
+    let out = bin().arg("gc").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent-sandbox gc: removed"));
+}

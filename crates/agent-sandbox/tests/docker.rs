@@ -573,6 +573,7 @@ async fn git_clones_through_the_proxy() {
     )
     .await;
     let _ = server.kill();
+    let _ = server.wait();
     assert!(out.success(), "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "cloned through the proxy\n");
 }
