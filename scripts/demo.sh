@@ -1,28 +1,59 @@
 #!/usr/bin/env bash
-# The gatekeeper on its own: a local server stands in for "the internet",
-# reached through the proxy by a resolve pin; one name is allowed, one is not.
+# make demo: one sandboxed run, five checks. A local HTTPS server stands in
+# for the allowed site; the proxy reaches it through a resolve pin.
 set -euo pipefail
 BIN=${1:?usage: demo.sh path/to/agent-sandbox}
 work=$(mktemp -d /tmp/agent-sandbox-demo.XXXXXX)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+mkdir -p "$work/ws" "$work/site"
+echo "hello from allowed.test (a local HTTPS server)" > "$work/site/index.html"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=allowed.test" \
+  -addext "subjectAltName=DNS:allowed.test" -keyout "$work/key.pem" -out "$work/ws/ca.pem" 2>/dev/null
+python3 - "$work" >"$work/port" 2>/dev/null <<'PY' &
+import http.server, ssl, sys, functools
+work = sys.argv[1]
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=work + "/site")
+srv = http.server.ThreadingHTTPServer(("0.0.0.0", 0), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(work + "/ws/ca.pem", work + "/key.pem")
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+PY
+for _ in $(seq 50); do [[ -s "$work/port" ]] && break; sleep 0.1; done
+port=$(cat "$work/port")
+host_ip=$(hostname -I 2>/dev/null | awk '{print $1}'); host_ip=${host_ip:-127.0.0.1}
 
-echo "hello from allowed.test" > "$work/index.html"
-python3 -m http.server 0 --bind 127.0.0.1 --directory "$work" >"$work/http.log" 2>&1 &
-for _ in $(seq 50); do port=$(grep -oE 'port [0-9]+' "$work/http.log" | grep -oE '[0-9]+' || true); [[ -n "$port" ]] && break; sleep 0.1; done
-"$BIN" proxy --listen "unix:$work/proxy.sock" \
-  --allow "allowed.test:$port" --resolve "allowed.test:$port:127.0.0.1" \
-  --audit-log "$work/audit.jsonl" 2>"$work/proxy.log" &
-for _ in $(seq 50); do [[ -S "$work/proxy.sock" ]] && break; sleep 0.1; done
-# curl speaks to the proxy's unix socket through a tiny TCP bridge-free path:
-# --unix-socket with an absolute-URI request is exactly what a sandbox sends.
-px() { local url=$1; shift; curl -sS --max-time 5 --unix-socket "$work/proxy.sock" --request-target "$url" "$@" "$url"; }
+cat > "$work/ws/checks.sh" <<SH
+ok() { echo "   -> PASS: \$1"; }
+no() { echo "   -> FAIL: \$1"; fails=\$((fails + 1)); }
+fails=0
+echo "1. allowed: https://allowed.test:$port/ through the proxy"
+if curl -sS --cacert /workspace/ca.pem https://allowed.test:$port/; then ok "the allowed site answered"; else no "the allowed site did not answer"; fi
+echo "2. not on the list: https://denied.test:$port/"
+msg=\$(curl -sS --max-time 5 https://denied.test:$port/ 2>&1); echo "   \$msg"
+case "\$msg" in *403*) ok "refused by the proxy (403)";; *) no "not refused";; esac
+echo "3. rm -rf /bin on the read-only root"
+rm -rf /bin 2>&1 | head -1 | sed 's/^/   /'
+if test -x /bin/sh; then ok "/bin is still there"; else no "/bin was removed"; fi
+echo "4. write to the workspace"
+if echo "written inside the sandbox" > /workspace/hello.txt; then ok "wrote /workspace/hello.txt as uid \$(id -u)"; else no "could not write"; fi
+echo "5. ignore the proxy: connect straight to the host ($host_ip:$port) and to 127.0.0.1:$port"
+for addr in $host_ip 127.0.0.1; do
+  if python3 -c "import socket; socket.create_connection(('\$addr', $port), timeout=5)" 2>/tmp/err; then
+    no "reached \$addr:$port directly"
+  else
+    echo "   \$addr: \$(tail -1 /tmp/err)"; ok "no way to \$addr but the proxy"
+  fi
+done
+exit \$fails
+SH
 
-echo "== allowed: http://allowed.test:$port/ (the proxy resolves it to the local server)"
-px "http://allowed.test:$port/"
-echo "== denied: http://denied.test:$port/ (not on the list; never resolved, never dialled)"
-px "http://denied.test:$port/" -D - -o /dev/null | grep -iE '^(HTTP|x-agent-sandbox-denied)'
-echo "== denied: http://127.0.0.1:$port/ (IP literals need an allow_cidr rule)"
-px "http://127.0.0.1:$port/" -D - -o /dev/null | grep -iE '^(HTTP|x-agent-sandbox-denied)'
-echo "== audit log (JSON lines)"
+echo "== agent-sandbox run --allow allowed.test:$port (resolved to the local server) -- sh /workspace/checks.sh"
+"$BIN" run --image "${AGENT_SANDBOX_IMAGE:-agent-sandbox/base:bookworm}" --workspace "$work/ws" --allow "allowed.test:$port" --resolve "allowed.test:$port:127.0.0.1" \
+  --audit-log "$work/audit.jsonl" -- sh /workspace/checks.sh || { echo "demo: a check failed" >&2; exit 1; }
+echo "== on the host: the file the sandbox wrote, owned by the caller ($(id -un))"
+ls -ln "$work/ws/hello.txt"
+echo "== audit log"
 cat "$work/audit.jsonl"
