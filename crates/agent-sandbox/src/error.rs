@@ -43,11 +43,9 @@ pub enum Error {
         reason: String,
     },
     /// The engine is older than Docker 20.10 (API 1.41).
-    #[error("the Docker engine is too old to sandbox safely (version {version}, API {api}); agent-sandbox needs Docker 20.10 (API 1.41) or later")]
+    #[error("the Docker engine is too old to sandbox safely (API {api}); agent-sandbox needs Docker 20.10 (API 1.41) or later")]
     EngineTooOld {
-        /// Engine version.
-        version: String,
-        /// Engine API version.
+        /// The engine's API version.
         api: String,
     },
     /// The image is not present locally and could not be pulled.

@@ -62,15 +62,14 @@ impl Engine {
             .negotiate_version()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let version = docker
-            .version()
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let api = version.api_version.clone().unwrap_or_default();
-        if parse_api(&api) < MIN_API_VERSION {
+        // Negotiation asked the engine for its API version (one round trip)
+        // and lowered ours to match; below 1.41 the engine is too old.
+        let v = docker.client_version();
+        if (v.major_version, v.minor_version)
+            < (MIN_API_VERSION.0 as usize, MIN_API_VERSION.1 as usize)
+        {
             return Err(Error::EngineTooOld {
-                version: version.version.unwrap_or_default(),
-                api,
+                api: format!("{}.{}", v.major_version, v.minor_version),
             });
         }
         Ok(Engine { docker, host })
@@ -89,11 +88,6 @@ impl Engine {
             .strip_prefix("unix://")
             .map(std::path::PathBuf::from)
     }
-}
-
-fn parse_api(v: &str) -> (u32, u32) {
-    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 /// Maps an engine error during an operation to the crate's error.
