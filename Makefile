@@ -38,6 +38,7 @@ bench: ## criterion policy benchmark and the loopback proxy comparison
 	cargo bench -p agent-sandbox-benches --bench policy
 	cargo build --release -p agent-sandbox-benches -p agent-sandbox-cli
 	$(CARGO_TARGET_DIR)/release/proxy-compare --agent-sandbox $(BIN)
+	$(CARGO_TARGET_DIR)/release/run-compare
 
 fuzz: ## run the cargo-fuzz targets briefly (FUZZ_SECONDS, default 30 each)
 	scripts/fuzz.sh

@@ -91,7 +91,8 @@ struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    fn build(&self) -> Result<Policy, agent_sandbox::Error> {
+    /// The rules as a builder (pins are parsed here, the rest at build).
+    fn builder(&self) -> Result<PolicyBuilder, agent_sandbox::Error> {
         let mut b = PolicyBuilder::default();
         for r in &self.allow {
             b = b.allow(r);
@@ -108,7 +109,11 @@ impl PolicyArgs {
         for r in &self.resolve {
             b = b.resolve_spec(r)?;
         }
-        Ok(b.build()?)
+        Ok(b)
+    }
+
+    fn build(&self) -> Result<Policy, agent_sandbox::Error> {
+        Ok(self.builder()?.build()?)
     }
 }
 
@@ -159,25 +164,11 @@ fn pull_progress(p: &PullProgress) {
 }
 
 async fn run(args: RunArgs) -> Result<u8, agent_sandbox::Error> {
-    let policy = &args.policy;
-    let mut b = Sandbox::builder().workspace(args.workspace.clone().unwrap_or_else(|| ".".into()));
+    let mut b = Sandbox::builder()
+        .workspace(args.workspace.clone().unwrap_or_else(|| ".".into()))
+        .policy(args.policy.builder()?);
     if let Some(image) = &args.image {
         b = b.image(image);
-    }
-    for r in &policy.allow {
-        b = b.allow(r);
-    }
-    for r in &policy.deny {
-        b = b.deny(r);
-    }
-    for r in &policy.allow_cidr {
-        b = b.allow_cidr(r);
-    }
-    for r in &policy.deny_cidr {
-        b = b.deny_cidr(r);
-    }
-    for r in &policy.resolve {
-        b = b.resolve_spec(r);
     }
     for kv in &args.env {
         let (k, v) = kv

@@ -239,6 +239,12 @@ impl SandboxBuilder {
         self
     }
 
+    /// Replaces the network rules with those of `policy` (validated at run).
+    pub fn policy(mut self, policy: PolicyBuilder) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
     pub fn allow(mut self, rule: impl Into<String>) -> Self {
         self.policy = self.policy.allow(rule);
