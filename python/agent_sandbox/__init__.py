@@ -1,0 +1,37 @@
+"""agent-sandbox: run AI agents' commands in a box they cannot leave.
+
+>>> from agent_sandbox import Sandbox
+>>> result = Sandbox(workspace=".", allow=["github.com"]).run("git ls-remote https://github.com/x/y")  # doctest: +SKIP
+"""
+
+from ._native import (
+    CancelledError,
+    DockerUnavailableError,
+    EngineError,
+    EngineTooOldError,
+    Event,
+    ImageNotFoundError,
+    InvalidArgumentError,
+    PolicyError,
+    RunResult,
+    Sandbox,
+    SandboxError,
+    WorkspaceError,
+    __version__,
+)
+
+__all__ = [
+    "Sandbox",
+    "RunResult",
+    "Event",
+    "SandboxError",
+    "PolicyError",
+    "WorkspaceError",
+    "DockerUnavailableError",
+    "EngineTooOldError",
+    "ImageNotFoundError",
+    "InvalidArgumentError",
+    "EngineError",
+    "CancelledError",
+    "__version__",
+]

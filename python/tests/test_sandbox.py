@@ -1,0 +1,218 @@
+"""Tests of the installed wheel (make test installs it into a fresh venv)."""
+
+import asyncio
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import threading
+import time
+
+import pytest
+
+import agent_sandbox
+from agent_sandbox import (
+    DockerUnavailableError,
+    Event,
+    ImageNotFoundError,
+    InvalidArgumentError,
+    PolicyError,
+    RunResult,
+    Sandbox,
+    SandboxError,
+    WorkspaceError,
+)
+
+IMAGE = os.environ.get("AGENT_SANDBOX_IMAGE", "agent-sandbox/base:bookworm")
+
+
+def sandbox(**kw):
+    kw.setdefault("image", IMAGE)
+    return Sandbox(**kw)
+
+
+@pytest.fixture
+def canary():
+    """A local HTTP server on 127.0.0.1 that counts requests."""
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = b"hello from canary"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1], hits
+    srv.shutdown()
+
+
+def containers_of(label):
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_the_installed_wheel_is_tested():
+    site = sysconfig.get_paths()["purelib"]
+    assert agent_sandbox.__file__.startswith(site), agent_sandbox.__file__
+    assert agent_sandbox.__version__
+
+
+def test_run_returns_exit_code_output_and_removes_the_container(tmp_path):
+    r = sandbox(workspace=str(tmp_path)).run("echo out; echo err >&2; echo data > /workspace/f; exit 3")
+    assert isinstance(r, RunResult)
+    assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    assert r.stdout_bytes == b"out\n"
+    assert not r.success and not r.timed_out and not r.oom_killed
+    assert r.duration > 0
+    assert (tmp_path / "f").read_text() == "data\n"
+    assert (tmp_path / "f").stat().st_uid == os.getuid()
+    assert containers_of(f"agent-sandbox.id={r.sandbox_id}") == []
+    assert "exit_code=3" in repr(r)
+
+
+def test_argv_runs_without_a_shell():
+    r = sandbox().run(["printf", "%s|", "a b", "$HOME"])
+    assert r.stdout == "a b|$HOME|"
+
+
+def test_streaming_callbacks_receive_output_as_it_arrives():
+    chunks = []
+    r = sandbox().run("for i in 1 2 3; do echo line$i; sleep 0.1; done", on_stdout=chunks.append)
+    assert "".join(chunks) == "line1\nline2\nline3\n" == r.stdout
+    assert len(chunks) >= 2, "delivered in pieces, not once at the end"
+
+
+def test_timeout_kills_and_says_so():
+    r = sandbox(timeout=1.5).run("trap '' TERM; sleep 60")
+    assert r.timed_out and not r.success
+
+
+def test_policy_allows_and_denies_with_a_local_canary(canary):
+    port, hits = canary
+    events = []
+    s = sandbox(allow=[f"allowed.test:{port}"], resolve=[f"allowed.test:{port}:127.0.0.1"])
+    r = s.run(
+        f"curl -sS http://allowed.test:{port}/ok; echo; curl -s -o /dev/null -w '%{{http_code}}' http://denied.test:{port}/no",
+        on_event=events.append,
+    )
+    assert r.stdout == "hello from canary\n403", r.stderr
+    assert hits == ["/ok"], "the canary saw only the allowed request"
+    verdicts = sorted((e.verdict, e.host) for e in r.events)
+    assert verdicts == [("allow", "allowed.test"), ("deny", "denied.test")]
+    denied = next(e for e in r.events if not e.allowed)
+    assert isinstance(denied, Event)
+    assert (denied.port, denied.reason, denied.rule) == (port, "no-matching-rule", None)
+    assert "deny GET denied.test" in repr(denied) and "no-matching-rule" in repr(denied)
+    assert len(events) == 2, "on_event saw both decisions"
+
+
+def test_errors_are_a_hierarchy_with_stable_codes(tmp_path, monkeypatch):
+    with pytest.raises(PolicyError) as e:
+        sandbox(allow=["*.com"]).run("true")
+    assert e.value.code == "policy" and "*.com" in str(e.value)
+    assert isinstance(e.value, SandboxError)
+    with pytest.raises(WorkspaceError) as e:
+        sandbox(workspace=str(tmp_path / "missing")).run("true")
+    assert "does not exist" in str(e.value)
+    with pytest.raises(InvalidArgumentError):
+        sandbox(memory="lots").run("true")
+    with pytest.raises(InvalidArgumentError):
+        sandbox(timeout=-1)
+    with pytest.raises(TypeError):
+        sandbox(allow="github.com")  # a str is not a list of rules
+    with pytest.raises(ImageNotFoundError) as e:
+        Sandbox(image="localhost:1/agent-sandbox/missing:1").run("true")
+    assert e.value.code == "image_not_found"
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/agent-sandbox.sock")
+    with pytest.raises(DockerUnavailableError) as e:
+        sandbox().run("true")
+    assert "Start the engine" in str(e.value) and e.value.code == "docker_unavailable"
+
+
+def test_memory_takes_bytes_or_text():
+    assert sandbox(memory="64m").run(["python3", "-c", "b = b'x' * (256 << 20)"]).oom_killed
+    assert sandbox(memory=256 << 20).run("true").success
+
+
+def test_asyncio_runs_concurrently():
+    async def main():
+        s = sandbox()
+        return await asyncio.gather(*(s.run_async(f"echo {i}") for i in range(3)))
+
+    results = asyncio.run(main())
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n"]
+
+
+def test_many_sandboxes_from_threads_at_once():
+    results = {}
+
+    def work(i):
+        results[i] = sandbox().run(f"echo {i}").stdout
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: f"{i}\n" for i in range(4)}
+
+
+def test_run_releases_the_gil():
+    ticks = []
+    t = threading.Thread(target=lambda: sandbox().run("sleep 1"))
+    t.start()
+    while t.is_alive():
+        ticks.append(time.monotonic())
+        time.sleep(0.01)
+    assert len(ticks) > 20, "the main thread ran while the sandbox did"
+
+
+def test_ctrl_c_removes_the_container_and_raises_keyboard_interrupt():
+    script = textwrap.dedent(
+        f"""
+        from agent_sandbox import Sandbox
+        try:
+            Sandbox(image={IMAGE!r}).run("sleep 60")
+        except KeyboardInterrupt:
+            print("KeyboardInterrupt", flush=True)
+            raise
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    label = f"agent-sandbox.owner"
+    for _ in range(100):
+        owned = [c for c in subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format", '{{.Label "agent-sandbox.owner"}}'], capture_output=True, text=True).stdout.split() if f":{proc.pid}:" in c]
+        if owned:
+            break
+        time.sleep(0.1)
+    assert owned, "the sandbox started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "KeyboardInterrupt" in out, err
+    assert proc.returncode != 0
+    left = subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format", '{{.Label "agent-sandbox.owner"}}'], capture_output=True, text=True).stdout
+    assert f":{proc.pid}:" not in left, "no container left behind"
+
+
+def test_no_network_but_the_proxy():
+    port = socket.socket()
+    port.bind(("0.0.0.0", 0))
+    port.listen()
+    p = port.getsockname()[1]
+    port.settimeout(0.5)
+    r = sandbox().run(["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {p}), timeout=2)"])
+    assert r.exit_code != 0
+    with pytest.raises(socket.timeout):
+        port.accept()
