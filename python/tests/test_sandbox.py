@@ -216,3 +216,14 @@ def test_no_network_but_the_proxy():
     assert r.exit_code != 0
     with pytest.raises(socket.timeout):
         port.accept()
+
+
+def test_the_agent_loop_example_runs(tmp_path):
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python", "agent_loop.py")
+    env = dict(os.environ, AGENT_SANDBOX_IMAGE=IMAGE)
+    out = subprocess.run([sys.executable, example, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "hello from the workspace" in out.stdout
+    assert "refused: no-matching-rule" in out.stdout
+    assert "Read-only file system" in out.stdout
+    assert (tmp_path / "hello.py").exists()
