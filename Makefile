@@ -5,7 +5,7 @@ export CARGO_TERM_COLOR ?= never
 export AGENT_SANDBOX_IMAGE ?= agent-sandbox/base:bookworm
 BIN := $(CARGO_TARGET_DIR)/release/agent-sandbox
 
-.PHONY: help setup image build lint test python-test demo bench fuzz clean
+.PHONY: help setup image build lint test python-test node-test demo bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,9 +29,13 @@ test: setup ## build everything and run every test (Docker tests included)
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 	scripts/python-test.sh
+	scripts/node-test.sh
 
 python-test: setup ## build the wheel, install it in a fresh venv, run pytest
 	scripts/python-test.sh
+
+node-test: setup ## build the addon, npm pack, install the tarball fresh, node --test + tsc
+	scripts/node-test.sh
 
 demo: setup build ## a sandboxed run that shows the allowlist and the jail working
 	scripts/demo.sh $(BIN)

@@ -56,6 +56,12 @@ fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl AuditEvent {
+    /// The time in RFC 3339 with milliseconds, UTC (as in the JSON form).
+    #[must_use]
+    pub fn time_rfc3339(&self) -> String {
+        humantime::format_rfc3339_millis(self.time).to_string()
+    }
+
     /// The event as one line of JSON.
     #[must_use]
     pub fn to_json(&self) -> String {

@@ -1,0 +1,291 @@
+//! Node bindings: translate options, make one core call, translate the
+//! result or the error. The JS loader (`npm/index.js`) adds the `Sandbox`
+//! class, `AbortSignal` support and the `SandboxError` type on top.
+// napi's macros expand to unsafe FFI glue.
+#![allow(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use agent_sandbox::proxy::{AuditEvent, Verdict};
+use agent_sandbox::{parse_size, CancelToken, Command, Error, Output, Sandbox, SandboxBuilder};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+
+/// Options of a sandbox, mirroring the Rust builder and the CLI flags.
+#[napi(object)]
+pub struct SandboxOptions {
+    /// Image (default: `AGENT_SANDBOX_IMAGE`, else `debian:bookworm-slim`).
+    pub image: Option<String>,
+    /// The read-write directory mounted at `/workspace`.
+    pub workspace: Option<String>,
+    /// Host rules to allow.
+    pub allow: Option<Vec<String>>,
+    /// Host rules to deny (deny wins).
+    pub deny: Option<Vec<String>>,
+    /// Networks to allow (the only way to IP literals and private ranges).
+    pub allow_cidr: Option<Vec<String>>,
+    /// Networks to deny.
+    pub deny_cidr: Option<Vec<String>>,
+    /// `HOST:PORT:ADDR` pins, as curl's `--resolve` takes them.
+    pub resolve: Option<Vec<String>>,
+    /// Environment variables.
+    pub env: Option<HashMap<String, String>>,
+    /// Kill the command after this many milliseconds.
+    pub timeout_ms: Option<f64>,
+    /// Bytes, or Docker's size text (`"512m"`).
+    pub memory: Option<Either<i64, String>>,
+    /// CPU limit (default 1).
+    pub cpus: Option<f64>,
+    /// Process limit (default 256).
+    pub pids: Option<i64>,
+    /// Bytes of stdout and of stderr kept (default 16 MiB each).
+    pub output_limit: Option<u32>,
+}
+
+/// One decision of the network proxy.
+#[napi(object)]
+pub struct SandboxEvent {
+    /// RFC 3339 time of the request.
+    pub time: String,
+    /// The sandbox id.
+    pub sandbox_id: Option<String>,
+    /// `"allow"` or `"deny"`.
+    pub verdict: String,
+    /// `CONNECT`, `GET`, ...
+    pub method: String,
+    /// Canonical host.
+    pub host: String,
+    /// Destination port.
+    pub port: u32,
+    /// The deciding rule, as written.
+    pub rule: Option<String>,
+    /// Why it was refused or failed.
+    pub reason: Option<String>,
+    /// The status the proxy answered with.
+    pub status: u32,
+    /// Bytes from the sandbox.
+    pub bytes_up: i64,
+    /// Bytes to the sandbox.
+    pub bytes_down: i64,
+    /// Duration in milliseconds.
+    pub duration_ms: i64,
+}
+
+/// The result of a run.
+#[napi(object)]
+pub struct RunResult {
+    /// Exit code (137 after a timeout or OOM kill).
+    pub exit_code: i64,
+    /// Captured stdout (text).
+    pub stdout: String,
+    /// Captured stderr (text).
+    pub stderr: String,
+    /// Whether stdout hit the output limit.
+    pub stdout_truncated: bool,
+    /// Whether stderr hit the output limit.
+    pub stderr_truncated: bool,
+    /// Whether the timeout killed the command.
+    pub timed_out: bool,
+    /// Whether the memory limit killed it.
+    pub oom_killed: bool,
+    /// Duration in milliseconds.
+    pub duration_ms: f64,
+    /// Every network decision of the run.
+    pub events: Vec<SandboxEvent>,
+    /// The sandbox id.
+    pub sandbox_id: String,
+}
+
+type TextCallback = ThreadsafeFunction<String, (), String, Status, false>;
+
+fn event(e: &AuditEvent) -> SandboxEvent {
+    SandboxEvent {
+        time: e.time_rfc3339(),
+        sandbox_id: e.sandbox_id.clone(),
+        verdict: if e.verdict == Verdict::Allow {
+            "allow"
+        } else {
+            "deny"
+        }
+        .into(),
+        method: e.method.clone(),
+        host: e.host.clone(),
+        port: u32::from(e.port),
+        rule: e.rule.clone(),
+        reason: e.reason.clone(),
+        status: u32::from(e.status),
+        bytes_up: i64::try_from(e.bytes_up).unwrap_or(i64::MAX),
+        bytes_down: i64::try_from(e.bytes_down).unwrap_or(i64::MAX),
+        duration_ms: i64::try_from(e.duration_ms).unwrap_or(i64::MAX),
+    }
+}
+
+fn result(o: Output) -> RunResult {
+    RunResult {
+        exit_code: o.exit_code,
+        stdout: o.stdout_str(),
+        stderr: o.stderr_str(),
+        stdout_truncated: o.stdout_truncated,
+        stderr_truncated: o.stderr_truncated,
+        timed_out: o.timed_out,
+        oom_killed: o.oom_killed,
+        duration_ms: o.duration.as_secs_f64() * 1e3,
+        events: o.events.iter().map(event).collect(),
+        sandbox_id: o.sandbox_id,
+    }
+}
+
+/// Errors cross as `[agent-sandbox:CODE] message`; the loader turns them
+/// into `SandboxError` with `err.code === CODE`.
+fn js_err(e: Error) -> napi::Error {
+    napi::Error::new(
+        Status::GenericFailure,
+        format!("[agent-sandbox:{}] {e}", e.code()),
+    )
+}
+
+fn builder(o: SandboxOptions) -> Result<SandboxBuilder> {
+    let mut b = Sandbox::builder();
+    if let Some(i) = o.image {
+        b = b.image(i);
+    }
+    if let Some(w) = o.workspace {
+        b = b.workspace(w);
+    }
+    b = o
+        .allow
+        .unwrap_or_default()
+        .into_iter()
+        .fold(b, SandboxBuilder::allow);
+    b = o
+        .deny
+        .unwrap_or_default()
+        .into_iter()
+        .fold(b, SandboxBuilder::deny);
+    b = o
+        .allow_cidr
+        .unwrap_or_default()
+        .into_iter()
+        .fold(b, SandboxBuilder::allow_cidr);
+    b = o
+        .deny_cidr
+        .unwrap_or_default()
+        .into_iter()
+        .fold(b, SandboxBuilder::deny_cidr);
+    b = o
+        .resolve
+        .unwrap_or_default()
+        .into_iter()
+        .fold(b, SandboxBuilder::resolve_spec);
+    for (k, v) in o.env.unwrap_or_default() {
+        b = b.env(k, v);
+    }
+    if let Some(ms) = o.timeout_ms {
+        let invalid = || {
+            js_err(Error::InvalidArgument {
+                what: "timeoutMs".into(),
+                reason: format!("{ms} is not a number of milliseconds"),
+            })
+        };
+        b = b.timeout(Duration::try_from_secs_f64(ms / 1e3).map_err(|_| invalid())?);
+    }
+    match o.memory {
+        Some(Either::A(n)) => b = b.memory(n),
+        Some(Either::B(s)) => b = b.memory(parse_size(&s).map_err(js_err)?),
+        None => {}
+    }
+    if let Some(c) = o.cpus {
+        b = b.cpus(c);
+    }
+    if let Some(p) = o.pids {
+        b = b.pids(p);
+    }
+    if let Some(l) = o.output_limit {
+        b = b.output_limit(l as usize);
+    }
+    Ok(b)
+}
+
+/// Cancel tokens by id, so a JS `AbortSignal` can reach a run in flight.
+fn tokens() -> &'static Mutex<HashMap<u32, CancelToken>> {
+    static TOKENS: OnceLock<Mutex<HashMap<u32, CancelToken>>> = OnceLock::new();
+    TOKENS.get_or_init(Default::default)
+}
+
+/// Registers a cancel token and returns its id.
+#[napi]
+pub fn new_cancel_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Ok(mut t) = tokens().lock() {
+        t.insert(id, CancelToken::new());
+    }
+    id
+}
+
+/// Cancels the run holding this id: its container is killed and removed.
+#[napi]
+pub fn cancel(id: u32) {
+    if let Some(t) = tokens().lock().ok().and_then(|t| t.get(&id).cloned()) {
+        t.cancel();
+    }
+}
+
+/// Checks options without running anything (so `new Sandbox(opts)` fails early on bad types).
+#[napi]
+pub fn check_options(options: SandboxOptions) -> Result<()> {
+    builder(options).map(|_| ())
+}
+
+/// Runs a command in a fresh sandbox. `shell`: run `command[0]` through `/bin/sh -c`.
+#[napi]
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    options: SandboxOptions,
+    command: Vec<String>,
+    shell: bool,
+    // Spelled out (not the aliases) so the generated .d.ts names real types.
+    on_stdout: Option<ThreadsafeFunction<String, (), String, Status, false>>,
+    on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false>>,
+    on_event: Option<ThreadsafeFunction<SandboxEvent, (), SandboxEvent, Status, false>>,
+    cancel_id: Option<u32>,
+) -> Result<RunResult> {
+    let mut b = builder(options)?;
+    let text = |cb: TextCallback| {
+        move |bytes: &[u8]| {
+            cb.call(
+                String::from_utf8_lossy(bytes).into_owned(),
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        }
+    };
+    if let Some(cb) = on_stdout {
+        b = b.on_stdout(text(cb));
+    }
+    if let Some(cb) = on_stderr {
+        b = b.on_stderr(text(cb));
+    }
+    if let Some(cb) = on_event {
+        b = b.on_event(move |e| {
+            cb.call(event(e), ThreadsafeFunctionCallMode::NonBlocking);
+        });
+    }
+    let token = cancel_id.and_then(|id| tokens().lock().ok().and_then(|t| t.get(&id).cloned()));
+    if let Some(t) = token {
+        b = b.cancel_token(t);
+    }
+    let cmd = match (shell, command.as_slice()) {
+        (true, [one]) => Command::Shell(one.clone()),
+        _ => Command::Argv(command),
+    };
+    let out = b.run(cmd).await;
+    if let Some(id) = cancel_id {
+        if let Ok(mut t) = tokens().lock() {
+            t.remove(&id);
+        }
+    }
+    out.map(result).map_err(js_err)
+}

@@ -1,0 +1,37 @@
+// An agent-style loop: run every command a model proposes, auto-approved, in a sandbox.
+// No model is called: PROPOSED stands in for what an LLM would suggest. Refusals come back as
+// data (exit codes, events) the agent can read and correct itself with.
+//
+//   node examples/node/agent.mjs [WORKSPACE]
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Sandbox, SandboxError } from 'agent-sandbox'
+
+const PROPOSED = [
+  'node --version 2>/dev/null || echo "no node in this image"',
+  'echo "console.log(1 + 1)" > sum.js && ls -l /workspace',
+  'curl -sS -o /dev/null https://registry.npmjs.org/', // not allowed: the proxy refuses it
+  'touch /etc/passwd 2>&1', // read-only root
+]
+
+const workspace = process.argv[2] ?? mkdtempSync(join(tmpdir(), 'agent-ws-'))
+const sandbox = new Sandbox({ workspace, allow: ['pypi.org'], timeoutMs: 60_000, memory: '512m' })
+
+for (const cmd of PROPOSED) {
+  console.log(`$ ${cmd}`)
+  try {
+    const r = await sandbox.run(cmd)
+    for (const line of (r.stdout + r.stderr).split('\n').filter(Boolean)) console.log(`  ${line}`)
+    for (const e of r.events.filter((e) => e.verdict === 'deny')) {
+      console.log(`  (network: ${e.host}:${e.port} refused: ${e.reason})`)
+    }
+    console.log(`  -> exit ${r.exitCode}`)
+  } catch (e) {
+    if (e instanceof SandboxError) {
+      console.log(`  sandbox error [${e.code}]: ${e.message}`)
+      process.exit(1)
+    }
+    throw e
+  }
+}

@@ -1,0 +1,32 @@
+// Type-checked by `make test` (tsc --noEmit --strict) against the installed package.
+import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode } from 'agent-sandbox'
+
+const sandbox = new Sandbox({
+  workspace: '.',
+  allow: ['registry.npmjs.org', '.github.com'],
+  resolve: ['allowed.test:443:127.0.0.1'],
+  env: { CI: '1' },
+  timeoutMs: 60_000,
+  memory: '1g',
+  cpus: 1,
+  pids: 256,
+})
+
+export async function check(signal: AbortSignal): Promise<number> {
+  const events: SandboxEvent[] = []
+  try {
+    const r: RunResult = await sandbox.run(['npm', 'test'], {
+      onStdout: (chunk: string) => console.log(chunk),
+      onEvent: (e) => events.push(e),
+      signal,
+    })
+    const denied: string[] = r.events.filter((e) => e.verdict === 'deny').map((e) => `${e.host}:${e.port}`)
+    return r.timedOut ? 124 : r.exitCode + denied.length * 0
+  } catch (e) {
+    if (e instanceof SandboxError) {
+      const code: SandboxErrorCode = e.code
+      return code === 'cancelled' ? 130 : 125
+    }
+    throw e
+  }
+}

@@ -1,0 +1,123 @@
+// Runs against the installed package (scripts/node-test.sh installs the packed tarball).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { createServer } from 'node:http'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { createRequire } from 'node:module'
+import { mkdtempSync, readFileSync, statSync, existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { Sandbox, SandboxError } from 'agent-sandbox'
+
+const image = process.env.AGENT_SANDBOX_IMAGE ?? 'agent-sandbox/base:bookworm'
+const here = dirname(fileURLToPath(import.meta.url))
+const sandbox = (opts = {}) => new Sandbox({ image, ...opts })
+
+function ownedContainers() {
+  const out = execFileSync('docker', ['ps', '-a', '--filter', 'label=agent-sandbox', '--format', '{{.Label "agent-sandbox.owner"}}'], { encoding: 'utf8' })
+  return out.split('\n').filter((l) => l.includes(`:${process.pid}:`))
+}
+
+test('the installed package is tested, and require works too', () => {
+  const require = createRequire(import.meta.url)
+  const cjs = require('agent-sandbox')
+  assert.ok(require.resolve('agent-sandbox').includes('node_modules'))
+  assert.equal(typeof cjs.Sandbox, 'function')
+  assert.equal(cjs.SandboxError, SandboxError)
+})
+
+test('run returns exit code and output, and writes land in the workspace as the caller', async () => {
+  const ws = mkdtempSync(join(tmpdir(), 'as-node-'))
+  const r = await sandbox({ workspace: ws }).run('echo out; echo err >&2; echo data > /workspace/f; exit 3')
+  assert.equal(r.exitCode, 3)
+  assert.equal(r.stdout, 'out\n')
+  assert.equal(r.stderr, 'err\n')
+  assert.equal(r.timedOut, false)
+  assert.ok(r.durationMs > 0)
+  assert.equal(readFileSync(join(ws, 'f'), 'utf8'), 'data\n')
+  assert.equal(statSync(join(ws, 'f')).uid, process.getuid())
+  JSON.parse(JSON.stringify(r)) // plain, serialisable
+  assert.deepEqual(ownedContainers(), [])
+})
+
+test('an array runs without a shell', async () => {
+  const r = await sandbox().run(['printf', '%s|', 'a b', '$HOME'])
+  assert.equal(r.stdout, 'a b|$HOME|')
+})
+
+test('onStdout streams chunks as they arrive', async () => {
+  const chunks = []
+  const r = await sandbox().run('for i in 1 2 3; do echo line$i; sleep 0.1; done', { onStdout: (c) => chunks.push(c) })
+  assert.equal(chunks.join(''), 'line1\nline2\nline3\n')
+  assert.ok(chunks.length >= 2)
+  assert.equal(r.stdout, chunks.join(''))
+})
+
+test('timeoutMs kills the command and says so', async () => {
+  const r = await sandbox({ timeoutMs: 1500 }).run("trap '' TERM; sleep 60")
+  assert.equal(r.timedOut, true)
+})
+
+test('an AbortSignal cancels the run and removes its container', async () => {
+  const ac = new AbortController()
+  const p = sandbox().run('sleep 60', { signal: ac.signal })
+  for (let i = 0; i < 100 && ownedContainers().length === 0; i++) await new Promise((r) => setTimeout(r, 100))
+  assert.equal(ownedContainers().length, 1, 'the sandbox started')
+  ac.abort(new Error('user pressed stop'))
+  await assert.rejects(p, (e) => e instanceof SandboxError && e.code === 'cancelled' && e.cause?.message === 'user pressed stop')
+  assert.deepEqual(ownedContainers(), [])
+  await assert.rejects(sandbox().run('true', { signal: AbortSignal.abort() }), (e) => e.code === 'cancelled')
+})
+
+test('errors are SandboxError with the core code and a message that says what to do', async () => {
+  await assert.rejects(sandbox({ allow: ['*.com'] }).run('true'), (e) => e instanceof SandboxError && e.code === 'policy' && e.message.includes('*.com'))
+  await assert.rejects(sandbox({ workspace: '/nonexistent/as-ws' }).run('true'), (e) => e.code === 'workspace' && /does not exist/.test(e.message))
+  assert.throws(() => sandbox({ memory: 'lots' }), (e) => e.code === 'invalid_argument')
+  await assert.rejects(new Sandbox({ image: 'localhost:1/agent-sandbox/missing:1' }).run('true'), (e) => e.code === 'image_not_found')
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', `
+    import { Sandbox } from 'agent-sandbox'
+    try { await new Sandbox({ image: ${JSON.stringify(image)} }).run('true') } catch (e) { console.log(e.code + ' ' + e.message) }
+  `], { env: { ...process.env, DOCKER_HOST: 'unix:///nonexistent/as.sock' }, encoding: 'utf8', cwd: process.cwd() })
+  assert.match(child.stdout, /^docker_unavailable Docker is not reachable.*Start the engine/)
+})
+
+test('the policy allows and denies, proven by a local canary', async () => {
+  const hits = []
+  const server = createServer((req, res) => { hits.push(req.url); res.end('hello from canary') })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const port = server.address().port
+  const events = []
+  try {
+    const r = await sandbox({ allow: [`allowed.test:${port}`], resolve: [`allowed.test:${port}:127.0.0.1`] }).run(
+      `curl -sS http://allowed.test:${port}/ok; echo; curl -s -o /dev/null -w '%{http_code}' http://denied.test:${port}/no`,
+      { onEvent: (e) => events.push(e) },
+    )
+    assert.equal(r.stdout, 'hello from canary\n403', r.stderr)
+    assert.deepEqual(hits, ['/ok'])
+    const denied = r.events.find((e) => e.verdict === 'deny')
+    assert.deepEqual([denied.host, denied.port, denied.reason], ['denied.test', port, 'no-matching-rule'])
+    assert.equal(events.length, 2)
+  } finally {
+    server.close()
+  }
+})
+
+test('many runs at once, without blocking the event loop', async () => {
+  let ticks = 0
+  const timer = setInterval(() => ticks++, 10)
+  const rs = await Promise.all([0, 1, 2, 3].map((i) => sandbox().run(`echo ${i}`)))
+  clearInterval(timer)
+  assert.deepEqual(rs.map((r) => r.stdout), ['0\n', '1\n', '2\n', '3\n'])
+  assert.ok(ticks > 5, 'the event loop kept running')
+})
+
+test('the agent example runs', () => {
+  const ws = mkdtempSync(join(tmpdir(), 'as-node-ex-'))
+  const example = join(here, '..', 'node', 'agent.mjs')
+  const out = spawnSync(process.execPath, [example, ws], { encoding: 'utf8', env: { ...process.env, AGENT_SANDBOX_IMAGE: image } })
+  assert.equal(out.status, 0, out.stderr)
+  assert.match(out.stdout, /refused: no-matching-rule/)
+  assert.match(out.stdout, /Read-only file system/)
+  assert.ok(existsSync(join(ws, 'sum.js')))
+})

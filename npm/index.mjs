@@ -1,0 +1,4 @@
+import cjs from './index.js'
+
+export const { Sandbox, SandboxError } = cjs
+export default cjs
