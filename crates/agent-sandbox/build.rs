@@ -10,7 +10,11 @@ fn main() {
     let manifest =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let src = manifest.join("../agent-sandbox-init/src/main.rs");
-    println!("cargo:rerun-if-changed={}", src.display());
+    // Every file of the init crate (main.rs pulls in its modules).
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest.join("../agent-sandbox-init/src").display()
+    );
     let out =
         PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("agent-sandbox-init");
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());

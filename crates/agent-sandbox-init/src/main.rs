@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! agent-sandbox-init --port 3128 --socket /.agent-sandbox/net/proxy.sock -- CMD [ARGS...]
+//! agent-sandbox-init --port 3128 --socket ... --exec-socket /.agent-sandbox/ctl/exec.sock
 //! ```
+//!
+//! With `--exec-socket` (a session) it needs no command: it serves exec
+//! requests (see `exec.rs`) until the container is stopped.
 //!
 //! - listens on `127.0.0.1:<port>` inside the container (whose network is
 //!   `none`: loopback only) and bridges every connection to the proxy's unix
@@ -28,6 +32,8 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread;
 
+mod exec;
+
 extern "C" {
     fn signal(signum: i32, handler: usize) -> usize;
     fn kill(pid: i32, sig: i32) -> i32;
@@ -51,7 +57,17 @@ extern "C" fn forward(sig: i32) {
 struct Args {
     port: Option<u16>,
     socket: Option<PathBuf>,
+    exec_socket: Option<PathBuf>,
     command: Vec<String>,
+}
+
+/// Sends `sig` to the process group led by `pid`.
+pub(crate) fn signal_group(pid: i32, sig: i32) {
+    if pid > 0 {
+        unsafe {
+            kill(-pid, sig);
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
     let mut out = Args {
         port: None,
         socket: None,
+        exec_socket: None,
         command: Vec::new(),
     };
     while let Some(a) = args.next() {
@@ -68,6 +85,13 @@ fn parse_args() -> Result<Args, String> {
                 out.port = Some(v.parse().map_err(|_| format!("bad --port {v:?}"))?);
             }
             "--socket" => out.socket = Some(args.next().ok_or("--socket needs a value")?.into()),
+            "--exec-socket" => {
+                out.exec_socket = Some(args.next().ok_or("--exec-socket needs a value")?.into())
+            }
+            "--pause" => loop {
+                // A child that never exits, so PID 1's waitpid always has one to block on.
+                thread::park();
+            },
             "--" => {
                 out.command = args.collect();
                 break;
@@ -75,8 +99,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if out.command.is_empty() {
-        return Err("no command given after --".into());
+    if out.command.is_empty() && out.exec_socket.is_none() {
+        return Err("no command given after -- (and no --exec-socket)".into());
     }
     Ok(out)
 }
@@ -116,7 +140,7 @@ fn start_bridge(port: u16, socket: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-fn exit_code(status: i32) -> u8 {
+pub(crate) fn exit_code(status: i32) -> u8 {
     let sig = status & 0x7f;
     if sig == 0 {
         ((status >> 8) & 0xff) as u8
@@ -144,14 +168,35 @@ fn main() -> ExitCode {
             signal(sig, forward as extern "C" fn(i32) as usize);
         }
     }
-    let child = match Command::new(&args.command[0])
-        .args(&args.command[1..])
+    let reaped = exec::Reaped::new();
+    if let Some(path) = args.exec_socket.clone() {
+        if let Err(e) = exec::serve(path.clone(), reaped.clone()) {
+            eprintln!(
+                "agent-sandbox-init: cannot listen on {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(125);
+        }
+    }
+    let command = if args.command.is_empty() {
+        match std::env::current_exe() {
+            Ok(me) => vec![me.to_string_lossy().into_owned(), "--pause".to_owned()],
+            Err(e) => {
+                eprintln!("agent-sandbox-init: cannot find itself: {e}");
+                return ExitCode::from(125);
+            }
+        }
+    } else {
+        args.command
+    };
+    let child = match Command::new(&command[0])
+        .args(&command[1..])
         .process_group(0)
         .spawn()
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("agent-sandbox-init: cannot run {:?}: {e}", args.command[0]);
+            eprintln!("agent-sandbox-init: cannot run {:?}: {e}", command[0]);
             // 127: not found, 126: found but not runnable (the shell's convention).
             return ExitCode::from(if e.kind() == io::ErrorKind::NotFound {
                 127
@@ -164,11 +209,13 @@ fn main() -> ExitCode {
     CHILD.store(pid, Ordering::SeqCst);
     loop {
         let mut status = 0;
-        let reaped = unsafe { waitpid(-1, &mut status, 0) };
-        if reaped == pid {
+        let reaped_pid = unsafe { waitpid(-1, &mut status, 0) };
+        if reaped_pid == pid {
             return ExitCode::from(exit_code(status));
         }
-        if reaped < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+        if reaped_pid > 0 {
+            reaped.record(reaped_pid, status);
+        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return ExitCode::from(125);
         }
     }

@@ -80,6 +80,19 @@ pub enum Error {
         /// What the engine said.
         reason: String,
     },
+    /// A file operation of a session was refused or failed.
+    #[error("{op} {path:?}: {reason}")]
+    File {
+        /// `read_file`, `write_file`, `list`, `remove`.
+        op: &'static str,
+        /// The path as given.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The session is closed (by `close`, its idle timeout, or a failure).
+    #[error("the session is closed; start a new one")]
+    SessionClosed,
     /// The run was cancelled by the caller; its container was removed.
     #[error("the run was cancelled; its container was removed")]
     Cancelled,
@@ -103,6 +116,8 @@ impl Error {
             Error::InvalidArgument { .. } => "invalid_argument",
             Error::Engine { .. } => "engine",
             Error::Cancelled => "cancelled",
+            Error::File { .. } => "file",
+            Error::SessionClosed => "session_closed",
             Error::Io(_) => "io",
         }
     }

@@ -34,7 +34,10 @@ pub mod policy;
 pub mod proxy;
 pub mod runtime;
 mod sandbox;
+pub mod session;
 mod workspace;
+
+pub use session::{DirEntry, ExecOptions, Session};
 
 pub use sandbox::{
     parse_size, CancelToken, Command, Output, Sandbox, SandboxBuilder, DEFAULT_IMAGE,

@@ -14,6 +14,7 @@ use crate::proxy::{AuditEvent, EventSink, Limits, Listen, Proxy};
 use crate::runtime::{
     labels, owner_label_value, ContainerSpec, Engine, Mount, PullProgress, Resources,
 };
+use crate::session::Session;
 use crate::workspace::check_dir;
 use crate::Error;
 
@@ -25,6 +26,7 @@ const PROXY_PORT: u16 = 3128;
 /// Where the init binary and the proxy socket directory appear in the container.
 const INIT_PATH: &str = "/.agent-sandbox/init";
 const NET_DIR: &str = "/.agent-sandbox/net";
+const CTL_DIR: &str = "/.agent-sandbox/ctl";
 static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
 
 /// A command: one string runs through `/bin/sh -c`; a list runs as given.
@@ -147,7 +149,7 @@ impl CancelToken {
     }
 }
 
-type OutputSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+pub(crate) type OutputSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 type PullSink = Arc<dyn Fn(&PullProgress) + Send + Sync>;
 
 /// Entry point: `Sandbox::builder()`.
@@ -185,6 +187,7 @@ pub struct SandboxBuilder {
     on_pull: Option<PullSink>,
     cancel: Option<CancelToken>,
     proxy_limits: Limits,
+    idle_timeout: Option<Duration>,
 }
 
 impl Default for SandboxBuilder {
@@ -209,6 +212,7 @@ impl Default for SandboxBuilder {
             on_pull: None,
             cancel: None,
             proxy_limits: Limits::default(),
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
         }
     }
 }
@@ -376,18 +380,69 @@ impl SandboxBuilder {
         self
     }
 
+    /// A session with no exec in flight for this long is closed. Default 30
+    /// minutes; `None` keeps it until [`Session::close`] or drop.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+
+    /// Starts a warm sandbox for many commands (see [`Session`]). The
+    /// builder's timeout becomes each exec's default timeout.
+    ///
+    /// # Errors
+    /// As [`run`](SandboxBuilder::run), plus [`Error::Engine`] if the
+    /// sandbox does not come up.
+    pub async fn start(&self) -> Result<Session, Error> {
+        let p = self.prepare(None).await?;
+        let container = ContainerGuard {
+            engine: p.engine.clone(),
+            id: Some(p.engine.create(&p.spec).await?),
+        };
+        p.engine.start(container.id()).await?;
+        let socket = p.ctl.clone().ok_or_else(|| Error::Engine {
+            what: "start a session".into(),
+            reason: "no exec socket".into(),
+        })?;
+        let ready = tokio::time::Instant::now() + crate::session::READY_TIMEOUT;
+        while tokio::net::UnixStream::connect(&socket).await.is_err() {
+            if tokio::time::Instant::now() > ready || !p.engine.is_running(container.id()).await {
+                return Err(Error::Engine { what: "start a session".into(), reason: "the sandbox's init did not open its exec socket (is the image's architecture the host's?)".into() });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut container = container;
+        let id = container.id.take().unwrap_or_default();
+        Ok(Session::new(crate::session::Parts {
+            engine: p.engine,
+            id: p.id,
+            container: id,
+            proxy: p.proxy,
+            rules: p.rules,
+            dirs: p.dirs,
+            exec_socket: socket,
+            workspace: p.workspace,
+            events: p.events,
+            subscribers: p.subscribers,
+            output_limit: self.output_limit,
+            timeout: self.timeout,
+            idle_timeout: self.idle_timeout,
+            user: p.user,
+        }))
+    }
+
     /// The proxy's limits. Default [`Limits::default`].
     pub fn proxy_limits(mut self, limits: Limits) -> Self {
         self.proxy_limits = limits;
         self
     }
 
-    fn validate(&self) -> Result<Policy, Error> {
-        let mut policy = self.policy.clone();
+    fn validate(&self) -> Result<(Policy, PolicyBuilder), Error> {
+        let mut rules = self.policy.clone();
         for spec in &self.resolve_specs {
-            policy = policy.resolve_spec(spec)?;
+            rules = rules.resolve_spec(spec)?;
         }
-        let policy = policy.build()?;
+        let policy = rules.clone().build()?;
         let bad = |what: &str, reason: String| Error::InvalidArgument {
             what: what.into(),
             reason,
@@ -429,7 +484,7 @@ impl SandboxBuilder {
                 ));
             }
         }
-        Ok(policy)
+        Ok((policy, rules))
     }
 
     /// Runs `cmd` in a fresh sandbox and removes it afterwards, on success,
@@ -453,7 +508,46 @@ impl SandboxBuilder {
                 reason: "empty command".into(),
             });
         }
-        let policy = self.validate()?;
+        let argv = cmd.argv();
+        let Prepared {
+            engine,
+            id,
+            dirs,
+            proxy,
+            events,
+            spec,
+            ..
+        } = self.prepare(Some(argv)).await?;
+        let container = ContainerGuard {
+            engine: engine.clone(),
+            id: Some(engine.create(&spec).await?),
+        };
+        let result = self.supervise(&engine, container.id(), started).await;
+        container.remove().await;
+        proxy.shutdown().await;
+        drop(dirs);
+        let (exit, timed_out, out, err) = result?;
+        let events = events.lock().map(|v| v.clone()).unwrap_or_default();
+        Ok(Output {
+            exit_code: exit.code,
+            stdout: out.buf,
+            stderr: err.buf,
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+            timed_out,
+            oom_killed: exit.oom_killed,
+            duration: started.elapsed(),
+            events,
+            sandbox_id: id,
+        })
+    }
+
+    /// Validates everything, then sets up what a container needs: engine,
+    /// image, host directories, init binary, proxy, and the container spec.
+    /// `command: None` prepares a session (init serves exec requests).
+    async fn prepare(&self, command: Option<Vec<String>>) -> Result<Prepared, Error> {
+        let mut mounts_ctl = Vec::new();
+        let (policy, rules) = self.validate()?;
         let engine = Engine::connect().await?;
         let socket = engine.socket_path();
         let workspace = match &self.workspace {
@@ -487,7 +581,13 @@ impl SandboxBuilder {
             .await?;
 
         let id = new_id();
-        let dir = SandboxDir::create(&id)?;
+        let dir = SandboxDir::create(&id, "net")?;
+        // A session's exec socket lives in a second, read-write directory.
+        let ctl = if command.is_none() {
+            Some(SandboxDir::create(&id, "ctl")?)
+        } else {
+            None
+        };
         let init = init_binary()?;
         let caller = std::fs::metadata(&dir.0)?;
         let user = self
@@ -496,7 +596,9 @@ impl SandboxBuilder {
             .unwrap_or_else(|| format!("{}:{}", caller.uid(), caller.gid()));
 
         let events = Arc::new(Mutex::new(Vec::new()));
+        let (subscribers, _) = tokio::sync::broadcast::channel(256);
         let sink_events = events.clone();
+        let sink_subscribers = subscribers.clone();
         let user_sink = self.on_event.clone();
         let proxy = Proxy::builder(policy)
             .sandbox_id(id.clone())
@@ -508,9 +610,20 @@ impl SandboxBuilder {
                 if let Ok(mut v) = sink_events.lock() {
                     v.push(e.clone());
                 }
+                let _ = sink_subscribers.send(e.clone());
             })
             .start(&Listen::Unix(dir.0.join("proxy.sock")))
             .await?;
+        if let Some(ctl) = &ctl {
+            // The sandbox user creates the exec socket here.
+            let mode = if self.user.is_some() { 0o777 } else { 0o700 };
+            std::fs::set_permissions(&ctl.0, std::fs::Permissions::from_mode(mode))?;
+            mounts_ctl.push(Mount {
+                host: ctl.0.clone(),
+                container: CTL_DIR.into(),
+                read_only: false,
+            });
+        }
         if self.user.is_some() {
             // Another uid must be able to connect to the caller's socket.
             std::fs::set_permissions(
@@ -532,6 +645,7 @@ impl SandboxBuilder {
             },
         ];
         let mut extra_tmpfs = Vec::new();
+        let workspace_host = workspace.clone();
         match workspace {
             Some(ws) => mounts.push(Mount {
                 host: ws,
@@ -541,15 +655,24 @@ impl SandboxBuilder {
             None => extra_tmpfs.push(("/workspace".to_owned(), self.tmp_size)),
         }
         mounts.extend(extra);
+        mounts.extend(mounts_ctl);
         let mut argv = vec![
             INIT_PATH.to_owned(),
             "--port".into(),
             PROXY_PORT.to_string(),
             "--socket".into(),
             format!("{NET_DIR}/proxy.sock"),
-            "--".into(),
         ];
-        argv.extend(cmd.argv());
+        match command {
+            Some(cmd) => {
+                argv.push("--".into());
+                argv.extend(cmd);
+            }
+            None => {
+                argv.push("--exec-socket".into());
+                argv.push(format!("{CTL_DIR}/exec.sock"));
+            }
+        }
         let spec = ContainerSpec {
             image,
             argv,
@@ -571,27 +694,22 @@ impl SandboxBuilder {
                 (labels::OWNER.to_owned(), owner_label_value()),
             ]),
         };
-        let container = ContainerGuard {
-            engine: engine.clone(),
-            id: Some(engine.create(&spec).await?),
-        };
-        let result = self.supervise(&engine, container.id(), started).await;
-        container.remove().await;
-        proxy.shutdown().await;
-        drop(dir);
-        let (exit, timed_out, out, err) = result?;
-        let events = events.lock().map(|v| v.clone()).unwrap_or_default();
-        Ok(Output {
-            exit_code: exit.code,
-            stdout: out.buf,
-            stderr: err.buf,
-            stdout_truncated: out.truncated,
-            stderr_truncated: err.truncated,
-            timed_out,
-            oom_killed: exit.oom_killed,
-            duration: started.elapsed(),
+        let ctl_path = ctl.as_ref().map(|c| c.0.join("exec.sock"));
+        let mut dirs = vec![dir];
+        dirs.extend(ctl);
+        let user_ids = spec.user.clone();
+        Ok(Prepared {
+            engine,
+            id,
+            dirs,
+            proxy,
             events,
-            sandbox_id: id,
+            subscribers,
+            spec,
+            ctl: ctl_path,
+            workspace: workspace_host,
+            rules,
+            user: user_ids,
         })
     }
 
@@ -688,14 +806,14 @@ pub fn parse_size(s: &str) -> Result<i64, Error> {
 
 /// Output kept up to a limit; the rest is counted as truncated.
 #[derive(Default)]
-struct Capture {
-    buf: Vec<u8>,
+pub(crate) struct Capture {
+    pub(crate) buf: Vec<u8>,
     limit: usize,
-    truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 impl Capture {
-    fn new(limit: usize) -> Capture {
+    pub(crate) fn new(limit: usize) -> Capture {
         Capture {
             buf: Vec::new(),
             limit,
@@ -703,7 +821,7 @@ impl Capture {
         }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         let room = self.limit.saturating_sub(self.buf.len());
         if bytes.len() > room {
             self.truncated = true;
@@ -751,12 +869,31 @@ fn new_id() -> String {
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
-/// The per-sandbox host directory holding the proxy socket; removed on drop.
-struct SandboxDir(PathBuf);
+/// What [`SandboxBuilder::prepare`] sets up.
+pub(crate) struct Prepared {
+    pub(crate) engine: Engine,
+    pub(crate) id: String,
+    pub(crate) dirs: Vec<SandboxDir>,
+    pub(crate) proxy: crate::proxy::ProxyHandle,
+    pub(crate) events: Arc<Mutex<Vec<AuditEvent>>>,
+    pub(crate) subscribers: tokio::sync::broadcast::Sender<AuditEvent>,
+    pub(crate) spec: ContainerSpec,
+    /// The exec socket's host path (sessions only).
+    pub(crate) ctl: Option<PathBuf>,
+    /// The canonical host workspace, if any.
+    pub(crate) workspace: Option<PathBuf>,
+    /// The validated rules, for sessions to update later.
+    pub(crate) rules: PolicyBuilder,
+    /// `uid:gid` of the sandbox user.
+    pub(crate) user: String,
+}
+
+/// A per-sandbox host directory (proxy socket, exec socket); removed on drop.
+pub(crate) struct SandboxDir(pub(crate) PathBuf);
 
 impl SandboxDir {
-    fn create(id: &str) -> Result<SandboxDir, Error> {
-        let path = std::env::temp_dir().join(format!("agent-sandbox-{id}"));
+    fn create(id: &str, what: &str) -> Result<SandboxDir, Error> {
+        let path = std::env::temp_dir().join(format!("agent-sandbox-{id}-{what}"));
         std::fs::create_dir(&path)?;
         // Traversable (not listable) by the sandbox user if it differs from the caller.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))?;

@@ -98,6 +98,20 @@ impl PolicyBuilder {
         self
     }
 
+    /// Removes every allow, deny, allow-CIDR or deny-CIDR rule written
+    /// exactly as `rule` (for sessions whose policy changes while they run).
+    pub fn remove(mut self, rule: &str) -> Self {
+        for list in [
+            &mut self.allow,
+            &mut self.deny,
+            &mut self.allow_cidr,
+            &mut self.deny_cidr,
+        ] {
+            list.retain(|r| r != rule);
+        }
+        self
+    }
+
     /// Pins from curl's `HOST:PORT:ADDR` form (`a.test:443:127.0.0.1`,
     /// `a.test:443:[::1]`).
     ///

@@ -21,7 +21,7 @@ pub use resolve::{BoxFuture, Dialer, Resolver, SystemResolver, TcpDialer};
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -154,8 +154,9 @@ impl ProxyBuilder {
         let local_addr = listener.local_addr()?;
         let host_addrs = self.host_addrs.unwrap_or_else(own_addrs);
         let (tx, rx) = watch::channel(false);
+        let policy = Arc::new(RwLock::new(Arc::new(self.policy)));
         let shared = Arc::new(Shared {
-            policy: self.policy,
+            policy: policy.clone(),
             resolver: self.resolver,
             dialer: self.dialer,
             sink: self.sink,
@@ -170,6 +171,7 @@ impl ProxyBuilder {
             local_addr,
             shutdown: tx,
             task: Some(task),
+            policy,
         })
     }
 }
@@ -180,6 +182,7 @@ pub struct ProxyHandle {
     local_addr: ListenAddr,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
+    policy: Arc<RwLock<Arc<Policy>>>,
 }
 
 impl ProxyHandle {
@@ -187,6 +190,23 @@ impl ProxyHandle {
     #[must_use]
     pub fn local_addr(&self) -> &ListenAddr {
         &self.local_addr
+    }
+
+    /// Replaces the policy. New requests are decided by it; connections and
+    /// tunnels already open are not cut.
+    pub fn set_policy(&self, policy: Policy) {
+        if let Ok(mut p) = self.policy.write() {
+            *p = Arc::new(policy);
+        }
+    }
+
+    /// The policy in force.
+    #[must_use]
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// Stops accepting, closes open connections and tunnels, and removes a
@@ -216,7 +236,7 @@ fn own_addrs() -> HashSet<IpAddr> {
 }
 
 pub(crate) struct Shared {
-    policy: Policy,
+    policy: Arc<RwLock<Arc<Policy>>>,
     resolver: Arc<dyn Resolver>,
     dialer: Arc<dyn Dialer>,
     sink: Option<EventSink>,
@@ -441,7 +461,12 @@ impl Shared {
 
     /// Check the name, resolve once, check every address, dial a checked one.
     async fn authorize(&self, host: Host, port: u16) -> Result<Target, Refusal> {
-        let allowed = self.policy.check_host(&host, port).map_err(|d| Refusal {
+        let policy = self
+            .policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let allowed = policy.check_host(&host, port).map_err(|d| Refusal {
             status: StatusCode::FORBIDDEN,
             reason: d.to_string(),
             rule: d.rule().map(str::to_owned),
@@ -471,7 +496,7 @@ impl Shared {
             }
             (None, Host::Ip(ip)) => vec![*ip],
         };
-        self.policy
+        policy
             .check_addrs(&addrs, port, allowed.pinned, &self.host_addrs)
             .map_err(|d| Refusal {
                 status: StatusCode::FORBIDDEN,

@@ -237,6 +237,74 @@ impl Engine {
         Ok(Exit { code, oom_killed })
     }
 
+    /// Starts a created container without attaching (sessions).
+    pub(crate) async fn start(&self, id: &str) -> Result<(), Error> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| engine_err("start the container", e))
+    }
+
+    /// Whether the container is running.
+    pub(crate) async fn is_running(&self, id: &str) -> bool {
+        match self.docker.inspect_container(id, None).await {
+            Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// `docker exec` through the API: runs `argv` as `user` in `cwd` and
+    /// collects its output and exit code.
+    pub(crate) async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        user: &str,
+        cwd: &str,
+    ) -> Result<(i64, Vec<u8>, Vec<u8>), Error> {
+        use bollard::exec::StartExecResults;
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                bollard::models::ExecConfig {
+                    cmd: Some(argv),
+                    user: Some(user.to_owned()),
+                    working_dir: Some(cwd.to_owned()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| engine_err("create an exec", e))?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(|e| engine_err("start an exec", e))?
+        {
+            while let Some(Ok(chunk)) = output.next().await {
+                match chunk {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        out.extend_from_slice(&message)
+                    }
+                    LogOutput::StdErr { message } => err.extend_from_slice(&message),
+                    LogOutput::StdIn { .. } => {}
+                }
+            }
+        }
+        let code = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| engine_err("inspect an exec", e))?
+            .exit_code
+            .unwrap_or(-1);
+        Ok((code, out, err))
+    }
+
     /// Sends SIGKILL (ignores "not running").
     pub(crate) async fn kill(&self, id: &str) {
         let _ = self

@@ -1,0 +1,239 @@
+//! The exec channel of a session: the host connects to a unix socket, asks
+//! for a command, streams its stdin, and gets stdout, stderr and the exit
+//! code back. Much faster than `docker exec` (no engine round trips).
+//!
+//! Frames both ways: `[tag: u8][len: u32 big-endian][payload]`.
+//! Host to init: `R` request (argv, env, cwd; see `read_request`) once,
+//! then `I` stdin chunks (empty = EOF) and `K` signal (`i32`, to the group).
+//! Init to host: `O` stdout, `E` stderr, `F` failure text, `X` exit (`i32`).
+//! If the host hangs up, the command's process group gets SIGKILL.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// Exit statuses collected by PID 1's reaper, for the exec threads to pick up.
+pub struct Reaped {
+    statuses: Mutex<HashMap<i32, i32>>,
+    changed: Condvar,
+}
+
+impl Reaped {
+    pub fn new() -> Arc<Reaped> {
+        Arc::new(Reaped {
+            statuses: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Records a reaped child (orphans included; they are few and tiny).
+    pub fn record(&self, pid: i32, status: i32) {
+        if let Ok(mut s) = self.statuses.lock() {
+            s.insert(pid, status);
+            self.changed.notify_all();
+        }
+    }
+
+    fn wait_for(&self, pid: i32) -> i32 {
+        let Ok(mut s) = self.statuses.lock() else {
+            return 0x7f00;
+        };
+        loop {
+            if let Some(status) = s.remove(&pid) {
+                return status;
+            }
+            s = match self.changed.wait(s) {
+                Ok(g) => g,
+                Err(_) => return 0x7f00,
+            };
+        }
+    }
+}
+
+fn write_frame(w: &Mutex<UnixStream>, tag: u8, payload: &[u8]) -> io::Result<()> {
+    let mut w = w.lock().map_err(|_| io::Error::other("poisoned"))?;
+    let mut head = [0u8; 5];
+    head[0] = tag;
+    head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    w.write_all(&head)?;
+    w.write_all(payload)
+}
+
+fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > 16 << 20 {
+        return Err(io::Error::other("frame too large"));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok((head[0], payload))
+}
+
+struct Request {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: String,
+}
+
+/// Payload of `R`: u32 argc, argc strings; u32 envc, envc `K=V` strings;
+/// one cwd string. A string is u32 length + UTF-8 bytes.
+fn read_request(p: &[u8]) -> Option<Request> {
+    let mut at = 0usize;
+    let u32_at = |at: &mut usize| -> Option<u32> {
+        let b = p.get(*at..*at + 4)?;
+        *at += 4;
+        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let strings = |n: u32, at: &mut usize| -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let len = u32_at(at)? as usize;
+            let s = std::str::from_utf8(p.get(*at..*at + len)?).ok()?.to_owned();
+            *at += len;
+            out.push(s);
+        }
+        Some(out)
+    };
+    let argc = u32::from_be_bytes(p.get(0..4)?.try_into().ok()?);
+    at += 4;
+    let argv = strings(argc, &mut at)?;
+    let envc = u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?);
+    at += 4;
+    let env = strings(envc, &mut at)?
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let cwd = strings(1, &mut at)?.pop()?;
+    if argv.is_empty() {
+        return None;
+    }
+    Some(Request { argv, env, cwd })
+}
+
+fn pump_output(mut from: impl Read, to: Arc<Mutex<UnixStream>>, tag: u8) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || write_frame(&to, tag, &buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
+    let mut reader = conn.try_clone()?;
+    let writer = Arc::new(Mutex::new(conn));
+    let (tag, payload) = read_frame(&mut reader)?;
+    let Some(req) = (tag == b'R').then(|| read_request(&payload)).flatten() else {
+        write_frame(&writer, b'F', b"malformed exec request")?;
+        return write_frame(&writer, b'X', &125i32.to_be_bytes());
+    };
+    let spawned = Command::new(&req.argv[0])
+        .args(&req.argv[1..])
+        .envs(req.env)
+        .current_dir(&req.cwd)
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let code: i32 = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            write_frame(
+                &writer,
+                b'F',
+                format!("cannot run {:?} in {:?}: {e}", req.argv[0], req.cwd).as_bytes(),
+            )?;
+            return write_frame(&writer, b'X', &code.to_be_bytes());
+        }
+    };
+    let pid = child.id() as i32;
+    let out = child.stdout.take().map(|o| {
+        let w = writer.clone();
+        thread::spawn(move || pump_output(o, w, b'O'))
+    });
+    let err = child.stderr.take().map(|e| {
+        let w = writer.clone();
+        thread::spawn(move || pump_output(e, w, b'E'))
+    });
+    let mut stdin = child.stdin.take();
+    let done = Arc::new(AtomicBool::new(false));
+    let done_r = done.clone();
+    thread::spawn(move || {
+        loop {
+            match read_frame(&mut reader) {
+                Ok((b'I', data)) if data.is_empty() => stdin = None,
+                Ok((b'I', data)) => {
+                    if let Some(s) = stdin.as_mut() {
+                        if s.write_all(&data).is_err() {
+                            stdin = None;
+                        }
+                    }
+                }
+                Ok((b'K', sig)) if sig.len() == 4 => {
+                    let sig = i32::from_be_bytes([sig[0], sig[1], sig[2], sig[3]]);
+                    crate::signal_group(pid, sig);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    // The host hung up before the command ended (a timeout, or
+                    // the caller is gone): stop it. After a normal exit,
+                    // background processes it started live on.
+                    if !done_r.load(Ordering::SeqCst) {
+                        crate::signal_group(pid, 9);
+                    }
+                    return;
+                }
+            }
+        }
+    });
+    let status = reaped.wait_for(pid);
+    done.store(true, Ordering::SeqCst);
+    // Output still buffered in the pipes; a background process that kept
+    // them open does not hold the exit back for more than a moment.
+    for pump in [out, err].into_iter().flatten() {
+        for _ in 0..20 {
+            if pump.is_finished() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    write_frame(
+        &writer,
+        b'X',
+        &i32::from(crate::exit_code(status)).to_be_bytes(),
+    )
+}
+
+/// Accepts exec requests on `path` forever, one thread per request.
+pub fn serve(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let reaped = reaped.clone();
+            thread::spawn(move || {
+                let _ = serve_one(conn, reaped);
+            });
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Host-side file access to a session's workspace that never leaves it.
+//!
+//! The agent controls the workspace and can plant `link -> ~/.ssh/id_rsa`
+//! or swap a directory for a symlink at any moment. So every path is opened
+//! one component at a time from a descriptor of the workspace root with
+//! `O_NOFOLLOW` (no path string is ever resolved by the kernel as a whole),
+//! and only regular files are read or written; FIFOs and devices are refused
+//! (opened non-blocking, so a FIFO cannot hang the caller).
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+
+use crate::Error;
+
+/// Where a session path points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// Components below `/workspace` (empty: the workspace itself).
+    Workspace(Vec<String>),
+    /// An absolute path below `/tmp`, handled inside the sandbox.
+    Tmp(String),
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The file name.
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other` (FIFOs, sockets, devices).
+    pub kind: &'static str,
+    /// Size in bytes (of the link itself for a symlink).
+    pub size: u64,
+}
+
+pub(crate) fn refuse(op: &'static str, path: &str, reason: impl Into<String>) -> Error {
+    Error::File {
+        op,
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses `a/b`, `./a`, `/workspace/a` or `/tmp/a`. `..`, NUL and absolute
+/// paths elsewhere are refused.
+pub(crate) fn locate(op: &'static str, path: &str) -> Result<Location, Error> {
+    if path.contains('\0') {
+        return Err(refuse(op, path, "NUL in path"));
+    }
+    let (tmp, rest) = if let Some(r) = path.strip_prefix("/workspace") {
+        if !(r.is_empty() || r.starts_with('/')) {
+            return Err(refuse(
+                op,
+                path,
+                "only paths under /workspace and /tmp are reachable",
+            ));
+        }
+        (false, r)
+    } else if path == "/tmp" || path.starts_with("/tmp/") {
+        (true, path)
+    } else if path.starts_with('/') {
+        return Err(refuse(
+            op,
+            path,
+            "only paths under /workspace and /tmp are reachable",
+        ));
+    } else {
+        (false, path)
+    };
+    let mut parts = Vec::new();
+    for c in rest.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(refuse(op, path, "'..' is not allowed")),
+            c => parts.push(c.to_owned()),
+        }
+    }
+    if tmp {
+        return Ok(Location::Tmp(format!("/{}", parts.join("/"))));
+    }
+    Ok(Location::Workspace(parts))
+}
+
+fn os(op: &'static str, path: &str, e: rustix::io::Errno) -> Error {
+    let reason = match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => "a symbolic link or a non-directory is in the way (links are not followed out of the workspace)".to_owned(),
+        rustix::io::Errno::NOENT => "no such file or directory".to_owned(),
+        rustix::io::Errno::NXIO => "not a regular file".to_owned(),
+        e => std::io::Error::from(e).to_string(),
+    };
+    refuse(op, path, reason)
+}
+
+const DIR_FLAGS: OFlags = OFlags::DIRECTORY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::RDONLY);
+
+/// Opens the directory `parts` below `root`, component by component.
+fn open_dir(
+    root: &Path,
+    parts: &[String],
+    create: bool,
+    op: &'static str,
+    path: &str,
+) -> Result<OwnedFd, Error> {
+    let mut fd =
+        rfs::openat(rfs::CWD, root, DIR_FLAGS, Mode::empty()).map_err(|e| os(op, path, e))?;
+    for part in parts {
+        let next = match rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) if create => {
+                rfs::mkdirat(&fd, part.as_str(), Mode::from_raw_mode(0o755))
+                    .map_err(|e| os(op, path, e))?;
+                rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty())
+            }
+            other => other,
+        };
+        fd = next.map_err(|e| os(op, path, e))?;
+    }
+    Ok(fd)
+}
+
+fn split_last<'a>(
+    op: &'static str,
+    path: &str,
+    parts: &'a [String],
+) -> Result<(&'a [String], &'a str), Error> {
+    match parts.split_last() {
+        Some((name, dirs)) => Ok((dirs, name.as_str())),
+        None => Err(refuse(op, path, "a file name is needed")),
+    }
+}
+
+fn regular(op: &'static str, path: &str, fd: &OwnedFd) -> Result<(), Error> {
+    let st = rfs::fstat(fd).map_err(|e| os(op, path, e))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(refuse(op, path, "not a regular file"));
+    }
+    Ok(())
+}
+
+pub(crate) fn read(root: &Path, parts: &[String], path: &str) -> Result<Vec<u8>, Error> {
+    const OP: &str = "read_file";
+    let (dirs, name) = split_last(OP, path, parts)?;
+    let dir = open_dir(root, dirs, false, OP, path)?;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = rfs::openat(&dir, name, flags, Mode::empty()).map_err(|e| os(OP, path, e))?;
+    regular(OP, path, &fd)?;
+    let mut buf = Vec::new();
+    std::fs::File::from(fd)
+        .read_to_end(&mut buf)
+        .map_err(|e| refuse(OP, path, e.to_string()))?;
+    Ok(buf)
+}
+
+pub(crate) fn write(root: &Path, parts: &[String], path: &str, data: &[u8]) -> Result<(), Error> {
+    const OP: &str = "write_file";
+    let (dirs, name) = split_last(OP, path, parts)?;
+    let dir = open_dir(root, dirs, true, OP, path)?;
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd =
+        rfs::openat(&dir, name, flags, Mode::from_raw_mode(0o644)).map_err(|e| os(OP, path, e))?;
+    regular(OP, path, &fd)?;
+    rfs::ftruncate(&fd, 0).map_err(|e| os(OP, path, e))?;
+    std::fs::File::from(fd)
+        .write_all(data)
+        .map_err(|e| refuse(OP, path, e.to_string()))
+}
+
+pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Vec<DirEntry>, Error> {
+    const OP: &str = "list";
+    let dir = open_dir(root, parts, false, OP, path)?;
+    let mut out = Vec::new();
+    for entry in rfs::Dir::read_from(&dir).map_err(|e| os(OP, path, e))? {
+        let entry = entry.map_err(|e| os(OP, path, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let Ok(st) = rfs::statat(&dir, entry.file_name(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => "file",
+            FileType::Directory => "dir",
+            FileType::Symlink => "symlink",
+            _ => "other",
+        };
+        out.push(DirEntry {
+            name,
+            kind,
+            size: st.st_size as u64,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub(crate) fn remove(root: &Path, parts: &[String], path: &str) -> Result<(), Error> {
+    const OP: &str = "remove";
+    let (dirs, name) = split_last(OP, path, parts)?;
+    let dir = open_dir(root, dirs, false, OP, path)?;
+    match rfs::unlinkat(&dir, name, AtFlags::empty()) {
+        Err(rustix::io::Errno::ISDIR) => {
+            rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| os(OP, path, e))
+        }
+        other => other.map_err(|e| os(OP, path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_under_workspace_or_tmp_only() {
+        let ws = |v: &[&str]| Location::Workspace(v.iter().map(|s| (*s).to_owned()).collect());
+        assert_eq!(locate("x", "a/b").unwrap(), ws(&["a", "b"]));
+        assert_eq!(locate("x", "./a//b/").unwrap(), ws(&["a", "b"]));
+        assert_eq!(locate("x", "/workspace/a").unwrap(), ws(&["a"]));
+        assert_eq!(locate("x", "/workspace").unwrap(), ws(&[]));
+        assert_eq!(
+            locate("x", "/tmp/x/y").unwrap(),
+            Location::Tmp("/tmp/x/y".into())
+        );
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "/etc/passwd",
+            "/workspacex/a",
+            "/tmpx",
+            "a\0b",
+            "/tmp/../etc",
+        ] {
+            assert!(locate("x", bad).is_err(), "{bad}");
+        }
+    }
+}

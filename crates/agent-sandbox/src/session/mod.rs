@@ -1,0 +1,577 @@
+//! Sessions: one hardened sandbox kept warm for many commands.
+//!
+//! `agent-sandbox-init` (PID 1) serves exec requests on a unix socket in a
+//! host directory bind-mounted into the container, so an exec costs a local
+//! socket round trip and a fork, not a trip through the engine. `docker
+//! exec` through the engine API remains available as [`Session::exec_docker`].
+
+mod channel;
+mod files;
+
+pub(crate) use channel::READY_TIMEOUT;
+pub use files::DirEntry;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use crate::policy::PolicyBuilder;
+use crate::proxy::{AuditEvent, ProxyHandle};
+use crate::runtime::Engine;
+use crate::sandbox::{Capture, OutputSink, SandboxDir};
+use crate::{Command, Error, Output};
+use files::Location;
+
+/// Options of one [`Session::exec_with`]. Defaults: the session's
+/// environment, `/workspace`, the session's timeout, no stdin, the session's
+/// output limit, no callbacks.
+#[derive(Clone, Default)]
+#[must_use]
+pub struct ExecOptions {
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    timeout: Option<Duration>,
+    stdin: Option<Vec<u8>>,
+    output_limit: Option<usize>,
+    on_stdout: Option<OutputSink>,
+    on_stderr: Option<OutputSink>,
+}
+
+impl ExecOptions {
+    /// Defaults, as above.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds an environment variable for this exec.
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    /// Working directory: relative to `/workspace`, or absolute below it.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.workdir = Some(dir.into());
+        self
+    }
+    /// Kills the command (its whole process group) after this long.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+    /// Bytes fed to the command's stdin (then EOF). Default: empty stdin.
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(data.into());
+        self
+    }
+    /// Bytes of stdout and of stderr kept.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = Some(bytes);
+        self
+    }
+    /// Called with each chunk of stdout.
+    pub fn on_stdout(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.on_stdout = Some(Arc::new(f));
+        self
+    }
+    /// Called with each chunk of stderr.
+    pub fn on_stderr(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.on_stderr = Some(Arc::new(f));
+        self
+    }
+}
+
+/// What [`crate::SandboxBuilder::start`] hands over.
+pub(crate) struct Parts {
+    pub(crate) engine: Engine,
+    pub(crate) id: String,
+    pub(crate) container: String,
+    pub(crate) proxy: ProxyHandle,
+    pub(crate) rules: PolicyBuilder,
+    pub(crate) dirs: Vec<SandboxDir>,
+    pub(crate) exec_socket: PathBuf,
+    pub(crate) workspace: Option<PathBuf>,
+    pub(crate) events: Arc<Mutex<Vec<AuditEvent>>>,
+    pub(crate) subscribers: broadcast::Sender<AuditEvent>,
+    pub(crate) output_limit: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) user: String,
+}
+
+/// A warm sandbox. Cheap to clone (all clones share it). Closing it, its
+/// idle timeout, or dropping the last clone removes the container.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    id: String,
+    container: Mutex<Option<String>>,
+    proxy: Mutex<Option<ProxyHandle>>,
+    rules: Mutex<PolicyBuilder>,
+    dirs: Mutex<Vec<SandboxDir>>,
+    exec_socket: PathBuf,
+    workspace: Option<PathBuf>,
+    events: Arc<Mutex<Vec<AuditEvent>>>,
+    subscribers: broadcast::Sender<AuditEvent>,
+    output_limit: usize,
+    timeout: Option<Duration>,
+    user: String,
+    last_used: Mutex<Instant>,
+    active: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Marks an exec in flight (idle timeout waits) and touches `last_used`.
+struct Busy<'a>(&'a Inner);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last_used.lock() {
+            *t = Instant::now();
+        }
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Session {
+    pub(crate) fn new(p: Parts) -> Session {
+        let inner = Arc::new(Inner {
+            engine: p.engine,
+            id: p.id,
+            container: Mutex::new(Some(p.container)),
+            proxy: Mutex::new(Some(p.proxy)),
+            rules: Mutex::new(p.rules),
+            dirs: Mutex::new(p.dirs),
+            exec_socket: p.exec_socket,
+            workspace: p.workspace,
+            events: p.events,
+            subscribers: p.subscribers,
+            output_limit: p.output_limit,
+            timeout: p.timeout,
+            user: p.user,
+            last_used: Mutex::new(Instant::now()),
+            active: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
+        if let Some(idle) = p.idle_timeout {
+            tokio::spawn(idle_watch(Arc::downgrade(&inner), idle));
+        }
+        Session { inner }
+    }
+
+    /// The sandbox id (the `agent-sandbox.id` label).
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Whether the session has been closed.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn busy(&self) -> Result<Busy<'_>, Error> {
+        if self.is_closed() {
+            return Err(Error::SessionClosed);
+        }
+        self.inner.active.fetch_add(1, Ordering::SeqCst);
+        Ok(Busy(&self.inner))
+    }
+
+    /// Runs a command in the session (a string through `/bin/sh -c`, a list
+    /// as given). Several may run at once.
+    ///
+    /// # Errors
+    /// [`Error::SessionClosed`], [`Error::InvalidArgument`]. A non-zero exit
+    /// or a timeout is not an error.
+    pub async fn exec(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
+        self.exec_with(cmd, ExecOptions::default()).await
+    }
+
+    /// [`exec`](Session::exec) with per-exec options.
+    ///
+    /// # Errors
+    /// As [`exec`](Session::exec).
+    pub async fn exec_with(
+        &self,
+        cmd: impl Into<Command>,
+        opts: ExecOptions,
+    ) -> Result<Output, Error> {
+        let _busy = self.busy()?;
+        let started = Instant::now();
+        let argv = command_argv(cmd.into())?;
+        let cwd = workdir(opts.workdir.as_deref())?;
+        let limit = opts.output_limit.unwrap_or(self.inner.output_limit);
+        let (mut out, mut err) = (Capture::new(limit), Capture::new(limit));
+        let first_event = self.inner.events.lock().map(|e| e.len()).unwrap_or(0);
+        let deadline = opts.timeout.or(self.inner.timeout).map(|t| started + t);
+        let exited = channel::exec(
+            &self.inner.exec_socket,
+            &argv,
+            &opts.env,
+            &cwd,
+            opts.stdin.as_deref(),
+            deadline,
+            |is_err, bytes| {
+                let (cap, cb) = if is_err {
+                    (&mut err, &opts.on_stderr)
+                } else {
+                    (&mut out, &opts.on_stdout)
+                };
+                if let Some(cb) = cb {
+                    cb(bytes);
+                }
+                cap.push(bytes);
+            },
+        )
+        .await?;
+        let events = self
+            .inner
+            .events
+            .lock()
+            .map(|e| e[first_event.min(e.len())..].to_vec())
+            .unwrap_or_default();
+        Ok(Output {
+            exit_code: exited.code,
+            stdout: out.buf,
+            stderr: err.buf,
+            stdout_truncated: out.truncated,
+            stderr_truncated: err.truncated,
+            timed_out: exited.timed_out,
+            oom_killed: false,
+            duration: started.elapsed(),
+            events,
+            sandbox_id: self.inner.id.clone(),
+        })
+    }
+
+    /// Runs a command through the engine's exec API (`docker exec`): the
+    /// slower fallback, kept for engines where the exec socket cannot be
+    /// shared (and for comparison).
+    ///
+    /// # Errors
+    /// [`Error::SessionClosed`], [`Error::Engine`].
+    pub async fn exec_docker(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
+        let _busy = self.busy()?;
+        let started = Instant::now();
+        let argv = command_argv(cmd.into())?;
+        let id = self.container_id()?;
+        let (code, stdout, stderr) = self
+            .inner
+            .engine
+            .exec(&id, argv, &self.inner.user, "/workspace")
+            .await?;
+        Ok(Output {
+            exit_code: code,
+            stdout,
+            stderr,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            timed_out: false,
+            oom_killed: false,
+            duration: started.elapsed(),
+            events: Vec::new(),
+            sandbox_id: self.inner.id.clone(),
+        })
+    }
+
+    fn container_id(&self) -> Result<String, Error> {
+        self.inner
+            .container
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or(Error::SessionClosed)
+    }
+
+    /// Changes the network rules while the session runs: `f` gets the
+    /// current rules and returns the new ones. New connections follow them;
+    /// open ones are not cut.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] if a new rule is malformed (the old rules stay).
+    pub fn update_policy(
+        &self,
+        f: impl FnOnce(PolicyBuilder) -> PolicyBuilder,
+    ) -> Result<(), Error> {
+        let mut rules = self.inner.rules.lock().map_err(|_| Error::SessionClosed)?;
+        let next = f(rules.clone());
+        let policy = next.clone().build()?;
+        let proxy = self.inner.proxy.lock().map_err(|_| Error::SessionClosed)?;
+        proxy
+            .as_ref()
+            .ok_or(Error::SessionClosed)?
+            .set_policy(policy);
+        *rules = next;
+        Ok(())
+    }
+
+    /// Every audit event of the session so far.
+    #[must_use]
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.inner
+            .events
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// A live feed of audit events from now on (it lags, rather than
+    /// blocking the proxy, if not read).
+    #[must_use]
+    pub fn subscribe(&self) -> broadcast::Receiver<AuditEvent> {
+        self.inner.subscribers.subscribe()
+    }
+
+    /// Writes a file. Under `/workspace` on the host side (never through a
+    /// symlink, regular files only; parent directories are created); under
+    /// `/tmp` inside the sandbox.
+    ///
+    /// # Errors
+    /// [`Error::File`] naming the path and the reason.
+    pub async fn write_file(&self, path: &str, data: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let data = data.into();
+        match self.host_side("write_file", path)? {
+            Some((root, parts)) => files::write(&root, &parts, path, &data),
+            None => {
+                let target = in_sandbox_path("write_file", path)?;
+                let script = "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"";
+                let argv = vec!["sh".into(), "-c".into(), script.into(), "sh".into(), target];
+                self.in_sandbox("write_file", path, argv, Some(data))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Reads a file (same rules as [`write_file`](Session::write_file)).
+    ///
+    /// # Errors
+    /// [`Error::File`].
+    pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
+        match self.host_side("read_file", path)? {
+            Some((root, parts)) => files::read(&root, &parts, path),
+            None => {
+                let target = in_sandbox_path("read_file", path)?;
+                self.in_sandbox(
+                    "read_file",
+                    path,
+                    vec!["cat".into(), "--".into(), target],
+                    None,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Lists a directory.
+    ///
+    /// # Errors
+    /// [`Error::File`].
+    pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        match self.host_side("list", path)? {
+            Some((root, parts)) => files::list(&root, &parts, path),
+            None => {
+                let target = in_sandbox_path("list", path)?;
+                let argv = vec![
+                    "find".into(),
+                    target,
+                    "-mindepth".into(),
+                    "1".into(),
+                    "-maxdepth".into(),
+                    "1".into(),
+                    "-printf".into(),
+                    "%y %s %f\\n".into(),
+                ];
+                let text = self.in_sandbox("list", path, argv, None).await?;
+                let mut entries: Vec<DirEntry> = String::from_utf8_lossy(&text)
+                    .lines()
+                    .filter_map(|l| {
+                        let mut it = l.splitn(3, ' ');
+                        let (t, size, name) = (it.next()?, it.next()?, it.next()?);
+                        let kind = match t {
+                            "f" => "file",
+                            "d" => "dir",
+                            "l" => "symlink",
+                            _ => "other",
+                        };
+                        Some(DirEntry {
+                            name: name.to_owned(),
+                            kind,
+                            size: size.parse().unwrap_or(0),
+                        })
+                    })
+                    .collect();
+                entries.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(entries)
+            }
+        }
+    }
+
+    /// Removes a file, a symlink (not its target) or an empty directory.
+    ///
+    /// # Errors
+    /// [`Error::File`].
+    pub async fn remove(&self, path: &str) -> Result<(), Error> {
+        match self.host_side("remove", path)? {
+            Some((root, parts)) => files::remove(&root, &parts, path),
+            None => {
+                let target = in_sandbox_path("remove", path)?;
+                let script = "rm -f -- \"$1\" 2>/dev/null || rmdir -- \"$1\"";
+                self.in_sandbox(
+                    "remove",
+                    path,
+                    vec!["sh".into(), "-c".into(), script.into(), "sh".into(), target],
+                    None,
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// `Some((root, parts))` when the path is in a host-mounted workspace.
+    fn host_side(
+        &self,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Option<(PathBuf, Vec<String>)>, Error> {
+        if self.is_closed() {
+            return Err(Error::SessionClosed);
+        }
+        match (files::locate(op, path)?, &self.inner.workspace) {
+            (Location::Workspace(parts), Some(root)) => Ok(Some((root.clone(), parts))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn in_sandbox(
+        &self,
+        op: &'static str,
+        path: &str,
+        argv: Vec<String>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, Error> {
+        let mut opts = ExecOptions::new().output_limit(usize::MAX);
+        if let Some(data) = stdin {
+            opts = opts.stdin(data);
+        }
+        let out = self.exec_with(Command::Argv(argv), opts).await?;
+        if out.exit_code != 0 {
+            return Err(files::refuse(op, path, out.stderr_str().trim().to_owned()));
+        }
+        Ok(out.stdout)
+    }
+
+    /// Stops and removes the container and the proxy. Processes left
+    /// running by any exec end with it. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if the engine fails to remove the container.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.close().await
+    }
+}
+
+impl Inner {
+    async fn close(&self) -> Result<(), Error> {
+        self.closed.store(true, Ordering::SeqCst);
+        let container = self.container.lock().ok().and_then(|mut c| c.take());
+        let result = match container {
+            Some(id) => self.engine.remove(&id).await,
+            None => Ok(()),
+        };
+        let proxy = self.proxy.lock().ok().and_then(|mut p| p.take());
+        if let Some(p) = proxy {
+            p.shutdown().await;
+        }
+        if let Ok(mut d) = self.dirs.lock() {
+            d.clear();
+        }
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let container = self.container.get_mut().ok().and_then(Option::take);
+        if let (Some(id), Ok(rt)) = (container, tokio::runtime::Handle::try_current()) {
+            let engine = self.engine.clone();
+            rt.spawn(async move {
+                let _ = engine.remove(&id).await;
+            });
+        }
+    }
+}
+
+async fn idle_watch(inner: Weak<Inner>, idle: Duration) {
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let since = inner
+            .last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        if inner.active.load(Ordering::SeqCst) == 0 && since >= idle {
+            let _ = inner.close().await;
+            return;
+        }
+    }
+}
+
+fn command_argv(cmd: Command) -> Result<Vec<String>, Error> {
+    let argv = match cmd {
+        Command::Shell(s) if s.trim().is_empty() => Vec::new(),
+        Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
+        Command::Argv(v) => v,
+    };
+    if argv.first().is_none_or(String::is_empty) {
+        return Err(Error::InvalidArgument {
+            what: "command".into(),
+            reason: "empty command".into(),
+        });
+    }
+    Ok(argv)
+}
+
+/// The exec's working directory, inside `/workspace`.
+fn workdir(dir: Option<&str>) -> Result<String, Error> {
+    let Some(dir) = dir else {
+        return Ok("/workspace".into());
+    };
+    match files::locate("exec", dir) {
+        Ok(Location::Workspace(parts)) if parts.is_empty() => Ok("/workspace".into()),
+        Ok(Location::Workspace(parts)) => Ok(format!("/workspace/{}", parts.join("/"))),
+        _ => Err(Error::InvalidArgument {
+            what: "workdir".into(),
+            reason: format!("{dir:?} is not inside /workspace"),
+        }),
+    }
+}
+
+fn in_sandbox_path(op: &'static str, path: &str) -> Result<String, Error> {
+    match files::locate(op, path)? {
+        Location::Tmp(p) => Ok(p),
+        Location::Workspace(parts) => Ok(format!("/workspace/{}", parts.join("/"))),
+    }
+}

@@ -1,0 +1,397 @@
+//! Sessions against a real engine: lifecycle, fast exec, policy updates,
+//! the file API and its refusals, cleanup.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sandbox::proxy::Verdict;
+use agent_sandbox::runtime::labels;
+use agent_sandbox::{ExecOptions, Sandbox, SandboxBuilder, Session};
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
+
+fn image() -> String {
+    std::env::var("AGENT_SANDBOX_IMAGE").unwrap_or_else(|_| "agent-sandbox/base:bookworm".into())
+}
+
+fn sandbox() -> SandboxBuilder {
+    Sandbox::builder().image(image())
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "as-session-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+async fn container_count(id: &str) -> usize {
+    let d = Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{}={id}", labels::ID)])]);
+    d.list_containers(Some(ListContainersOptions {
+        all: true,
+        filters: Some(filters),
+        ..Default::default()
+    }))
+    .await
+    .unwrap()
+    .len()
+}
+
+async fn eventually_gone(id: &str) -> bool {
+    for _ in 0..100 {
+        if container_count(id).await == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_session_runs_many_commands_with_per_exec_options() {
+    let ws = tempdir("life");
+    std::fs::create_dir_all(ws.join("sub")).unwrap();
+    let s = sandbox()
+        .workspace(&ws)
+        .env("FROM_SESSION", "s")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(container_count(s.id()).await, 1);
+    for i in 0..20 {
+        let out = s.exec(format!("echo {i}; exit {}", i % 3)).await.unwrap();
+        assert_eq!(out.stdout_str(), format!("{i}\n"));
+        assert_eq!(out.exit_code, i % 3);
+    }
+    let out = s
+        .exec_with(
+            "echo $FROM_SESSION $PER_EXEC $(pwd); cat",
+            ExecOptions::new()
+                .env("PER_EXEC", "e")
+                .workdir("sub")
+                .stdin("from stdin"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "s e /workspace/sub\nfrom stdin");
+    let out = s.exec(["/no/such/program"]).await.unwrap();
+    assert_eq!(out.exit_code, 127);
+    assert!(out.stderr_str().contains("/no/such/program"));
+    assert!(
+        s.exec_with("true", ExecOptions::new().workdir("/etc"))
+            .await
+            .is_err(),
+        "workdir must be inside /workspace"
+    );
+    let out = s.exec("id -u").await.unwrap();
+    let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&ws).unwrap());
+    assert_eq!(
+        out.stdout_str().trim(),
+        me.to_string(),
+        "execs run as the sandbox user"
+    );
+    s.close().await.unwrap();
+    assert_eq!(container_count(s.id()).await, 0);
+    assert_eq!(s.exec("true").await.unwrap_err().code(), "session_closed");
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_execs_do_not_mix() {
+    let s = sandbox().start().await.unwrap();
+    let runs = (0..6).map(|i| {
+        let s = s.clone();
+        async move {
+            s.exec(format!("sleep 0.3; echo {i}; echo err{i} >&2"))
+                .await
+                .unwrap()
+        }
+    });
+    let outs = futures_util::future::join_all(runs).await;
+    for (i, o) in outs.iter().enumerate() {
+        assert_eq!(o.stdout_str(), format!("{i}\n"));
+        assert_eq!(o.stderr_str(), format!("err{i}\n"));
+    }
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn background_processes_live_until_close_and_not_after() {
+    let s = sandbox().start().await.unwrap();
+    let out = s
+        .exec("sleep 1000 >/dev/null 2>&1 & echo started")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "started\n");
+    let out = s
+        .exec("pgrep -x sleep >/dev/null && echo alive")
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        "alive\n",
+        "a background process outlives its exec"
+    );
+    s.close().await.unwrap();
+    assert_eq!(
+        container_count(s.id()).await,
+        0,
+        "and not the session: the container is gone"
+    );
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_the_whole_process_group() {
+    let s = sandbox().start().await.unwrap();
+    let out = s
+        .exec_with(
+            "trap '' TERM; (sleep 77 &); sleep 78; echo NOT",
+            ExecOptions::new().timeout(Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+    assert!(out.timed_out);
+    assert!(!out.stdout_str().contains("NOT"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = s.exec("pgrep -x sleep || echo none").await.unwrap();
+    assert_eq!(
+        left.stdout_str(),
+        "none\n",
+        "nothing of the timed-out exec is left"
+    );
+    s.close().await.unwrap();
+}
+
+fn http_canary() -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test]
+async fn policy_updates_apply_to_new_connections() {
+    let (port, hits) = http_canary();
+    let pin = format!("late.test:{port}:127.0.0.1");
+    let s = sandbox().resolve_spec(&pin).start().await.unwrap();
+    let mut feed = s.subscribe();
+    let curl = format!("curl -s -o /dev/null -w '%{{http_code}}' http://late.test:{port}/");
+    assert_eq!(s.exec(curl.as_str()).await.unwrap().stdout_str(), "403");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let rule = format!("late.test:{port}");
+    s.update_policy(|p| p.allow(rule.clone())).unwrap();
+    assert_eq!(
+        s.exec(curl.as_str()).await.unwrap().stdout_str(),
+        "200",
+        "a denied name is now allowed"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    s.update_policy(|p| p.remove(&rule)).unwrap();
+    assert_eq!(
+        s.exec(curl.as_str()).await.unwrap().stdout_str(),
+        "403",
+        "and denied again"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the canary saw only the allowed request"
+    );
+    assert!(
+        s.update_policy(|p| p.allow("*.com")).is_err(),
+        "a malformed rule is refused"
+    );
+    let verdicts: Vec<Verdict> = s.events().iter().map(|e| e.verdict).collect();
+    assert_eq!(verdicts, vec![Verdict::Deny, Verdict::Allow, Verdict::Deny]);
+    let first = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.verdict, Verdict::Deny);
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn files_round_trip_in_the_workspace_and_tmp() {
+    let ws = tempdir("files");
+    let s = sandbox().workspace(&ws).start().await.unwrap();
+    s.write_file("dir/a.txt", b"alpha".to_vec()).await.unwrap();
+    assert_eq!(
+        std::fs::read(ws.join("dir/a.txt")).unwrap(),
+        b"alpha",
+        "written on the host side"
+    );
+    assert_eq!(
+        s.exec("cat dir/a.txt").await.unwrap().stdout_str(),
+        "alpha",
+        "visible inside"
+    );
+    assert_eq!(s.read_file("/workspace/dir/a.txt").await.unwrap(), b"alpha");
+    s.exec("echo -n beta > dir/b.txt").await.unwrap();
+    let names: Vec<(String, &str)> = s
+        .list("dir")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.kind))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("a.txt".into(), "file"), ("b.txt".into(), "file")]
+    );
+    s.remove("dir/a.txt").await.unwrap();
+    assert!(!ws.join("dir/a.txt").exists());
+    s.write_file("/tmp/t/x.bin", vec![0u8, 1, 2, 255])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.read_file("/tmp/t/x.bin").await.unwrap(),
+        vec![0u8, 1, 2, 255]
+    );
+    let listed = s.list("/tmp/t").await.unwrap();
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].kind, listed[0].size),
+        ("x.bin", "file", 4)
+    );
+    s.remove("/tmp/t/x.bin").await.unwrap();
+    assert!(s.read_file("/tmp/t/x.bin").await.is_err());
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn host_side_file_access_never_leaves_the_workspace() {
+    let ws = tempdir("escape");
+    let outside = tempdir("secret");
+    std::fs::write(outside.join("id_rsa"), b"SECRET KEY").unwrap();
+    let s = sandbox().workspace(&ws).start().await.unwrap();
+    // Plants made from inside, as an agent would; and one from the host side.
+    s.exec("ln -s /etc link && ln -s /etc/passwd pw && mkfifo fifo && ln -s /tmp/target out && mkdir d").await.unwrap();
+    std::os::unix::fs::symlink(outside.join("id_rsa"), ws.join("key")).unwrap();
+    std::os::unix::fs::symlink(&outside, ws.join("d/up")).unwrap();
+    for path in [
+        "link/passwd",
+        "pw",
+        "key",
+        "d/up/id_rsa",
+        "../secret",
+        "/etc/passwd",
+        "/workspace/../etc/passwd",
+        "fifo",
+        "d",
+    ] {
+        let e = s.read_file(path).await.expect_err(path);
+        assert_eq!(e.code(), "file", "{path}: {e}");
+    }
+    for path in [
+        "out",
+        "key",
+        "link/new",
+        "d/up/planted",
+        "fifo",
+        "/etc/x",
+        "../x",
+    ] {
+        assert!(s.write_file(path, b"x".to_vec()).await.is_err(), "{path}");
+    }
+    assert_eq!(
+        std::fs::read(outside.join("id_rsa")).unwrap(),
+        b"SECRET KEY",
+        "the target was not touched"
+    );
+    assert!(!outside.join("planted").exists());
+    assert!(s.list("link").await.is_err());
+    assert!(s.list("d/up").await.is_err());
+    s.remove("key").await.unwrap();
+    assert!(
+        outside.join("id_rsa").exists(),
+        "removing a link removes the link, not its target"
+    );
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_session_without_close_removes_it() {
+    let s = sandbox().start().await.unwrap();
+    let id = s.id().to_owned();
+    assert_eq!(container_count(&id).await, 1);
+    drop(s);
+    assert!(eventually_gone(&id).await, "no leak after drop");
+}
+
+#[tokio::test]
+async fn an_idle_session_closes_itself() {
+    let s = sandbox()
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .start()
+        .await
+        .unwrap();
+    s.exec("true").await.unwrap();
+    assert!(eventually_gone(s.id()).await);
+    assert!(s.is_closed());
+    assert_eq!(s.exec("true").await.unwrap_err().code(), "session_closed");
+}
+
+#[tokio::test]
+async fn docker_exec_fallback_works() {
+    let s = sandbox().start().await.unwrap();
+    let out = s
+        .exec_docker(["sh", "-c", "echo via-engine; echo e >&2; exit 4"])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            out.exit_code,
+            out.stdout_str().as_str(),
+            out.stderr_str().as_str()
+        ),
+        (4, "via-engine\n", "e\n")
+    );
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn fifty_sessions_at_once_all_close_cleanly() {
+    let starts = (0..50).map(|_| async { sandbox().memory(64 << 20).start().await.unwrap() });
+    let sessions: Vec<Session> = futures_util::future::join_all(starts).await;
+    let outs = futures_util::future::join_all(
+        sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| async move { s.exec(format!("echo {i}")).await.unwrap() }),
+    )
+    .await;
+    for (i, o) in outs.iter().enumerate() {
+        assert_eq!(o.stdout_str(), format!("{i}\n"));
+    }
+    futures_util::future::join_all(sessions.iter().map(|s| s.close()))
+        .await
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    for s in &sessions {
+        assert_eq!(container_count(s.id()).await, 0);
+    }
+}
