@@ -47,6 +47,7 @@ bench: ## criterion policy benchmark and the loopback proxy comparison
 	cargo build --release -p agent-sandbox-benches -p agent-sandbox-cli
 	$(CARGO_TARGET_DIR)/release/proxy-compare --agent-sandbox $(BIN)
 	$(CARGO_TARGET_DIR)/release/run-compare
+	$(CARGO_TARGET_DIR)/release/session-compare
 	scripts/python-test.sh -q -k the_installed_wheel  # builds and installs the wheel
 	v=$$(mktemp -d) && python3 -m venv $$v && $$v/bin/pip install -q $(CARGO_TARGET_DIR)/wheels/*.whl && $$v/bin/python benches/python_overhead.py; rm -rf $$v
 

@@ -165,14 +165,33 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         }
     };
     let pid = child.id() as i32;
-    let out = child.stdout.take().map(|o| {
-        let w = writer.clone();
-        thread::spawn(move || pump_output(o, w, b'O'))
-    });
-    let err = child.stderr.take().map(|e| {
-        let w = writer.clone();
-        thread::spawn(move || pump_output(e, w, b'E'))
-    });
+    let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
+    let mut pumps = 0;
+    for (pipe, tag) in [
+        (
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            b'O',
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            b'E',
+        ),
+    ] {
+        if let Some(pipe) = pipe {
+            let (w, done) = (writer.clone(), pumped.clone());
+            pumps += 1;
+            thread::spawn(move || {
+                pump_output(pipe, w, tag);
+                let _ = done.send(());
+            });
+        }
+    }
     let mut stdin = child.stdin.take();
     let done = Arc::new(AtomicBool::new(false));
     let done_r = done.clone();
@@ -208,12 +227,11 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     done.store(true, Ordering::SeqCst);
     // Output still buffered in the pipes; a background process that kept
     // them open does not hold the exit back for more than a moment.
-    for pump in [out, err].into_iter().flatten() {
-        for _ in 0..20 {
-            if pump.is_finished() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
+    let grace = std::time::Instant::now() + Duration::from_millis(100);
+    for _ in 0..pumps {
+        let left = grace.saturating_duration_since(std::time::Instant::now());
+        if pumps_done.recv_timeout(left).is_err() {
+            break;
         }
     }
     write_frame(

@@ -1,0 +1,132 @@
+//! Exec latency in a warm session, side by side: the init channel, the
+//! engine's exec API, the `docker exec` CLI, and a one-shot run; then the
+//! host-side memory of an open session.
+//!
+//! Usage: session-compare [--iterations N] [--image IMG]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_sandbox::Sandbox;
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut n = 200usize;
+    let mut image = std::env::var("AGENT_SANDBOX_IMAGE")
+        .unwrap_or_else(|_| "agent-sandbox/base:bookworm".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--iterations" => {
+                n = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--iterations N")
+            }
+            "--image" => image = args.next().expect("--image IMG"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let b = Sandbox::builder().image(image.clone());
+        let s = b.start().await.expect("start a session");
+        let id = String::from_utf8(
+            Command::new("docker")
+                .args([
+                    "ps",
+                    "-q",
+                    "--no-trunc",
+                    "--filter",
+                    &format!("label=agent-sandbox.id={}", s.id()),
+                ])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim()
+        .to_owned();
+        let mut rows = Vec::new();
+        let mut time = |name: &'static str, times: &mut Vec<Duration>| {
+            times.sort();
+            rows.push((name, times.len(), pct(times, 0.5), pct(times, 0.95)));
+        };
+        s.exec("true").await.unwrap();
+        let mut t = Vec::new();
+        for _ in 0..n {
+            let start = Instant::now();
+            assert!(s.exec(["true"]).await.unwrap().success());
+            t.push(start.elapsed());
+        }
+        time("session exec via the init channel", &mut t);
+        let mut t = Vec::new();
+        for _ in 0..n.min(50) {
+            let start = Instant::now();
+            assert!(s.exec_docker(["true"]).await.unwrap().success());
+            t.push(start.elapsed());
+        }
+        time("session exec via the engine's exec API (bollard)", &mut t);
+        let mut t = Vec::new();
+        for _ in 0..n.min(30) {
+            let start = Instant::now();
+            let ok = Command::new("docker")
+                .args(["exec", &id, "true"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            t.push(start.elapsed());
+        }
+        time("`docker exec` CLI", &mut t);
+        let mut t = Vec::new();
+        for _ in 0..10 {
+            let start = Instant::now();
+            assert!(b.run("true").await.unwrap().success());
+            t.push(start.elapsed());
+        }
+        time("one-shot run(\"true\")", &mut t);
+        s.close().await.unwrap();
+
+        let before = rss_kib();
+        let mut open = Vec::new();
+        for _ in 0..20 {
+            open.push(b.start().await.unwrap());
+        }
+        for s in &open {
+            s.exec("true").await.unwrap();
+        }
+        let after = rss_kib();
+        for s in &open {
+            s.close().await.unwrap();
+        }
+        println!("{n} iterations (fewer for the slow paths), image {image}\n");
+        println!("| path | n | p50 ms | p95 ms |");
+        println!("|---|---|---|---|");
+        for (name, count, p50, p95) in rows {
+            println!("| {name} | {count} | {p50:.2} | {p95:.2} |");
+        }
+        println!(
+            "\nhost-side memory per open session (20 open, RSS delta / 20): {:.2} MiB",
+            (after.saturating_sub(before)) as f64 / 20.0 / 1024.0
+        );
+    });
+}
