@@ -10,7 +10,10 @@ use std::time::Duration;
 use agent_sandbox::policy::{Policy, PolicyBuilder};
 use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy, Verdict};
 use agent_sandbox::runtime::{gc, Engine, PullProgress};
-use agent_sandbox::{parse_size, CancelToken, Command as SandboxCommand, Sandbox};
+use agent_sandbox::{parse_size, CancelToken, Command as SandboxCommand, Sandbox, SandboxBuilder};
+
+mod serve;
+mod shell;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,6 +32,13 @@ enum Command {
     /// Run a command in a sandbox: read-only root, one read-write workspace,
     /// no network but the allowlist proxy.
     Run(RunArgs),
+    /// Open a session and look around: an interactive shell in the sandbox
+    /// (`docker exec -it` when stdin is a terminal, else one command per line).
+    Shell(ShellArgs),
+    /// Open a session and serve it to another program as JSON lines on
+    /// stdin/stdout (exec, write_file, read_file, list, remove, events, allow,
+    /// deny, remove_rule, close).
+    Serve(ServeArgs),
     /// Remove sandbox containers whose owning process is gone.
     Gc,
     /// Run the allowlist proxy on its own (HTTP forwarding and CONNECT tunnels).
@@ -36,7 +46,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct RunArgs {
+struct SandboxArgs {
     /// Image (default: $AGENT_SANDBOX_IMAGE, else debian:bookworm-slim).
     #[arg(long)]
     image: Option<String>,
@@ -63,6 +73,27 @@ struct RunArgs {
     /// Write audit events as JSON lines to FILE (appended), or - for stderr.
     #[arg(long, value_name = "FILE|-")]
     audit_log: Option<String>,
+}
+
+#[derive(Args)]
+struct ShellArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    /// Speak JSON lines on stdin/stdout (the only transport for now).
+    #[arg(long, required = true)]
+    stdio: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// The command. One argument runs through /bin/sh -c; several run as given.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -144,7 +175,7 @@ fn audit_writer(target: &str) -> std::io::Result<Box<dyn Write + Send>> {
     ))
 }
 
-fn pull_progress(p: &PullProgress) {
+pub(crate) fn pull_progress(p: &PullProgress) {
     let layer = p.layer.as_deref().unwrap_or("");
     match (p.current, p.total) {
         (Some(c), Some(t)) if t > 0 => {
@@ -163,7 +194,8 @@ fn pull_progress(p: &PullProgress) {
     }
 }
 
-async fn run(args: RunArgs) -> Result<u8, agent_sandbox::Error> {
+/// The sandbox the flags describe (shared by run, shell and serve).
+fn sandbox_builder(args: &SandboxArgs) -> Result<SandboxBuilder, agent_sandbox::Error> {
     let mut b = Sandbox::builder()
         .workspace(args.workspace.clone().unwrap_or_else(|| ".".into()))
         .policy(args.policy.builder()?);
@@ -210,6 +242,12 @@ async fn run(args: RunArgs) -> Result<u8, agent_sandbox::Error> {
             }
         });
     }
+    Ok(b)
+}
+
+async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
+    let args = &run_args.sandbox;
+    let mut b = sandbox_builder(args)?;
     b = b
         .on_stdout(|bytes| {
             let mut o = std::io::stdout().lock();
@@ -225,10 +263,10 @@ async fn run(args: RunArgs) -> Result<u8, agent_sandbox::Error> {
         .output_limit(0);
     let cancel = CancelToken::new();
     b = b.cancel_token(cancel.clone());
-    let cmd = if args.command.len() == 1 {
-        SandboxCommand::Shell(args.command[0].clone())
+    let cmd = if run_args.command.len() == 1 {
+        SandboxCommand::Shell(run_args.command[0].clone())
     } else {
-        SandboxCommand::Argv(args.command.clone())
+        SandboxCommand::Argv(run_args.command.clone())
     };
     let run = b.run(cmd);
     tokio::pin!(run);
@@ -346,6 +384,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Shell(args) => shell::shell(sandbox_builder(&args.sandbox)?).await,
+            Command::Serve(args) => serve::serve(sandbox_builder(&args.sandbox)?).await,
             Command::Gc => gc_cmd().await,
             Command::Proxy(args) => proxy(args).await.map(|()| 0),
         }

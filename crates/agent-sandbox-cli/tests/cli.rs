@@ -296,3 +296,104 @@ fn gc_runs() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent-sandbox gc: removed"));
 }
+
+#[test]
+fn serve_stdio_speaks_json_lines() {
+    use std::io::BufRead;
+    let ws = workspace("serve");
+    let mut child = bin()
+        .args([
+            "serve",
+            "--stdio",
+            "--image",
+            &image(),
+            "--workspace",
+            ws.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let ready = next();
+    assert_eq!(ready["ready"], true);
+    let mut ask = |req: serde_json::Value| {
+        writeln!(stdin, "{req}").unwrap();
+        stdin.flush().unwrap();
+    };
+    ask(
+        serde_json::json!({"id": 1, "op": "exec", "cmd": "echo $X; cat", "env": {"X": "from-env"}, "stdin": "piped"}),
+    );
+    let r = next();
+    assert_eq!(
+        (r["id"].as_i64(), r["ok"].as_bool(), r["stdout"].as_str()),
+        (Some(1), Some(true), Some("from-env\npiped"))
+    );
+    ask(serde_json::json!({"id": 2, "op": "write_file", "path": "notes/a.txt", "data": "hello"}));
+    assert_eq!(next()["ok"], true);
+    assert_eq!(
+        std::fs::read_to_string(ws.join("notes/a.txt")).unwrap(),
+        "hello"
+    );
+    ask(serde_json::json!({"id": 3, "op": "read_file", "path": "/workspace/notes/a.txt"}));
+    assert_eq!(next()["data"], "hello");
+    ask(serde_json::json!({"id": 4, "op": "read_file", "path": "/etc/passwd"}));
+    let r = next();
+    assert_eq!(
+        (r["ok"].as_bool(), r["error"]["code"].as_str()),
+        (Some(false), Some("file"))
+    );
+    ask(serde_json::json!({"id": 5, "op": "list", "path": "notes"}));
+    assert_eq!(next()["entries"][0]["name"], "a.txt");
+    ask(serde_json::json!({"id": 6, "op": "allow", "rule": "*.com"}));
+    assert_eq!(next()["error"]["code"], "policy");
+    ask(serde_json::json!({"id": 7, "op": "nonsense"}));
+    assert_eq!(next()["error"]["code"], "bad_request");
+    ask(serde_json::json!({"id": 8, "op": "close"}));
+    assert_eq!(next()["ok"], true);
+    assert!(child.wait().unwrap().success());
+    assert!(containers_owned_by(child.id()).is_empty());
+}
+
+#[test]
+fn shell_without_a_terminal_runs_one_command_per_line() {
+    let ws = workspace("shell");
+    std::fs::create_dir_all(ws.join("sub")).unwrap();
+    let mut child = bin()
+        .args([
+            "shell",
+            "--image",
+            &image(),
+            "--workspace",
+            ws.to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hello\ncd sub\npwd\ncd /etc\ntouch /etc/x\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "hello\n/workspace/sub\n", "{stderr}");
+    assert!(
+        stderr.contains("not a directory inside /workspace"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+    assert!(containers_owned_by(pid).is_empty());
+}

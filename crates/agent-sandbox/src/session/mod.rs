@@ -290,6 +290,13 @@ impl Session {
         })
     }
 
+    /// The engine's id of the container, while the session is open (for
+    /// tools that want `docker exec -it`; the library never needs it).
+    #[must_use]
+    pub fn container(&self) -> Option<String> {
+        self.inner.container.lock().ok().and_then(|c| c.clone())
+    }
+
     fn container_id(&self) -> Result<String, Error> {
         self.inner
             .container

@@ -1,0 +1,220 @@
+//! `agent-sandbox serve --stdio`: a session for another program, as JSON
+//! lines. First line out: `{"ready":true,"sandbox_id":...}`. Then one reply
+//! per request, carrying the request's `id`; requests run concurrently, so
+//! replies may come out of order.
+//!
+//! Requests (`op`, then its fields):
+//! - `exec`: `cmd` (string: through `sh -c`; array: as given), `env`
+//!   (object), `workdir`, `timeout` (seconds), `stdin` (text) or
+//!   `stdin_base64` -> `exit_code`, `stdout`, `stderr`, `timed_out`,
+//!   `stdout_truncated`, `stderr_truncated`, `duration_ms`, `events`
+//! - `write_file`: `path`, `data` (text) or `data_base64`
+//! - `read_file`: `path` -> `data` (text, lossy) and `data_base64`
+//! - `list`: `path` -> `entries` [{name, kind, size}]
+//! - `remove`: `path`
+//! - `events` -> `events` (all so far)
+//! - `allow` / `deny` / `remove_rule`: `rule` (a policy change, new connections)
+//! - `close`: closes the session, replies, and exits (so does EOF on stdin)
+//!
+//! Errors: `{"id":..,"ok":false,"error":{"code":..,"message":..}}` with the
+//! library's stable codes (plus `bad_request`).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_sandbox::proxy::AuditEvent;
+use agent_sandbox::{Command, Error, ExecOptions, SandboxBuilder, Session};
+use base64::Engine as _;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+type Out = Arc<Mutex<std::io::Stdout>>;
+
+fn send(out: &Out, v: &Value) {
+    if let Ok(mut o) = out.lock() {
+        let _ = writeln!(o, "{v}");
+        let _ = o.flush();
+    }
+}
+
+fn events_json(events: &[AuditEvent]) -> Value {
+    Value::Array(
+        events
+            .iter()
+            .filter_map(|e| serde_json::from_str(&e.to_json()).ok())
+            .collect(),
+    )
+}
+
+struct BadRequest(String);
+
+enum Failure {
+    Bad(BadRequest),
+    Sandbox(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Sandbox(e)
+    }
+}
+
+fn field<'a>(req: &'a Value, name: &str) -> Result<&'a str, Failure> {
+    req.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| Failure::Bad(BadRequest(format!("missing string field {name:?}"))))
+}
+
+fn bytes(req: &Value, text: &str, b64: &str) -> Result<Option<Vec<u8>>, Failure> {
+    if let Some(t) = req.get(text).and_then(Value::as_str) {
+        return Ok(Some(t.as_bytes().to_vec()));
+    }
+    match req.get(b64).and_then(Value::as_str) {
+        Some(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map(Some)
+            .map_err(|e| Failure::Bad(BadRequest(format!("{b64}: {e}")))),
+        None => Ok(None),
+    }
+}
+
+async fn handle(session: &Session, req: &Value) -> Result<Value, Failure> {
+    let op = field(req, "op")?;
+    match op {
+        "exec" => {
+            let cmd = match req.get("cmd") {
+                Some(Value::String(s)) => Command::Shell(s.clone()),
+                Some(Value::Array(a)) => Command::Argv(
+                    a.iter()
+                        .map(|v| v.as_str().unwrap_or_default().to_owned())
+                        .collect(),
+                ),
+                _ => {
+                    return Err(Failure::Bad(BadRequest(
+                        "cmd must be a string or an array of strings".into(),
+                    )))
+                }
+            };
+            let mut opts = ExecOptions::new();
+            if let Some(env) = req.get("env").and_then(Value::as_object) {
+                for (k, v) in env {
+                    opts = opts.env(k.clone(), v.as_str().unwrap_or_default());
+                }
+            }
+            if let Some(dir) = req.get("workdir").and_then(Value::as_str) {
+                opts = opts.workdir(dir);
+            }
+            if let Some(t) = req.get("timeout").and_then(Value::as_f64) {
+                let t = Duration::try_from_secs_f64(t)
+                    .map_err(|_| Failure::Bad(BadRequest("timeout must be seconds >= 0".into())))?;
+                opts = opts.timeout(t);
+            }
+            if let Some(data) = bytes(req, "stdin", "stdin_base64")? {
+                opts = opts.stdin(data);
+            }
+            let o = session.exec_with(cmd, opts).await?;
+            Ok(json!({
+                "exit_code": o.exit_code, "stdout": o.stdout_str(), "stderr": o.stderr_str(),
+                "timed_out": o.timed_out, "stdout_truncated": o.stdout_truncated, "stderr_truncated": o.stderr_truncated,
+                "duration_ms": o.duration.as_secs_f64() * 1e3, "events": events_json(&o.events),
+            }))
+        }
+        "write_file" => {
+            let data = bytes(req, "data", "data_base64")?.unwrap_or_default();
+            session.write_file(field(req, "path")?, data).await?;
+            Ok(json!({}))
+        }
+        "read_file" => {
+            let data = session.read_file(field(req, "path")?).await?;
+            Ok(
+                json!({ "data": String::from_utf8_lossy(&data), "data_base64": base64::engine::general_purpose::STANDARD.encode(&data) }),
+            )
+        }
+        "list" => {
+            let entries = session
+                .list(req.get("path").and_then(Value::as_str).unwrap_or("."))
+                .await?;
+            Ok(
+                json!({ "entries": entries.iter().map(|e| json!({"name": e.name, "kind": e.kind, "size": e.size})).collect::<Vec<_>>() }),
+            )
+        }
+        "remove" => {
+            session.remove(field(req, "path")?).await?;
+            Ok(json!({}))
+        }
+        "events" => Ok(json!({ "events": events_json(&session.events()) })),
+        "allow" | "deny" | "remove_rule" => {
+            let rule = field(req, "rule")?.to_owned();
+            session.update_policy(|p| match op {
+                "allow" => p.allow(rule.clone()),
+                "deny" => p.deny(rule.clone()),
+                _ => p.remove(&rule),
+            })?;
+            Ok(json!({}))
+        }
+        other => Err(Failure::Bad(BadRequest(format!("unknown op {other:?}")))),
+    }
+}
+
+fn reply(id: &Value, result: Result<Value, Failure>) -> Value {
+    match result {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("id".into(), id.clone());
+                o.insert("ok".into(), Value::Bool(true));
+            }
+            v
+        }
+        Err(Failure::Bad(BadRequest(m))) => {
+            json!({"id": id, "ok": false, "error": {"code": "bad_request", "message": m}})
+        }
+        Err(Failure::Sandbox(e)) => {
+            json!({"id": id, "ok": false, "error": {"code": e.code(), "message": e.to_string()}})
+        }
+    }
+}
+
+pub(crate) async fn serve(b: SandboxBuilder) -> Result<u8, Error> {
+    let session = b.idle_timeout(None).start().await?;
+    let out: Out = Arc::new(Mutex::new(std::io::stdout()));
+    send(&out, &json!({"ready": true, "sandbox_id": session.id()}));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let req: Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                send(
+                    &out,
+                    &reply(
+                        &Value::Null,
+                        Err(Failure::Bad(BadRequest(format!("not JSON: {e}")))),
+                    ),
+                );
+                continue;
+            }
+        };
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        if req.get("op").and_then(Value::as_str) == Some("close") {
+            while tasks.join_next().await.is_some() {}
+            let closed = session.close().await;
+            send(
+                &out,
+                &reply(&id, closed.map(|()| json!({})).map_err(Failure::Sandbox)),
+            );
+            return Ok(0);
+        }
+        let (session, out) = (session.clone(), out.clone());
+        tasks.spawn(async move {
+            let result = handle(&session, &req).await;
+            send(&out, &reply(&id, result));
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    session.close().await?;
+    Ok(0)
+}
