@@ -10,18 +10,22 @@ from ._native import (
     EngineError,
     EngineTooOldError,
     Event,
+    FileError,
     ImageNotFoundError,
     InvalidArgumentError,
     PolicyError,
     RunResult,
     Sandbox,
     SandboxError,
+    Session,
+    SessionClosedError,
     WorkspaceError,
     __version__,
 )
 
 __all__ = [
     "Sandbox",
+    "Session",
     "RunResult",
     "Event",
     "SandboxError",
@@ -33,5 +37,7 @@ __all__ = [
     "InvalidArgumentError",
     "EngineError",
     "CancelledError",
+    "FileError",
+    "SessionClosedError",
     "__version__",
 ]

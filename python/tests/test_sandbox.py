@@ -227,3 +227,40 @@ def test_the_agent_loop_example_runs(tmp_path):
     assert "refused: no-matching-rule" in out.stdout
     assert "Read-only file system" in out.stdout
     assert (tmp_path / "hello.py").exists()
+
+
+def test_sessions_run_many_commands_and_files_round_trip(tmp_path, canary):
+    port, hits = canary
+    with sandbox(workspace=str(tmp_path), resolve=[f"late.test:{port}:127.0.0.1"]).session() as s:
+        assert s.exec("echo one").stdout == "one\n"
+        r = s.exec("echo $A; cat", env={"A": "env"}, stdin="in")
+        assert r.stdout == "env\nin"
+        s.write_file("notes/a.txt", "text")
+        assert (tmp_path / "notes" / "a.txt").read_text() == "text"
+        assert s.read_file("/workspace/notes/a.txt") == b"text"
+        assert [e["name"] for e in s.list("notes")] == ["a.txt"]
+        s.write_file("/tmp/b.bin", b"\x00\x01")
+        assert s.read_file("/tmp/b.bin") == b"\x00\x01"
+        with pytest.raises(agent_sandbox.FileError):
+            s.read_file("/etc/passwd")
+        curl = f"curl -s -o /dev/null -w '%{{http_code}}' http://late.test:{port}/"
+        assert s.exec(curl).stdout == "403"
+        s.allow(f"late.test:{port}")
+        assert s.exec(curl).stdout == "200"
+        assert hits == ["/"]
+        assert [e.verdict for e in s.events] == ["deny", "allow"]
+        sid = s.id
+    assert containers_of(f"agent-sandbox.id={sid}") == []
+    with pytest.raises(agent_sandbox.SessionClosedError):
+        s.exec("true")
+
+
+def test_async_sessions():
+    async def main():
+        async with sandbox().session() as s:
+            results = await asyncio.gather(*(s.exec_async(f"echo {i}") for i in range(3)))
+            return [r.stdout for r in results], s.id
+
+    outs, sid = asyncio.run(main())
+    assert outs == ["0\n", "1\n", "2\n"]
+    assert containers_of(f"agent-sandbox.id={sid}") == []

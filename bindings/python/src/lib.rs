@@ -68,8 +68,22 @@ create_exception!(
     SandboxError,
     "The run was cancelled (code 'cancelled')."
 );
+create_exception!(
+    _native,
+    FileError,
+    SandboxError,
+    "A session file operation was refused or failed (code 'file')."
+);
+create_exception!(
+    _native,
+    SessionClosedError,
+    SandboxError,
+    "The session is closed (code 'session_closed')."
+);
 
-fn to_py_err(e: Error) -> PyErr {
+mod session;
+
+pub(crate) fn to_py_err(e: Error) -> PyErr {
     let code = e.code();
     let msg = e.to_string();
     let err = match code {
@@ -81,6 +95,8 @@ fn to_py_err(e: Error) -> PyErr {
         "invalid_argument" => InvalidArgumentError::new_err(msg),
         "engine" => EngineError::new_err(msg),
         "cancelled" => CancelledError::new_err(msg),
+        "file" => FileError::new_err(msg),
+        "session_closed" => SessionClosedError::new_err(msg),
         _ => SandboxError::new_err(msg),
     };
     Python::attach(|py| {
@@ -105,7 +121,7 @@ enum Size {
 
 /// `run()` takes one string (through `/bin/sh -c`) or a list of arguments.
 #[derive(FromPyObject)]
-enum Cmd {
+pub(crate) enum Cmd {
     Shell(String),
     Argv(Vec<String>),
 }
@@ -187,26 +203,15 @@ impl Sandbox {
         let cancel = CancelToken::new();
         let b = with_callbacks(self.builder.clone(), on_stdout, on_stderr, on_event)
             .cancel_token(cancel.clone());
-        let rt = pyo3_async_runtimes::tokio::get_runtime();
         let cmd = command(cmd);
-        let mut handle = rt.spawn(async move { b.run(cmd).await });
-        loop {
-            // The timer must be created inside the runtime, hence the async block.
-            let polled = py.detach(|| {
-                rt.block_on(async {
-                    tokio::time::timeout(Duration::from_millis(50), &mut handle).await
-                })
-            });
-            if let Ok(joined) = polled {
-                let out = joined.map_err(|e| SandboxError::new_err(e.to_string()))?;
-                return out.map(RunResult).map_err(to_py_err);
-            }
-            if let Err(interrupt) = py.check_signals() {
-                cancel.cancel();
-                let _ = py.detach(|| rt.block_on(&mut handle));
-                return Err(interrupt);
-            }
-        }
+        let out = block_interruptible(py, async move { b.run(cmd).await }, || cancel.cancel())?;
+        out.map(RunResult).map_err(to_py_err)
+    }
+
+    /// Starts a session (a warm sandbox for many commands). Use it as a
+    /// context manager: `with sandbox.session() as s:` (or `async with`).
+    fn session(&self) -> session::Session {
+        session::Session::new(self.builder.clone())
     }
 
     /// The asyncio form of `run`: `await sandbox.run_async(cmd)`.
@@ -231,7 +236,36 @@ impl Sandbox {
     }
 }
 
-fn command(cmd: Cmd) -> Command {
+/// Runs `fut` on the shared runtime without holding the GIL, checking for
+/// Ctrl-C every 50 ms. On an interrupt, `on_interrupt` is called and the
+/// future is awaited to its end (so cleanup finishes) before
+/// `KeyboardInterrupt` is raised.
+pub(crate) fn block_interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+    on_interrupt: impl FnOnce(),
+) -> PyResult<T> {
+    let rt = pyo3_async_runtimes::tokio::get_runtime();
+    let mut handle = rt.spawn(fut);
+    loop {
+        // The timer must be created inside the runtime, hence the async block.
+        let polled = py.detach(|| {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(50), &mut handle).await
+            })
+        });
+        if let Ok(joined) = polled {
+            return joined.map_err(|e| SandboxError::new_err(e.to_string()));
+        }
+        if let Err(interrupt) = py.check_signals() {
+            on_interrupt();
+            let _ = py.detach(|| rt.block_on(&mut handle));
+            return Err(interrupt);
+        }
+    }
+}
+
+pub(crate) fn command(cmd: Cmd) -> Command {
     match cmd {
         Cmd::Shell(s) => Command::Shell(s),
         Cmd::Argv(v) => Command::Argv(v),
@@ -240,21 +274,25 @@ fn command(cmd: Cmd) -> Command {
 
 /// Python callbacks run on the runtime's threads, each under the GIL; an
 /// exception in one is reported as unraisable and the run goes on.
+/// A Python callable fed text chunks; its exceptions are reported as
+/// unraisable and do not stop the command.
+pub(crate) fn text_callback(cb: Py<PyAny>) -> impl Fn(&[u8]) + Send + Sync + 'static {
+    move |bytes: &[u8]| {
+        Python::attach(|py| {
+            if let Err(e) = cb.call1(py, (String::from_utf8_lossy(bytes),)) {
+                e.write_unraisable(py, None);
+            }
+        })
+    }
+}
+
 fn with_callbacks(
     mut b: SandboxBuilder,
     out: Option<Py<PyAny>>,
     err: Option<Py<PyAny>>,
     ev: Option<Py<PyAny>>,
 ) -> SandboxBuilder {
-    let text_cb = |cb: Py<PyAny>| {
-        move |bytes: &[u8]| {
-            Python::attach(|py| {
-                if let Err(e) = cb.call1(py, (String::from_utf8_lossy(bytes),)) {
-                    e.write_unraisable(py, None);
-                }
-            })
-        }
-    };
+    let text_cb = text_callback;
     if let Some(cb) = out {
         b = b.on_stdout(text_cb(cb));
     }
@@ -275,7 +313,7 @@ fn with_callbacks(
 
 /// The result of a run.
 #[pyclass(frozen, module = "agent_sandbox._native")]
-struct RunResult(Output);
+pub(crate) struct RunResult(pub(crate) Output);
 
 #[pymethods]
 impl RunResult {
@@ -355,7 +393,7 @@ fn to_py_bool(b: bool) -> &'static str {
 
 /// One decision of the network proxy.
 #[pyclass(frozen, module = "agent_sandbox._native")]
-struct Event(AuditEvent);
+pub(crate) struct Event(pub(crate) AuditEvent);
 
 #[pymethods]
 impl Event {
@@ -450,6 +488,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("EngineError", py.get_type::<EngineError>())?;
     m.add("CancelledError", py.get_type::<CancelledError>())?;
+    m.add("FileError", py.get_type::<FileError>())?;
+    m.add("SessionClosedError", py.get_type::<SessionClosedError>())?;
+    m.add_class::<session::Session>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
