@@ -1,9 +1,9 @@
 // Public types. The option, result and event shapes are generated from the
 // Rust definitions into native.d.ts (by `napi build`); this file adds the
 // JavaScript-side class, run options and error codes.
-import type { SandboxOptions, RunResult, SandboxEvent } from './native'
+import type { SandboxOptions, RunResult, SandboxEvent, DirEntry } from './native'
 
-export type { SandboxOptions, RunResult, SandboxEvent }
+export type { SandboxOptions, RunResult, SandboxEvent, DirEntry }
 
 /** The core's stable error codes (the same strings in Rust, Python and Node). */
 export type SandboxErrorCode =
@@ -15,6 +15,8 @@ export type SandboxErrorCode =
   | 'invalid_argument'
   | 'engine'
   | 'cancelled'
+  | 'file'
+  | 'session_closed'
   | 'bind'
   | 'listen'
   | 'io'
@@ -41,4 +43,36 @@ export declare class Sandbox {
   readonly options: SandboxOptions
   /** A string runs through /bin/sh -c; an array runs as given. */
   run(command: string | readonly string[], options?: RunOptions): Promise<RunResult>
+  /** Starts a warm sandbox for many commands. */
+  session(): Promise<Session>
+}
+
+export interface ExecOptions {
+  /** Extra environment variables for this command. */
+  env?: Record<string, string>
+  /** Working directory: relative to /workspace, or absolute below it. */
+  workdir?: string
+  /** Kills the command's process group after this long. */
+  timeoutMs?: number
+  /** Fed to the command's stdin, then EOF. */
+  stdin?: string | Uint8Array
+  onStdout?: (chunk: string) => void
+  onStderr?: (chunk: string) => void
+}
+
+/** A warm sandbox. `await using s = await sandbox.session()`, or call close(). */
+export declare class Session {
+  readonly sandboxId: string
+  exec(command: string | readonly string[], options?: ExecOptions): Promise<RunResult>
+  writeFile(path: string, data: string | Uint8Array): Promise<void>
+  readFile(path: string): Promise<Buffer>
+  readFile(path: string, encoding: BufferEncoding): Promise<string>
+  list(path?: string): Promise<DirEntry[]>
+  remove(path: string): Promise<void>
+  allow(rule: string): void
+  deny(rule: string): void
+  removeRule(rule: string): void
+  events(): SandboxEvent[]
+  close(): Promise<void>
+  [Symbol.asyncDispose](): Promise<void>
 }

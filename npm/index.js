@@ -70,4 +70,93 @@ class Sandbox {
   }
 }
 
-module.exports = { Sandbox, SandboxError }
+const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')
+
+function bytes(data) {
+  if (typeof data === 'string') return Buffer.from(data, 'utf8')
+  if (data instanceof Uint8Array) return data
+  throw new TypeError('data must be a string or a Uint8Array/Buffer')
+}
+
+async function call(fn) {
+  try {
+    return await fn()
+  } catch (e) {
+    throw translate(e)
+  }
+}
+
+/** A warm sandbox for many commands. Close it (or `await using` it) when done. */
+class Session {
+  #id
+  constructor(id) {
+    this.#id = id
+    this.sandboxId = native.sessionSandboxId(id)
+  }
+
+  /** Runs a command in the session; several may run at once. */
+  exec(command, { env, workdir, timeoutMs, stdin, onStdout, onStderr } = {}) {
+    const shell = typeof command === 'string'
+    const argv = shell ? [command] : Array.from(command, String)
+    const input = stdin === undefined ? null : bytes(stdin)
+    return call(() =>
+      native.sessionExec(this.#id, argv, shell, env ?? null, workdir ?? null, timeoutMs ?? null, input, onStdout ?? null, onStderr ?? null),
+    )
+  }
+
+  /** Writes a string or bytes to a path under /workspace or /tmp. */
+  writeFile(path, data) {
+    return call(() => native.sessionWriteFile(this.#id, path, bytes(data)))
+  }
+
+  /** Reads a file: a Buffer, or a string when an encoding is given. */
+  async readFile(path, encoding) {
+    const buf = await call(() => native.sessionReadFile(this.#id, path))
+    return encoding ? buf.toString(encoding) : buf
+  }
+
+  list(path = '.') {
+    return call(() => native.sessionList(this.#id, path))
+  }
+
+  remove(path) {
+    return call(() => native.sessionRemove(this.#id, path))
+  }
+
+  /** Allows a host rule from now on (new connections). */
+  allow(rule) {
+    try { native.sessionUpdatePolicy(this.#id, 'allow', rule) } catch (e) { throw translate(e) }
+  }
+
+  /** Denies a host rule from now on. */
+  deny(rule) {
+    try { native.sessionUpdatePolicy(this.#id, 'deny', rule) } catch (e) { throw translate(e) }
+  }
+
+  /** Removes a rule written exactly so. */
+  removeRule(rule) {
+    try { native.sessionUpdatePolicy(this.#id, 'remove', rule) } catch (e) { throw translate(e) }
+  }
+
+  /** Every network decision so far. */
+  events() {
+    try { return native.sessionEvents(this.#id) } catch (e) { throw translate(e) }
+  }
+
+  /** Stops and removes the sandbox. Idempotent. */
+  close() {
+    return call(() => native.sessionClose(this.#id))
+  }
+
+  [asyncDispose]() {
+    return this.close()
+  }
+}
+
+/** Starts a session with this sandbox's options. */
+Sandbox.prototype.session = async function session() {
+  const id = await call(() => native.startSession(this.options))
+  return new Session(id)
+}
+
+module.exports = { Sandbox, Session, SandboxError }

@@ -7,6 +7,16 @@ export declare function cancel(id: number): void
 /** Checks options without running anything (so `new Sandbox(opts)` fails early on bad types). */
 export declare function checkOptions(options: SandboxOptions): void
 
+/** One entry of a directory listing. */
+export interface DirEntry {
+  /** The file name. */
+  name: string
+  /** `file`, `dir`, `symlink` or `other`. */
+  kind: string
+  /** Size in bytes. */
+  size: number
+}
+
 /** Registers a cancel token and returns its id. */
 export declare function newCancelId(): number
 
@@ -94,3 +104,33 @@ export interface SandboxOptions {
   /** Bytes of stdout and of stderr kept (default 16 MiB each). */
   outputLimit?: number
 }
+
+/** Closes a session (idempotent). */
+export declare function sessionClose(id: number): Promise<void>
+
+/** Every network decision of the session so far. */
+export declare function sessionEvents(id: number): Array<SandboxEvent>
+
+/** Runs a command in a session. */
+export declare function sessionExec(id: number, command: Array<string>, shell: boolean, env?: Record<string, string> | undefined | null, workdir?: string | undefined | null, timeoutMs?: number | undefined | null, stdin?: Uint8Array | undefined | null, onStdout?: (((arg: string) => void)) | undefined | null, onStderr?: (((arg: string) => void)) | undefined | null): Promise<RunResult>
+
+/** Lists a directory. */
+export declare function sessionList(id: number, path: string): Promise<Array<DirEntry>>
+
+/** Reads a file under /workspace or /tmp. */
+export declare function sessionReadFile(id: number, path: string): Promise<Buffer>
+
+/** Removes a file, a symlink or an empty directory. */
+export declare function sessionRemove(id: number, path: string): Promise<void>
+
+/** The sandbox id of a session. */
+export declare function sessionSandboxId(id: number): string
+
+/** Changes the policy: `op` is `allow`, `deny` or `remove`. */
+export declare function sessionUpdatePolicy(id: number, op: string, rule: string): void
+
+/** Writes a file under /workspace or /tmp. */
+export declare function sessionWriteFile(id: number, path: string, data: Uint8Array): Promise<void>
+
+/** Starts a session; resolves to its handle id. */
+export declare function startSession(options: SandboxOptions): Promise<number>

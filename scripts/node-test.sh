@@ -10,8 +10,8 @@ trap 'rm -rf "$proj"' EXIT
 (cd "$root/npm" && npm pack --silent --pack-destination "$proj" >/dev/null)
 cd "$proj"
 echo '{"private":true,"type":"module"}' > package.json
-npm install --silent --no-audit --no-fund ./agent-sandbox-*.tgz
+npm install --silent --no-audit --no-fund ./agent-sandbox-*.tgz @types/node@20
 cp -r "$root/npm/__test__" "$root/examples/node" .
 "$tools/node_modules/.bin/tsc" --noEmit --strict --target es2022 --module nodenext --moduleResolution nodenext \
-  --lib es2022,dom node/typed.mts
+  --lib es2022,esnext.disposable,dom --types node node/typed.mts
 node --test __test__/

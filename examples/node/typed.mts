@@ -1,5 +1,5 @@
 // Type-checked by `make test` (tsc --noEmit --strict) against the installed package.
-import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode } from 'agent-sandbox'
+import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode, type DirEntry } from 'agent-sandbox'
 
 const sandbox = new Sandbox({
   workspace: '.',
@@ -29,4 +29,14 @@ export async function check(signal: AbortSignal): Promise<number> {
     }
     throw e
   }
+}
+
+export async function edit(): Promise<string> {
+  await using s = await sandbox.session()
+  await s.writeFile('notes.txt', 'hello')
+  const r: RunResult = await s.exec('wc -c notes.txt', { workdir: '.', timeoutMs: 5_000, env: { LC_ALL: 'C' } })
+  const entries: DirEntry[] = await s.list()
+  s.allow('pypi.org')
+  const text: string = await s.readFile('notes.txt', 'utf8')
+  return `${r.stdout} ${entries.length} ${text}`
 }

@@ -121,3 +121,37 @@ test('the agent example runs', () => {
   assert.match(out.stdout, /Read-only file system/)
   assert.ok(existsSync(join(ws, 'sum.js')))
 })
+
+test('sessions: many execs, files, live policy, and cleanup', async () => {
+  const { Session } = await import('agent-sandbox')
+  const ws = mkdtempSync(join(tmpdir(), 'as-node-sess-'))
+  const hits = []
+  const server = createServer((req, res) => { hits.push(req.url); res.end('ok') })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const port = server.address().port
+  const s = await sandbox({ workspace: ws, resolve: [`late.test:${port}:127.0.0.1`] }).session()
+  try {
+    assert.ok(s instanceof Session)
+    const outs = await Promise.all([0, 1, 2].map((i) => s.exec(`echo ${i}`)))
+    assert.deepEqual(outs.map((o) => o.stdout), ['0\n', '1\n', '2\n'])
+    assert.equal((await s.exec('echo $A; cat', { env: { A: 'env' }, stdin: 'in' })).stdout, 'env\nin')
+    await s.writeFile('notes/a.txt', 'hello')
+    assert.equal(readFileSync(join(ws, 'notes/a.txt'), 'utf8'), 'hello')
+    assert.equal(await s.readFile('notes/a.txt', 'utf8'), 'hello')
+    assert.deepEqual((await s.readFile('/workspace/notes/a.txt')), Buffer.from('hello'))
+    assert.deepEqual((await s.list('notes')).map((e) => [e.name, e.kind]), [['a.txt', 'file']])
+    await assert.rejects(s.readFile('/etc/passwd'), (e) => e instanceof SandboxError && e.code === 'file')
+    const curl = `curl -s -o /dev/null -w '%{http_code}' http://late.test:${port}/`
+    assert.equal((await s.exec(curl)).stdout, '403')
+    s.allow(`late.test:${port}`)
+    assert.equal((await s.exec(curl)).stdout, '200')
+    assert.throws(() => s.allow('*.com'), (e) => e.code === 'policy')
+    assert.deepEqual(hits, ['/'])
+    assert.deepEqual(s.events().map((e) => e.verdict), ['deny', 'allow'])
+  } finally {
+    await s[Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')]()
+    server.close()
+  }
+  assert.deepEqual(ownedContainers(), [])
+  await assert.rejects(s.exec('true'), (e) => e.code === 'session_closed')
+})

@@ -14,6 +14,8 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod session;
+
 /// Options of a sandbox, mirroring the Rust builder and the CLI flags.
 #[napi(object)]
 pub struct SandboxOptions {
@@ -101,7 +103,7 @@ pub struct RunResult {
 
 type TextCallback = ThreadsafeFunction<String, (), String, Status, false>;
 
-fn event(e: &AuditEvent) -> SandboxEvent {
+pub(crate) fn event(e: &AuditEvent) -> SandboxEvent {
     SandboxEvent {
         time: e.time_rfc3339(),
         sandbox_id: e.sandbox_id.clone(),
@@ -123,7 +125,7 @@ fn event(e: &AuditEvent) -> SandboxEvent {
     }
 }
 
-fn result(o: Output) -> RunResult {
+pub(crate) fn result(o: Output) -> RunResult {
     RunResult {
         exit_code: o.exit_code,
         stdout: o.stdout_str(),
@@ -140,14 +142,14 @@ fn result(o: Output) -> RunResult {
 
 /// Errors cross as `[agent-sandbox:CODE] message`; the loader turns them
 /// into `SandboxError` with `err.code === CODE`.
-fn js_err(e: Error) -> napi::Error {
+pub(crate) fn js_err(e: Error) -> napi::Error {
     napi::Error::new(
         Status::GenericFailure,
         format!("[agent-sandbox:{}] {e}", e.code()),
     )
 }
 
-fn builder(o: SandboxOptions) -> Result<SandboxBuilder> {
+pub(crate) fn builder(o: SandboxOptions) -> Result<SandboxBuilder> {
     let mut b = Sandbox::builder();
     if let Some(i) = o.image {
         b = b.image(i);
