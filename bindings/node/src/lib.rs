@@ -3,6 +3,8 @@
 //! class, `AbortSignal` support and the `SandboxError` type on top.
 // napi's macros expand to unsafe FFI glue.
 #![allow(unsafe_code)]
+// napi registers exports only outside cfg(test), so test builds see them as unused.
+#![cfg_attr(test, allow(dead_code))]
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
