@@ -13,7 +13,7 @@ fn bin() -> Command {
 fn bad_rule_exits_2_naming_the_rule() {
     for (flag, rule) in [
         ("--allow", "*.com"),
-        ("--allow", "https://github.com"),
+        ("--allow", "https://allowed.test"),
         ("--allow-cidr", "10.0.0.1/8"),
         ("--resolve", "a.test:443"),
     ] {

@@ -80,11 +80,7 @@ async fn tunnel_propagates_half_close() {
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
-    let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    let mut s = p.tunnel(&format!("allowed.test:{port}")).await;
     s.write_all(b"last words").await.unwrap();
     s.shutdown().await.unwrap();
     // The echo server only closes after it sees our EOF through the tunnel;
@@ -108,11 +104,7 @@ async fn resolved_name_is_dialled_at_the_checked_address() {
         CountingResolver::default().answer("svc.test", &["127.0.0.1"]),
     )
     .await;
-    let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("svc.test:{port}")).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    let _tunnel = p.tunnel(&format!("svc.test:{port}")).await;
     assert_eq!(p.resolver.lookups(), 1);
     assert_eq!(p.dialer.dialled(), vec![echo.addr]);
 }
@@ -132,11 +124,7 @@ async fn rebinding_reaches_only_the_first_checked_address() {
         .answer("rebind.test", &["127.0.0.1"])
         .answer("rebind.test", &["127.0.0.2"]);
     let p = TestProxy::start(policy, resolver).await;
-    let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("rebind.test:{port}")).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    let mut s = p.tunnel(&format!("rebind.test:{port}")).await;
     s.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
@@ -593,11 +581,7 @@ async fn idle_tunnels_are_closed() {
         limits,
     )
     .await;
-    let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    let mut s = p.tunnel(&format!("allowed.test:{port}")).await;
     let rest = read_to_close(&mut s).await;
     assert_eq!(rest, "");
     let events = p.wait_events(1).await;
@@ -641,11 +625,7 @@ async fn shutdown_closes_open_tunnels() {
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
     let p = TestProxy::start(pinned("allowed.test", port), CountingResolver::default()).await;
-    let mut s = p.connect().await;
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
-        .await
-        .unwrap();
-    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    let mut s = p.tunnel(&format!("allowed.test:{port}")).await;
     p.handle.shutdown().await;
     assert_eq!(read_to_close(&mut s).await, "");
 }

@@ -351,6 +351,16 @@ impl TestProxy {
         TcpStream::connect(self.addr).await.unwrap()
     }
 
+    /// Opens a CONNECT tunnel to `authority` and asserts the 200.
+    pub async fn tunnel(&self, authority: &str) -> TcpStream {
+        let mut s = self.connect().await;
+        let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        s
+    }
+
     /// Sends raw bytes and reads until the proxy closes (bounded by 5 s).
     pub async fn exchange(&self, raw: &[u8]) -> String {
         let mut s = self.connect().await;
