@@ -1,6 +1,8 @@
-//! The exec channel of a session: the host connects to a unix socket, asks
-//! for a command, streams its stdin, and gets stdout, stderr and the exit
-//! code back. Much faster than `docker exec` (no engine round trips).
+//! The exec channel of a session: over a unix socket the host listens on
+//! (bind-mounted read-only, beside the proxy socket), the host asks for a
+//! command, streams its stdin, and gets stdout, stderr and the exit code
+//! back. Much faster than `docker exec` (no engine round trips). See
+//! `connect` for how connections are set up.
 //!
 //! Frames both ways: `[tag: u8][len: u32 big-endian][payload]`.
 //! Host to init: `R` request (argv, env, cwd; see `read_request`) once,
@@ -10,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -59,6 +61,10 @@ impl Reaped {
 
 fn write_frame(w: &Mutex<UnixStream>, tag: u8, payload: &[u8]) -> io::Result<()> {
     let mut w = w.lock().map_err(|_| io::Error::other("poisoned"))?;
+    write_frame_to(&mut *w, tag, payload)
+}
+
+fn write_frame_to(w: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
     let mut head = [0u8; 5];
     head[0] = tag;
     head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -241,15 +247,38 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     )
 }
 
-/// Accepts exec requests on `path` forever, one thread per request.
-pub fn serve(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+/// Connects to the host's exec socket at `path` for control (`C`), then
+/// for every `N id` the host sends, opens a new connection, says `A id`,
+/// and serves one exec on it. The host listens, so the container needs no
+/// writable host directory.
+pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
+    let mut control = None;
+    let mut last = None;
+    for _ in 0..500 {
+        match UnixStream::connect(&path) {
+            Ok(c) => {
+                control = Some(c);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut control =
+        control.ok_or_else(|| last.unwrap_or_else(|| io::Error::other("no exec socket")))?;
+    write_frame_to(&mut control, b'C', &[])?;
     thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let reaped = reaped.clone();
+        while let Ok((tag, id)) = read_frame(&mut control) {
+            if tag != b'N' || id.len() != 8 {
+                continue;
+            }
+            let (path, reaped) = (path.clone(), reaped.clone());
             thread::spawn(move || {
-                let _ = serve_one(conn, reaped);
+                if let Ok(mut conn) = UnixStream::connect(&path) {
+                    if write_frame_to(&mut conn, b'A', &id).is_ok() {
+                        let _ = serve_one(conn, reaped);
+                    }
+                }
             });
         }
     });

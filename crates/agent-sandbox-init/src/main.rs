@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! agent-sandbox-init --port 3128 --socket /.agent-sandbox/net/proxy.sock -- CMD [ARGS...]
-//! agent-sandbox-init --port 3128 --socket ... --exec-socket /.agent-sandbox/ctl/exec.sock
+//! agent-sandbox-init --port 3128 --socket ... --exec-socket /.agent-sandbox/net/exec.sock
 //! ```
 //!
 //! With `--exec-socket` (a session) it needs no command: it serves exec
@@ -170,9 +170,9 @@ fn main() -> ExitCode {
     }
     let reaped = exec::Reaped::new();
     if let Some(path) = args.exec_socket.clone() {
-        if let Err(e) = exec::serve(path.clone(), reaped.clone()) {
+        if let Err(e) = exec::connect(path.clone(), reaped.clone()) {
             eprintln!(
-                "agent-sandbox-init: cannot listen on {}: {e}",
+                "agent-sandbox-init: cannot connect to {}: {e}",
                 path.display()
             );
             return ExitCode::from(125);

@@ -26,7 +26,6 @@ const PROXY_PORT: u16 = 3128;
 /// Where the init binary and the proxy socket directory appear in the container.
 const INIT_PATH: &str = "/.agent-sandbox/init";
 const NET_DIR: &str = "/.agent-sandbox/net";
-const CTL_DIR: &str = "/.agent-sandbox/ctl";
 static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
 
 /// A command: one string runs through `/bin/sh -c`; a list runs as given.
@@ -395,21 +394,28 @@ impl SandboxBuilder {
     /// sandbox does not come up.
     pub async fn start(&self) -> Result<Session, Error> {
         let p = self.prepare(None).await?;
+        let socket = p.ctl.clone().ok_or_else(|| Error::Engine {
+            what: "start a session".into(),
+            reason: "no exec socket".into(),
+        })?;
+        // Listening before the container starts: init connects to it.
+        let (hub, control) = crate::session::ExecHub::listen(&socket, p.custom_user)?;
         let container = ContainerGuard {
             engine: p.engine.clone(),
             id: Some(p.engine.create(&p.spec).await?),
         };
         p.engine.start(container.id()).await?;
-        let socket = p.ctl.clone().ok_or_else(|| Error::Engine {
-            what: "start a session".into(),
-            reason: "no exec socket".into(),
-        })?;
         let ready = tokio::time::Instant::now() + crate::session::READY_TIMEOUT;
-        while tokio::net::UnixStream::connect(&socket).await.is_err() {
-            if tokio::time::Instant::now() > ready || !p.engine.is_running(container.id()).await {
-                return Err(Error::Engine { what: "start a session".into(), reason: "the sandbox's init did not open its exec socket (is the image's architecture the host's?)".into() });
+        tokio::pin!(control);
+        loop {
+            tokio::select! {
+                _ = &mut control => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if tokio::time::Instant::now() > ready || !p.engine.is_running(container.id()).await {
+                        return Err(Error::Engine { what: "start a session".into(), reason: "the sandbox's init never connected to its exec socket (is the image's architecture the host's?)".into() });
+                    }
+                }
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let mut container = container;
         let id = container.id.take().unwrap_or_default();
@@ -420,7 +426,7 @@ impl SandboxBuilder {
             proxy: p.proxy,
             rules: p.rules,
             dirs: p.dirs,
-            exec_socket: socket,
+            hub,
             workspace: p.workspace,
             events: p.events,
             subscribers: p.subscribers,
@@ -546,7 +552,7 @@ impl SandboxBuilder {
     /// image, host directories, init binary, proxy, and the container spec.
     /// `command: None` prepares a session (init serves exec requests).
     async fn prepare(&self, command: Option<Vec<String>>) -> Result<Prepared, Error> {
-        let mut mounts_ctl = Vec::new();
+        let command_was_none = command.is_none();
         let (policy, rules) = self.validate()?;
         let engine = Engine::connect().await?;
         let socket = engine.socket_path();
@@ -582,12 +588,7 @@ impl SandboxBuilder {
 
         let id = new_id();
         let dir = SandboxDir::create(&id, "net")?;
-        // A session's exec socket lives in a second, read-write directory.
-        let ctl = if command.is_none() {
-            Some(SandboxDir::create(&id, "ctl")?)
-        } else {
-            None
-        };
+
         let init = init_binary()?;
         let caller = std::fs::metadata(&dir.0)?;
         let user = self
@@ -614,16 +615,6 @@ impl SandboxBuilder {
             })
             .start(&Listen::Unix(dir.0.join("proxy.sock")))
             .await?;
-        if let Some(ctl) = &ctl {
-            // The sandbox user creates the exec socket here.
-            let mode = if self.user.is_some() { 0o777 } else { 0o700 };
-            std::fs::set_permissions(&ctl.0, std::fs::Permissions::from_mode(mode))?;
-            mounts_ctl.push(Mount {
-                host: ctl.0.clone(),
-                container: CTL_DIR.into(),
-                read_only: false,
-            });
-        }
         if self.user.is_some() {
             // Another uid must be able to connect to the caller's socket.
             std::fs::set_permissions(
@@ -655,7 +646,6 @@ impl SandboxBuilder {
             None => extra_tmpfs.push(("/workspace".to_owned(), self.tmp_size)),
         }
         mounts.extend(extra);
-        mounts.extend(mounts_ctl);
         let mut argv = vec![
             INIT_PATH.to_owned(),
             "--port".into(),
@@ -670,7 +660,9 @@ impl SandboxBuilder {
             }
             None => {
                 argv.push("--exec-socket".into());
-                argv.push(format!("{CTL_DIR}/exec.sock"));
+                // Init connects to the host's exec socket: the container
+                // never gets a writable host directory.
+                argv.push(format!("{NET_DIR}/exec.sock"));
             }
         }
         let spec = ContainerSpec {
@@ -694,9 +686,9 @@ impl SandboxBuilder {
                 (labels::OWNER.to_owned(), owner_label_value()),
             ]),
         };
-        let ctl_path = ctl.as_ref().map(|c| c.0.join("exec.sock"));
-        let mut dirs = vec![dir];
-        dirs.extend(ctl);
+        let ctl_path = command_was_none.then(|| dir.0.join("exec.sock"));
+        let custom_user = self.user.is_some();
+        let dirs = vec![dir];
         let user_ids = spec.user.clone();
         Ok(Prepared {
             engine,
@@ -707,6 +699,7 @@ impl SandboxBuilder {
             subscribers,
             spec,
             ctl: ctl_path,
+            custom_user,
             workspace: workspace_host,
             rules,
             user: user_ids,
@@ -878,8 +871,10 @@ pub(crate) struct Prepared {
     pub(crate) events: Arc<Mutex<Vec<AuditEvent>>>,
     pub(crate) subscribers: tokio::sync::broadcast::Sender<AuditEvent>,
     pub(crate) spec: ContainerSpec,
-    /// The exec socket's host path (sessions only).
+    /// Where a session's exec socket must listen on the host (sessions only).
     pub(crate) ctl: Option<PathBuf>,
+    /// Whether the sandbox runs as another uid than the caller (sockets then need 0666).
+    pub(crate) custom_user: bool,
     /// The canonical host workspace, if any.
     pub(crate) workspace: Option<PathBuf>,
     /// The validated rules, for sessions to update later.
@@ -954,7 +949,7 @@ fn init_binary() -> Result<PathBuf, Error> {
         return Ok(path);
     }
     std::fs::create_dir_all(&base)?;
-    let tmp = base.join(format!("{name}.{}.tmp", std::process::id()));
+    let tmp = base.join(format!("{name}.{}.tmp", new_id())); // unique: runs race on first use
     std::fs::write(&tmp, INIT_BINARY)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(&tmp, &path)?;

@@ -324,6 +324,9 @@ async fn host_side_file_access_never_leaves_the_workspace() {
     );
     assert!(!outside.join("planted").exists());
     assert!(s.list("link").await.is_err());
+    // The channel's host directory is read-only inside: nothing to fill, no link to plant.
+    let ro = s.exec("touch /.agent-sandbox/net/x 2>/dev/null || ln -s / /.agent-sandbox/net/exec.sock 2>/dev/null || echo read-only").await.unwrap();
+    assert_eq!(ro.stdout_str(), "read-only\n");
     assert!(s.list("d/up").await.is_err());
     s.remove("key").await.unwrap();
     assert!(

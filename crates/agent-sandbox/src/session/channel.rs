@@ -1,11 +1,16 @@
 //! The host side of the init's exec channel (the protocol is documented in
 //! `agent-sandbox-init/src/exec.rs`).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::oneshot;
 
 use crate::Error;
 
@@ -39,7 +44,7 @@ fn io_err(e: std::io::Error) -> Error {
 /// `on_output(is_stderr, bytes)` for every chunk, and killing the process
 /// group at `deadline`.
 pub(crate) async fn exec(
-    socket: &Path,
+    stream: UnixStream,
     argv: &[String],
     env: &[(String, String)],
     cwd: &str,
@@ -47,15 +52,6 @@ pub(crate) async fn exec(
     deadline: Option<Instant>,
     mut on_output: impl FnMut(bool, &[u8]),
 ) -> Result<Exited, Error> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound
-            || e.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            Error::SessionClosed
-        } else {
-            io_err(e)
-        }
-    })?;
     let (mut r, mut w) = stream.into_split();
     let mut req = Vec::new();
     req.extend_from_slice(&(argv.len() as u32).to_be_bytes());
@@ -88,6 +84,9 @@ pub(crate) async fn exec(
         let read = async {
             r.read_exact(&mut head).await?;
             let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if len > MAX_FRAME {
+                return Err(std::io::Error::other("oversized frame"));
+            }
             let mut payload = vec![0u8; len];
             r.read_exact(&mut payload).await?;
             Ok::<_, std::io::Error>((head[0], payload))
@@ -125,3 +124,136 @@ pub(crate) async fn exec(
 
 /// How long to wait for a new session's init to open its exec socket.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The largest frame the host accepts from a sandbox (init sends at most
+/// 64 KiB); anything bigger ends the exec instead of allocating.
+const MAX_FRAME: usize = 1 << 20;
+
+/// The host end of a session's exec channel. The host listens (in the
+/// read-only directory it shares with the container, beside the proxy
+/// socket); init connects once for control, and once more per exec when
+/// asked. So the container never gets a writable host directory (no host
+/// disk to fill, no symlink for the host to follow).
+///
+/// Control frames: init says `C` once; the host sends `N` + u64 id per exec;
+/// init connects again and says `A` + the same id, then that connection
+/// carries the exec (see `exec`).
+pub(crate) struct ExecHub {
+    control: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
+    next: AtomicU64,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+async fn read_small_frame(s: &mut UnixStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > 64 {
+        return Err(std::io::Error::other("oversized control frame"));
+    }
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await?;
+    Ok((head[0], payload))
+}
+
+impl ExecHub {
+    /// Binds the socket and starts accepting. The future resolves when
+    /// init's control connection has arrived.
+    pub(crate) fn listen(
+        path: &Path,
+        world_connectable: bool,
+    ) -> Result<(Arc<ExecHub>, oneshot::Receiver<()>), Error> {
+        let listener = UnixListener::bind(path).map_err(io_err)?;
+        if world_connectable {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+                .map_err(io_err)?;
+        }
+        let hub = Arc::new(ExecHub {
+            control: tokio::sync::Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            accept: Mutex::new(None),
+        });
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let weak = Arc::downgrade(&hub);
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let Some(hub) = weak.upgrade() else { return };
+                // A connection that says nothing useful within a second is dropped.
+                let Ok(Ok((tag, payload))) =
+                    tokio::time::timeout(Duration::from_secs(1), read_small_frame(&mut conn)).await
+                else {
+                    continue;
+                };
+                match (tag, payload.len()) {
+                    (b'C', 0) => {
+                        let mut control = hub.control.lock().await;
+                        if control.is_none() {
+                            let (r, w) = conn.into_split();
+                            // The read half is kept only to notice init going away.
+                            tokio::spawn(async move {
+                                let mut r = r;
+                                let mut b = [0u8; 1];
+                                let _ = r.read(&mut b).await;
+                            });
+                            *control = Some(w);
+                            if let Some(tx) = ready_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    (b'A', 8) => {
+                        let id = u64::from_be_bytes(payload.try_into().unwrap_or_default());
+                        let waiter = hub.pending.lock().ok().and_then(|mut p| p.remove(&id));
+                        if let Some(tx) = waiter {
+                            let _ = tx.send(conn);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        if let Ok(mut a) = hub.accept.lock() {
+            *a = Some(task);
+        }
+        Ok((hub, ready_rx))
+    }
+
+    /// Asks init for a new exec connection.
+    pub(crate) async fn open(&self) -> Result<UnixStream, Error> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        let sent = {
+            let mut control = self.control.lock().await;
+            match control.as_mut() {
+                Some(w) => w.write_all(&frame(b'N', &id.to_be_bytes())).await.is_ok(),
+                None => false,
+            }
+        };
+        let got = if sent {
+            tokio::time::timeout(READY_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+        got.ok_or(Error::SessionClosed)
+    }
+
+    /// Stops accepting (the socket file goes with the sandbox directory).
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.accept.lock().ok().and_then(|mut a| a.take()) {
+            task.abort();
+        }
+    }
+}

@@ -8,7 +8,7 @@
 mod channel;
 mod files;
 
-pub(crate) use channel::READY_TIMEOUT;
+pub(crate) use channel::{ExecHub, READY_TIMEOUT};
 pub use files::DirEntry;
 
 use std::path::PathBuf;
@@ -90,7 +90,7 @@ pub(crate) struct Parts {
     pub(crate) proxy: ProxyHandle,
     pub(crate) rules: PolicyBuilder,
     pub(crate) dirs: Vec<SandboxDir>,
-    pub(crate) exec_socket: PathBuf,
+    pub(crate) hub: Arc<ExecHub>,
     pub(crate) workspace: Option<PathBuf>,
     pub(crate) events: Arc<Mutex<Vec<AuditEvent>>>,
     pub(crate) subscribers: broadcast::Sender<AuditEvent>,
@@ -114,7 +114,7 @@ struct Inner {
     proxy: Mutex<Option<ProxyHandle>>,
     rules: Mutex<PolicyBuilder>,
     dirs: Mutex<Vec<SandboxDir>>,
-    exec_socket: PathBuf,
+    hub: Arc<ExecHub>,
     workspace: Option<PathBuf>,
     events: Arc<Mutex<Vec<AuditEvent>>>,
     subscribers: broadcast::Sender<AuditEvent>,
@@ -156,7 +156,7 @@ impl Session {
             proxy: Mutex::new(Some(p.proxy)),
             rules: Mutex::new(p.rules),
             dirs: Mutex::new(p.dirs),
-            exec_socket: p.exec_socket,
+            hub: p.hub,
             workspace: p.workspace,
             events: p.events,
             subscribers: p.subscribers,
@@ -221,7 +221,7 @@ impl Session {
         let first_event = self.inner.events.lock().map(|e| e.len()).unwrap_or(0);
         let deadline = opts.timeout.or(self.inner.timeout).map(|t| started + t);
         let exited = channel::exec(
-            &self.inner.exec_socket,
+            self.inner.hub.open().await?,
             &argv,
             &opts.env,
             &cwd,
@@ -507,6 +507,7 @@ impl Inner {
         if let Some(p) = proxy {
             p.shutdown().await;
         }
+        self.hub.stop();
         if let Ok(mut d) = self.dirs.lock() {
             d.clear();
         }
@@ -516,6 +517,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.hub.stop();
         let container = self.container.get_mut().ok().and_then(Option::take);
         if let (Some(id), Ok(rt)) = (container, tokio::runtime::Handle::try_current()) {
             let engine = self.engine.clone();
