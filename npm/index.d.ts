@@ -1,9 +1,9 @@
 // Public types. The option, result and event shapes are generated from the
 // Rust definitions into native.d.ts (by `napi build`); this file adds the
 // JavaScript-side class, run options and error codes.
-import type { SandboxOptions, RunResult, SandboxEvent, DirEntry } from './native'
+import type { SandboxOptions, RunResult, SandboxEvent, DirEntry, EventVerdict } from './native'
 
-export type { SandboxOptions, RunResult, SandboxEvent, DirEntry }
+export type { SandboxOptions, RunResult, SandboxEvent, DirEntry, EventVerdict }
 
 /** The core's stable error codes (the same strings in Rust, Python and Node). */
 export type SandboxErrorCode =

@@ -17,6 +17,9 @@ export interface DirEntry {
   size: number
 }
 
+/** The verdict of an audit event. */
+export type EventVerdict = 'allow' | 'deny'
+
 /** Registers a cancel token and returns its id. */
 export declare function newCancelId(): number
 
@@ -53,8 +56,8 @@ export interface SandboxEvent {
   time: string
   /** The sandbox id. */
   sandboxId?: string
-  /** `"allow"` or `"deny"`. */
-  verdict: string
+  /** Allowed or denied. */
+  verdict: EventVerdict
   /** `CONNECT`, `GET`, ... */
   method: string
   /** Canonical host. */

@@ -11,4 +11,4 @@ if [[ ! -x "$tools/node_modules/.bin/napi" || ! -x "$tools/node_modules/.bin/tsc
 fi
 cd "$root/npm"
 "$tools/node_modules/.bin/napi" build --platform --release --manifest-path ../bindings/node/Cargo.toml \
-  --package-json-path package.json --output-dir . --dts native.d.ts --no-js
+  --package-json-path package.json --output-dir . --dts native.d.ts --no-js --no-const-enum

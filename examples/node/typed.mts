@@ -1,5 +1,5 @@
 // Type-checked by `make test` (tsc --noEmit --strict) against the installed package.
-import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode, type DirEntry } from 'agent-sandbox'
+import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode, type DirEntry, type EventVerdict } from 'agent-sandbox'
 
 const sandbox = new Sandbox({
   workspace: '.',
@@ -17,7 +17,10 @@ export async function check(signal: AbortSignal): Promise<number> {
   try {
     const r: RunResult = await sandbox.run(['npm', 'test'], {
       onStdout: (chunk: string) => console.log(chunk),
-      onEvent: (e) => events.push(e),
+      onEvent: (e) => {
+        const v: EventVerdict = e.verdict // 'allow' | 'deny'
+        if (v === 'deny') events.push(e)
+      },
       signal,
     })
     const denied: string[] = r.events.filter((e) => e.verdict === 'deny').map((e) => `${e.host}:${e.port}`)

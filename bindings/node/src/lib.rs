@@ -49,6 +49,15 @@ pub struct SandboxOptions {
     pub output_limit: Option<u32>,
 }
 
+/// The verdict of an audit event.
+#[napi(string_enum = "lowercase")]
+pub enum EventVerdict {
+    /// The policy allowed the destination.
+    Allow,
+    /// The request was refused.
+    Deny,
+}
+
 /// One decision of the network proxy.
 #[napi(object)]
 pub struct SandboxEvent {
@@ -56,8 +65,8 @@ pub struct SandboxEvent {
     pub time: String,
     /// The sandbox id.
     pub sandbox_id: Option<String>,
-    /// `"allow"` or `"deny"`.
-    pub verdict: String,
+    /// Allowed or denied.
+    pub verdict: EventVerdict,
     /// `CONNECT`, `GET`, ...
     pub method: String,
     /// Canonical host.
@@ -110,11 +119,10 @@ pub(crate) fn event(e: &AuditEvent) -> SandboxEvent {
         time: e.time_rfc3339(),
         sandbox_id: e.sandbox_id.clone(),
         verdict: if e.verdict == Verdict::Allow {
-            "allow"
+            EventVerdict::Allow
         } else {
-            "deny"
-        }
-        .into(),
+            EventVerdict::Deny
+        },
         method: e.method.clone(),
         host: e.host.clone(),
         port: u32::from(e.port),
