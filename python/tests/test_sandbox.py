@@ -264,3 +264,32 @@ def test_async_sessions():
     outs, sid = asyncio.run(main())
     assert outs == ["0\n", "1\n", "2\n"]
     assert containers_of(f"agent-sandbox.id={sid}") == []
+
+
+def test_ctrl_c_during_a_session_exec_stops_the_command():
+    script = textwrap.dedent(
+        f"""
+        import time
+        from agent_sandbox import Sandbox
+        with Sandbox(image={IMAGE!r}).session() as s:
+            print("ready", s.id, flush=True)
+            try:
+                s.exec("sleep 60")
+            except KeyboardInterrupt:
+                for _ in range(50):
+                    left = s.exec("pgrep -x sleep || echo none").stdout.strip()
+                    if left == "none":
+                        break
+                    time.sleep(0.1)
+                print("interrupted", left, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith("ready"), proc.stderr.read()
+    sid = first.split()[1]
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert "interrupted none" in out, (out, err)
+    assert containers_of(f"agent-sandbox.id={sid}") == []

@@ -204,7 +204,10 @@ impl Sandbox {
         let b = with_callbacks(self.builder.clone(), on_stdout, on_stderr, on_event)
             .cancel_token(cancel.clone());
         let cmd = command(cmd);
-        let out = block_interruptible(py, async move { b.run(cmd).await }, || cancel.cancel())?;
+        let out = block_interruptible(py, async move { b.run(cmd).await }, || {
+            cancel.cancel();
+            false
+        })?;
         out.map(RunResult).map_err(to_py_err)
     }
 
@@ -237,13 +240,14 @@ impl Sandbox {
 }
 
 /// Runs `fut` on the shared runtime without holding the GIL, checking for
-/// Ctrl-C every 50 ms. On an interrupt, `on_interrupt` is called and the
-/// future is awaited to its end (so cleanup finishes) before
-/// `KeyboardInterrupt` is raised.
+/// Ctrl-C every 50 ms. On an interrupt, `on_interrupt` is called; if it
+/// returns true the future is dropped (a session exec: hanging up kills the
+/// command), otherwise it is awaited to its end (a run's own cleanup), and
+/// then `KeyboardInterrupt` is raised.
 pub(crate) fn block_interruptible<T: Send + 'static>(
     py: Python<'_>,
     fut: impl std::future::Future<Output = T> + Send + 'static,
-    on_interrupt: impl FnOnce(),
+    on_interrupt: impl FnOnce() -> bool,
 ) -> PyResult<T> {
     let rt = pyo3_async_runtimes::tokio::get_runtime();
     let mut handle = rt.spawn(fut);
@@ -258,7 +262,9 @@ pub(crate) fn block_interruptible<T: Send + 'static>(
             return joined.map_err(|e| SandboxError::new_err(e.to_string()));
         }
         if let Err(interrupt) = py.check_signals() {
-            on_interrupt();
+            if on_interrupt() {
+                handle.abort();
+            }
             let _ = py.detach(|| rt.block_on(&mut handle));
             return Err(interrupt);
         }

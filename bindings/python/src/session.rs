@@ -79,7 +79,7 @@ impl Session {
         py: Python<'_>,
         f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
     ) -> PyResult<T> {
-        block_interruptible(py, f, || {})?.map_err(to_py_err)
+        block_interruptible(py, f, || true)?.map_err(to_py_err)
     }
 }
 
@@ -89,7 +89,7 @@ impl Session {
     fn start(slf: Py<Self>, py: Python<'_>) -> PyResult<Py<Self>> {
         let b = slf.get().builder.clone();
         let core =
-            block_interruptible(py, async move { b.start().await }, || {})?.map_err(to_py_err)?;
+            block_interruptible(py, async move { b.start().await }, || true)?.map_err(to_py_err)?;
         if let Ok(mut c) = slf.get().core.lock() {
             *c = Some(core);
         }

@@ -137,13 +137,24 @@ fn pump_output(mut from: impl Read, to: Arc<Mutex<UnixStream>>, tag: u8) {
     }
 }
 
+/// Reads the host's side to its end before closing: closing with unread
+/// input makes the kernel send a reset, which can destroy the reply frames
+/// the host has not read yet.
+fn drain(mut reader: UnixStream) -> io::Result<()> {
+    reader.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut sink = [0u8; 4096];
+    while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+    Ok(())
+}
+
 fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     let mut reader = conn.try_clone()?;
     let writer = Arc::new(Mutex::new(conn));
     let (tag, payload) = read_frame(&mut reader)?;
     let Some(req) = (tag == b'R').then(|| read_request(&payload)).flatten() else {
         write_frame(&writer, b'F', b"malformed exec request")?;
-        return write_frame(&writer, b'X', &125i32.to_be_bytes());
+        write_frame(&writer, b'X', &125i32.to_be_bytes())?;
+        return drain(reader);
     };
     let spawned = Command::new(&req.argv[0])
         .args(&req.argv[1..])
@@ -167,7 +178,8 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
                 b'F',
                 format!("cannot run {:?} in {:?}: {e}", req.argv[0], req.cwd).as_bytes(),
             )?;
-            return write_frame(&writer, b'X', &code.to_be_bytes());
+            write_frame(&writer, b'X', &code.to_be_bytes())?;
+            return drain(reader);
         }
     };
     let pid = child.id() as i32;

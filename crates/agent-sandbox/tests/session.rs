@@ -398,3 +398,24 @@ async fn fifty_sessions_at_once_all_close_cleanly() {
         assert_eq!(container_count(s.id()).await, 0);
     }
 }
+
+#[tokio::test]
+async fn dropping_an_exec_future_stops_its_command() {
+    let s = sandbox().start().await.unwrap();
+    let cut = tokio::time::timeout(Duration::from_millis(500), s.exec("sleep 61")).await;
+    assert!(cut.is_err(), "the exec was still running");
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = s
+            .exec("pgrep -x sleep || echo none")
+            .await
+            .unwrap()
+            .stdout_str();
+        if left == "none\n" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, "none\n", "the abandoned command was killed");
+    s.close().await.unwrap();
+}

@@ -72,13 +72,13 @@ pub(crate) async fn exec(
     out.extend_from_slice(&frame(b'I', &[]));
     // Stdin is written from its own task so a command that prints before
     // reading cannot deadlock against us.
-    let writer = tokio::spawn(async move {
+    let writer = AbortOnDrop(tokio::spawn(async move {
         let _ = w.write_all(&out).await;
         // Keep the write half open until the exec ends: closing it would
         // tell init the host went away.
         std::future::pending::<()>().await;
         drop(w);
-    });
+    }));
     let mut head = [0u8; 5];
     loop {
         let read = async {
@@ -96,7 +96,7 @@ pub(crate) async fn exec(
                 Ok(r) => r,
                 Err(_) => {
                     // Hanging up makes init SIGKILL the command's process group.
-                    writer.abort();
+                    drop(writer);
                     return Ok(Exited {
                         code: 137,
                         timed_out: true,
@@ -110,7 +110,7 @@ pub(crate) async fn exec(
             b'O' => on_output(false, &payload),
             b'E' | b'F' => on_output(true, &payload),
             b'X' if payload.len() == 4 => {
-                writer.abort();
+                drop(writer);
                 let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 return Ok(Exited {
                     code: i64::from(code),
@@ -119,6 +119,17 @@ pub(crate) async fn exec(
             }
             _ => {}
         }
+    }
+}
+
+/// Aborts the task when dropped: if the exec's future is dropped (a caller's
+/// cancellation, Ctrl-C in Python), the write half closes with it, and init
+/// kills the command.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
