@@ -21,6 +21,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
+/// Held while spawning: PID 1 reaps only when no spawn is in flight.
+pub static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
 /// Exit statuses collected by PID 1's reaper, for the exec threads to pick up.
 pub struct Reaped {
     statuses: Mutex<HashMap<i32, i32>>,
@@ -156,6 +159,7 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         write_frame(&writer, b'X', &125i32.to_be_bytes())?;
         return drain(reader);
     };
+    let spawning = SPAWN_LOCK.lock();
     let spawned = Command::new(&req.argv[0])
         .args(&req.argv[1..])
         .envs(req.env)
@@ -165,6 +169,7 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
+    drop(spawning);
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {

@@ -38,6 +38,7 @@ extern "C" {
     fn signal(signum: i32, handler: usize) -> usize;
     fn kill(pid: i32, sig: i32) -> i32;
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
+    fn waitid(idtype: i32, id: u32, infop: *mut u8, options: i32) -> i32;
 }
 
 const FORWARDED: [i32; 7] = [1, 2, 3, 10, 12, 15, 28];
@@ -207,16 +208,33 @@ fn main() -> ExitCode {
     };
     let pid = child.id() as i32;
     CHILD.store(pid, Ordering::SeqCst);
+    const P_ALL: i32 = 0;
+    const WNOHANG: i32 = 1;
+    const WEXITED: i32 = 4;
+    const WNOWAIT: i32 = 0x0100_0000;
     loop {
-        let mut status = 0;
-        let reaped_pid = unsafe { waitpid(-1, &mut status, 0) };
-        if reaped_pid == pid {
-            return ExitCode::from(exit_code(status));
-        }
-        if reaped_pid > 0 {
-            reaped.record(reaped_pid, status);
-        } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+        // Wait until a child can be reaped, without reaping it: while an
+        // exec thread is inside `Command::spawn`, std may need to reap its own
+        // failed child (and it asserts that it can), so reaping happens only
+        // under the spawn lock.
+        let mut info = [0u8; 128];
+        if unsafe { waitid(P_ALL, 0, info.as_mut_ptr(), WEXITED | WNOWAIT) } < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
             return ExitCode::from(125);
+        }
+        let _spawning = exec::SPAWN_LOCK.lock();
+        loop {
+            let mut status = 0;
+            let reaped_pid = unsafe { waitpid(-1, &mut status, WNOHANG) };
+            if reaped_pid <= 0 {
+                break;
+            }
+            if reaped_pid == pid {
+                return ExitCode::from(exit_code(status));
+            }
+            reaped.record(reaped_pid, status);
         }
     }
 }

@@ -419,3 +419,16 @@ async fn dropping_an_exec_future_stops_its_command() {
     assert_eq!(left, "none\n", "the abandoned command was killed");
     s.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn failed_spawns_do_not_break_the_session() {
+    // std reaps its own failed child inside Command::spawn; PID 1 must not
+    // steal it (that once aborted init and with it the whole session).
+    let s = sandbox().start().await.unwrap();
+    for _ in 0..50 {
+        let out = s.exec(["/no/such/program"]).await.unwrap();
+        assert_eq!(out.exit_code, 127);
+    }
+    assert!(s.exec("true").await.unwrap().success());
+    s.close().await.unwrap();
+}
