@@ -150,6 +150,14 @@ pub(crate) fn result(o: Output) -> RunResult {
     }
 }
 
+/// `shell`: the loader passed a single string for `/bin/sh -c`.
+pub(crate) fn to_command(command: Vec<String>, shell: bool) -> Command {
+    match (shell, command.as_slice()) {
+        (true, [one]) => Command::Shell(one.clone()),
+        _ => Command::Argv(command),
+    }
+}
+
 /// Errors cross as `[agent-sandbox:CODE] message`; the loader turns them
 /// into `SandboxError` with `err.code === CODE`.
 pub(crate) fn js_err(e: Error) -> napi::Error {
@@ -289,10 +297,7 @@ pub async fn run(
     if let Some(t) = token {
         b = b.cancel_token(t);
     }
-    let cmd = match (shell, command.as_slice()) {
-        (true, [one]) => Command::Shell(one.clone()),
-        _ => Command::Argv(command),
-    };
+    let cmd = to_command(command, shell);
     let out = b.run(cmd).await;
     if let Some(id) = cancel_id {
         if let Ok(mut t) = tokens().lock() {

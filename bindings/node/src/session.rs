@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use agent_sandbox::{Command, Error, ExecOptions, Session};
+use agent_sandbox::{Error, ExecOptions, Session};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
-use crate::{builder, event, js_err, result, RunResult, SandboxEvent, SandboxOptions};
+use crate::{builder, event, js_err, result, to_command, RunResult, SandboxEvent, SandboxOptions};
 
 fn sessions() -> &'static Mutex<HashMap<u32, Session>> {
     static S: OnceLock<Mutex<HashMap<u32, Session>>> = OnceLock::new();
@@ -103,10 +103,7 @@ pub async fn session_exec(
             );
         });
     }
-    let cmd = match (shell, command.as_slice()) {
-        (true, [one]) => Command::Shell(one.clone()),
-        _ => Command::Argv(command),
-    };
+    let cmd = to_command(command, shell);
     session.exec_with(cmd, o).await.map(result).map_err(js_err)
 }
 

@@ -38,11 +38,20 @@ pub enum Command {
 }
 
 impl Command {
-    fn argv(&self) -> Vec<String> {
-        match self {
-            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
-            Command::Argv(v) => v.clone(),
+    /// The argv to execute; an empty command is an error (for `run` and `exec` alike).
+    pub(crate) fn into_argv(self) -> Result<Vec<String>, Error> {
+        let argv = match self {
+            Command::Shell(s) if s.trim().is_empty() => Vec::new(),
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
+            Command::Argv(v) => v,
+        };
+        if argv.first().is_none_or(String::is_empty) {
+            return Err(Error::InvalidArgument {
+                what: "command".into(),
+                reason: "empty command".into(),
+            });
         }
+        Ok(argv)
     }
 }
 
@@ -504,17 +513,7 @@ impl SandboxBuilder {
     pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
         let started = Instant::now();
         let cmd = cmd.into();
-        let empty = match &cmd {
-            Command::Shell(s) => s.trim().is_empty(),
-            Command::Argv(v) => v.first().is_none_or(|a| a.is_empty()),
-        };
-        if empty {
-            return Err(Error::InvalidArgument {
-                what: "command".into(),
-                reason: "empty command".into(),
-            });
-        }
-        let argv = cmd.argv();
+        let argv = cmd.into_argv()?;
         let Prepared {
             engine,
             id,

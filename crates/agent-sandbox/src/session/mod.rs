@@ -214,7 +214,7 @@ impl Session {
     ) -> Result<Output, Error> {
         let _busy = self.busy()?;
         let started = Instant::now();
-        let argv = command_argv(cmd.into())?;
+        let argv = cmd.into().into_argv()?;
         let cwd = workdir(opts.workdir.as_deref())?;
         let limit = opts.output_limit.unwrap_or(self.inner.output_limit);
         let (mut out, mut err) = (Capture::new(limit), Capture::new(limit));
@@ -269,7 +269,7 @@ impl Session {
     pub async fn exec_docker(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
         let _busy = self.busy()?;
         let started = Instant::now();
-        let argv = command_argv(cmd.into())?;
+        let argv = cmd.into().into_argv()?;
         let id = self.container_id()?;
         let (code, stdout, stderr) = self
             .inner
@@ -546,21 +546,6 @@ async fn idle_watch(inner: Weak<Inner>, idle: Duration) {
             return;
         }
     }
-}
-
-fn command_argv(cmd: Command) -> Result<Vec<String>, Error> {
-    let argv = match cmd {
-        Command::Shell(s) if s.trim().is_empty() => Vec::new(),
-        Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
-        Command::Argv(v) => v,
-    };
-    if argv.first().is_none_or(String::is_empty) {
-        return Err(Error::InvalidArgument {
-            what: "command".into(),
-            reason: "empty command".into(),
-        });
-    }
-    Ok(argv)
 }
 
 /// The exec's working directory, inside `/workspace`.
