@@ -7,7 +7,8 @@
 //! Frames both ways: `[tag: u8][len: u32 big-endian][payload]`.
 //! Host to init: `R` request (argv, env, cwd; see `read_request`) once,
 //! then `I` stdin chunks (empty = EOF) and `K` signal (`i32`, to the group).
-//! Init to host: `O` stdout, `E` stderr, `F` failure text, `X` exit (`i32`).
+//! Init to host: `O` stdout, `E` stderr, `F` failure text, `M` (empty: the
+//! memory limit killed the command), `X` exit (`i32`).
 //! If the host hangs up, the command's process group gets SIGKILL.
 
 use std::collections::HashMap;
@@ -159,6 +160,7 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         write_frame(&writer, b'X', &125i32.to_be_bytes())?;
         return drain(reader);
     };
+    let ooms_before = oom_kills();
     let spawning = SPAWN_LOCK.lock();
     let spawned = Command::new(&req.argv[0])
         .args(&req.argv[1..])
@@ -257,6 +259,11 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
             break;
         }
     }
+    // Killed by SIGKILL while the cgroup's OOM-kill count went up: the
+    // memory limit did it (concurrent execs could blur this; rare).
+    if status & 0x7f == 9 && oom_kills() > ooms_before {
+        write_frame(&writer, b'M', &[])?;
+    }
     write_frame(
         &writer,
         b'X',
@@ -264,9 +271,26 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     )
 }
 
+/// The container's OOM-kill count (cgroup v1 `memory.oom_control`, v2
+/// `memory.events`); 0 if neither is readable.
+fn oom_kills() -> u64 {
+    [
+        "/sys/fs/cgroup/memory/memory.oom_control",
+        "/sys/fs/cgroup/memory.events",
+    ]
+    .iter()
+    .filter_map(|p| std::fs::read_to_string(p).ok())
+    .find_map(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+    })
+    .unwrap_or(0)
+}
+
 /// Connects to the host's exec socket at `path` for control (`C`), then
 /// for every `N id` the host sends, opens a new connection, says `A id`,
-/// and serves one exec on it. The host listens, so the container needs no
+/// and serves one exec on it; `T` ends the whole sandbox at once (a pool
+/// retiring a used container). The host listens, so the container needs no
 /// writable host directory.
 pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
     let mut control = None;
@@ -286,6 +310,9 @@ pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
     write_frame_to(&mut control, b'C', &[])?;
     thread::spawn(move || {
         while let Ok((tag, id)) = read_frame(&mut control) {
+            if tag == b'T' {
+                crate::end_all();
+            }
             if tag != b'N' || id.len() != 8 {
                 continue;
             }

@@ -62,6 +62,17 @@ struct Args {
     command: Vec<String>,
 }
 
+/// Ends the sandbox at once: SIGKILL to every process in the container
+/// (PID 1 of a pid namespace is spared by `kill(-1)`), then PID 1 exits,
+/// which makes the kernel reap the namespace. The host's control
+/// connection sees EOF only after this.
+pub(crate) fn end_all() -> ! {
+    unsafe {
+        kill(-1, 9);
+    }
+    std::process::exit(137)
+}
+
 /// Sends `sig` to the process group led by `pid`.
 pub(crate) fn signal_group(pid: i32, sig: i32) {
     if pid > 0 {

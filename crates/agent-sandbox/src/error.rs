@@ -93,6 +93,9 @@ pub enum Error {
     /// The session is closed (by `close`, its idle timeout, or a failure).
     #[error("the session is closed; start a new one")]
     SessionClosed,
+    /// The pool is closed.
+    #[error("the pool is closed; start a new one")]
+    PoolClosed,
     /// The run was cancelled by the caller; its container was removed.
     #[error("the run was cancelled; its container was removed")]
     Cancelled,
@@ -118,6 +121,7 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::File { .. } => "file",
             Error::SessionClosed => "session_closed",
+            Error::PoolClosed => "pool_closed",
             Error::Io(_) => "io",
         }
     }

@@ -31,12 +31,14 @@
 
 pub mod error;
 pub mod policy;
+mod pool;
 pub mod proxy;
 pub mod runtime;
 mod sandbox;
 pub mod session;
 mod workspace;
 
+pub use pool::Pool;
 pub use session::{DirEntry, ExecOptions, Session};
 
 pub use sandbox::{

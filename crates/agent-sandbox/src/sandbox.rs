@@ -151,7 +151,7 @@ impl CancelToken {
         self.0.send_replace(true);
     }
 
-    async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         let mut rx = self.0.subscribe();
         let _ = rx.wait_for(|c| *c).await;
     }
@@ -450,6 +450,28 @@ impl SandboxBuilder {
     pub fn proxy_limits(mut self, limits: Limits) -> Self {
         self.proxy_limits = limits;
         self
+    }
+
+    pub(crate) fn output_limit_value(&self) -> usize {
+        self.output_limit
+    }
+    pub(crate) fn timeout_value(&self) -> Option<Duration> {
+        self.timeout
+    }
+    pub(crate) fn stdout_sink(&self) -> Option<OutputSink> {
+        self.on_stdout.clone()
+    }
+    pub(crate) fn stderr_sink(&self) -> Option<OutputSink> {
+        self.on_stderr.clone()
+    }
+    pub(crate) fn cancel_token_value(&self) -> Option<CancelToken> {
+        self.cancel.clone()
+    }
+    pub(crate) fn workspace_path(&self) -> Option<&Path> {
+        self.workspace.as_deref()
+    }
+    pub(crate) fn mount_paths(&self) -> impl Iterator<Item = &Path> {
+        self.mounts.iter().map(|(host, _, _)| host.as_path())
     }
 
     fn validate(&self) -> Result<(Policy, PolicyBuilder), Error> {

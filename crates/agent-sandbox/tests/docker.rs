@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,48 +13,10 @@ use std::time::Duration;
 use agent_sandbox::proxy::Verdict;
 use agent_sandbox::runtime::{gc, labels, Engine};
 use agent_sandbox::{CancelToken, Error, Output, Sandbox, SandboxBuilder};
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
-use bollard::Docker;
+use bollard::query_parameters::InspectContainerOptions;
 
-fn image() -> String {
-    std::env::var("AGENT_SANDBOX_IMAGE").unwrap_or_else(|_| "agent-sandbox/base:bookworm".into())
-}
-
-fn sandbox() -> SandboxBuilder {
-    Sandbox::builder().image(image())
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "as-docker-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-async fn docker() -> Docker {
-    Docker::connect_with_defaults()
-        .unwrap()
-        .negotiate_version()
-        .await
-        .unwrap()
-}
-
-async fn containers_with_label(label: &str) -> Vec<bollard::models::ContainerSummary> {
-    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
-    docker()
-        .await
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-}
+mod docker_support;
+use docker_support::{containers_with_label, docker, http_canary, image, sandbox, tempdir};
 
 /// Asserts the run's container is gone.
 async fn assert_removed(out: &Output) {
@@ -86,29 +48,6 @@ fn host_canary(bind: &str) -> (u16, Arc<AtomicUsize>) {
             if s.is_ok() {
                 c.fetch_add(1, Ordering::SeqCst);
             }
-        }
-    });
-    (port, count)
-}
-
-/// A tiny HTTP server on 127.0.0.1 that counts connections and answers
-/// every request with `body`.
-fn http_canary(body: &'static str) -> (u16, Arc<AtomicUsize>) {
-    use std::io::{Read, Write};
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
         }
     });
     (port, count)

@@ -1,65 +1,14 @@
 //! Sessions against a real engine: lifecycle, fast exec, policy updates,
 //! the file API and its refusals, cleanup.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agent_sandbox::proxy::Verdict;
-use agent_sandbox::runtime::labels;
-use agent_sandbox::{ExecOptions, Sandbox, SandboxBuilder, Session};
-use bollard::query_parameters::ListContainersOptions;
-use bollard::Docker;
+use agent_sandbox::{ExecOptions, Session};
 
-fn image() -> String {
-    std::env::var("AGENT_SANDBOX_IMAGE").unwrap_or_else(|_| "agent-sandbox/base:bookworm".into())
-}
-
-fn sandbox() -> SandboxBuilder {
-    Sandbox::builder().image(image())
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "as-session-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-async fn container_count(id: &str) -> usize {
-    let d = Docker::connect_with_defaults()
-        .unwrap()
-        .negotiate_version()
-        .await
-        .unwrap();
-    let filters = HashMap::from([("label".to_owned(), vec![format!("{}={id}", labels::ID)])]);
-    d.list_containers(Some(ListContainersOptions {
-        all: true,
-        filters: Some(filters),
-        ..Default::default()
-    }))
-    .await
-    .unwrap()
-    .len()
-}
-
-async fn eventually_gone(id: &str) -> bool {
-    for _ in 0..100 {
-        if container_count(id).await == 0 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
+mod docker_support;
+use docker_support::{container_count, eventually_gone, http_canary, sandbox, tempdir};
 
 #[tokio::test]
 async fn a_session_runs_many_commands_with_per_exec_options() {
@@ -176,26 +125,9 @@ async fn exec_timeout_kills_the_whole_process_group() {
     s.close().await.unwrap();
 }
 
-fn http_canary() -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            h.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 2048];
-            let _ = c.read(&mut buf);
-            let _ =
-                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-        }
-    });
-    (port, hits)
-}
-
 #[tokio::test]
 async fn policy_updates_apply_to_new_connections() {
-    let (port, hits) = http_canary();
+    let (port, hits) = http_canary("ok");
     let pin = format!("late.test:{port}:127.0.0.1");
     let s = sandbox().resolve_spec(&pin).start().await.unwrap();
     let mut feed = s.subscribe();
@@ -430,5 +362,26 @@ async fn failed_spawns_do_not_break_the_session() {
         assert_eq!(out.exit_code, 127);
     }
     assert!(s.exec("true").await.unwrap().success());
+    s.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_exec_killed_by_the_memory_limit_says_so() {
+    let s = sandbox().memory(64 << 20).start().await.unwrap();
+    let out = s
+        .exec(["python3", "-c", "b = b'x' * (512 << 20); print('survived')"])
+        .await
+        .unwrap();
+    assert!(
+        out.oom_killed,
+        "exit {} {}",
+        out.exit_code,
+        out.stderr_str()
+    );
+    assert_eq!(out.exit_code, 137);
+    // The session lives on, and a plain SIGKILL is not reported as OOM.
+    let out = s.exec("kill -9 $$").await.unwrap();
+    assert_eq!(out.exit_code, 137);
+    assert!(!out.oom_killed);
     s.close().await.unwrap();
 }

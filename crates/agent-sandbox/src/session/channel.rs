@@ -18,6 +18,7 @@ use crate::Error;
 pub(crate) struct Exited {
     pub(crate) code: i64,
     pub(crate) timed_out: bool,
+    pub(crate) oom_killed: bool,
 }
 
 fn put_str(buf: &mut Vec<u8>, s: &str) {
@@ -80,6 +81,7 @@ pub(crate) async fn exec(
         drop(w);
     }));
     let mut head = [0u8; 5];
+    let mut oom_killed = false;
     loop {
         let read = async {
             r.read_exact(&mut head).await?;
@@ -100,6 +102,7 @@ pub(crate) async fn exec(
                     return Ok(Exited {
                         code: 137,
                         timed_out: true,
+                        oom_killed: false,
                     });
                 }
             },
@@ -109,12 +112,14 @@ pub(crate) async fn exec(
         match tag {
             b'O' => on_output(false, &payload),
             b'E' | b'F' => on_output(true, &payload),
+            b'M' => oom_killed = true,
             b'X' if payload.len() == 4 => {
                 drop(writer);
                 let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 return Ok(Exited {
                     code: i64::from(code),
                     timed_out: false,
+                    oom_killed,
                 });
             }
             _ => {}
@@ -148,9 +153,12 @@ const MAX_FRAME: usize = 1 << 20;
 ///
 /// Control frames: init says `C` once; the host sends `N` + u64 id per exec;
 /// init connects again and says `A` + the same id, then that connection
-/// carries the exec (see `exec`).
+/// carries the exec (see `exec`). `T` from the host makes init kill every
+/// process and exit; the control connection's EOF confirms it.
 pub(crate) struct ExecHub {
     control: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    /// Becomes true when init's control connection closes (init is gone).
+    init_gone: tokio::sync::watch::Sender<bool>,
     pending: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
     next: AtomicU64,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -183,6 +191,7 @@ impl ExecHub {
         }
         let hub = Arc::new(ExecHub {
             control: tokio::sync::Mutex::new(None),
+            init_gone: tokio::sync::watch::channel(false).0,
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             accept: Mutex::new(None),
@@ -205,10 +214,12 @@ impl ExecHub {
                         if control.is_none() {
                             let (r, w) = conn.into_split();
                             // The read half is kept only to notice init going away.
+                            let gone = hub.init_gone.clone();
                             tokio::spawn(async move {
                                 let mut r = r;
-                                let mut b = [0u8; 1];
-                                let _ = r.read(&mut b).await;
+                                let mut b = [0u8; 64];
+                                while matches!(r.read(&mut b).await, Ok(n) if n > 0) {}
+                                gone.send_replace(true);
                             });
                             *control = Some(w);
                             if let Some(tx) = ready_tx.take() {
@@ -259,6 +270,23 @@ impl ExecHub {
             p.remove(&id);
         }
         got.ok_or(Error::SessionClosed)
+    }
+
+    /// Asks init to kill every process in the sandbox and exit, and waits
+    /// (up to `limit`) for its control connection to close. `true` means
+    /// init is gone, so nothing in the container runs any more.
+    pub(crate) async fn end_sandbox(&self, limit: Duration) -> bool {
+        let mut gone = self.init_gone.subscribe();
+        let sent = {
+            let mut control = self.control.lock().await;
+            match control.as_mut() {
+                Some(w) => w.write_all(&frame(b'T', &[])).await.is_ok(),
+                None => false,
+            }
+        };
+        sent && tokio::time::timeout(limit, gone.wait_for(|g| *g))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Stops accepting (the socket file goes with the sandbox directory).

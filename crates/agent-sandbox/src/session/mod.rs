@@ -253,7 +253,7 @@ impl Session {
             stdout_truncated: out.truncated,
             stderr_truncated: err.truncated,
             timed_out: exited.timed_out,
-            oom_killed: false,
+            oom_killed: exited.oom_killed,
             duration: started.elapsed(),
             events,
             sandbox_id: self.inner.id.clone(),
@@ -492,6 +492,34 @@ impl Session {
     /// [`Error::Engine`] if the engine fails to remove the container.
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.close().await
+    }
+
+    /// Ends the sandbox after a pool's run: init kills every process in it
+    /// and exits (if it has not within 2 s, the engine kills the container
+    /// here). When this returns nothing in the container runs; removing the
+    /// stopped container continues on the returned task.
+    pub(crate) async fn retire(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::SeqCst);
+        let container = inner.container.lock().ok().and_then(|mut c| c.take());
+        let ended = inner.hub.end_sandbox(Duration::from_secs(2)).await;
+        inner.hub.stop();
+        let proxy = inner.proxy.lock().ok().and_then(|mut p| p.take());
+        if let Some(p) = proxy {
+            p.shutdown().await;
+        }
+        if let Ok(mut d) = inner.dirs.lock() {
+            d.clear();
+        }
+        let id = container?;
+        let engine = inner.engine.clone();
+        if !ended {
+            let _ = engine.remove(&id).await;
+            return None;
+        }
+        Some(tokio::spawn(async move {
+            let _ = engine.remove(&id).await;
+        }))
     }
 }
 

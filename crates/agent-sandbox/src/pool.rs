@@ -1,0 +1,275 @@
+//! Pools: one-shot runs without waiting for the engine to start a container.
+//!
+//! A [`Pool`] keeps `size` sandboxes started ahead of time. Each
+//! [`Pool::run`] takes one, runs the command in it through init's exec
+//! channel, then ends it: init kills every process in the container and
+//! exits, and the container is removed in the background. The next run gets
+//! a fresh container, already started while this one ran. So a run is as
+//! isolated as [`SandboxBuilder::run`](crate::SandboxBuilder::run) (a new
+//! container, a new proxy, clean tmpfs, nothing left running) but costs an
+//! exec instead of a container start.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
+
+use crate::session::{ExecOptions, Session};
+use crate::{Command, Error, Output, SandboxBuilder};
+
+/// What a bind-mounted host directory was when a spare started: a run
+/// checks it again, so a workspace replaced in the meantime (deleted and
+/// recreated, or swapped for a symlink) never gets the old directory.
+/// `None` (the path did not resolve) never matches anything.
+#[derive(Debug, PartialEq, Eq)]
+struct Source(Option<(PathBuf, u64, u64)>);
+
+fn sources(builder: &SandboxBuilder) -> Vec<Source> {
+    builder
+        .bind_sources()
+        .iter()
+        .map(|p| {
+            let canonical = p.canonicalize().ok();
+            Source(canonical.and_then(|c| {
+                let meta = std::fs::metadata(&c).ok()?;
+                Some((c, meta.dev(), meta.ino()))
+            }))
+        })
+        .collect()
+}
+
+fn unchanged(then: &[Source], now: &[Source]) -> bool {
+    then.len() == now.len() && then.iter().zip(now).all(|(a, b)| a.0.is_some() && a == b)
+}
+
+/// A started sandbox waiting for its one command.
+struct Spare {
+    session: Session,
+    sources: Vec<Source>,
+}
+
+async fn start_spare(builder: SandboxBuilder) -> Result<Spare, Error> {
+    // Recorded before the engine binds them: a change after this point,
+    // even one made while the container starts, shows up at `take`.
+    let sources = sources(&builder);
+    let session = builder.start().await?;
+    Ok(Spare { session, sources })
+}
+
+/// Sandboxes started ahead of time for one-shot runs; see the module docs.
+/// Cheap to clone (clones share the pool). [`close`](Pool::close) or
+/// dropping the last clone removes the spares.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    builder: SandboxBuilder,
+    size: usize,
+    spares: Mutex<VecDeque<JoinHandle<Result<Spare, Error>>>>,
+    /// Removals of used containers still in flight.
+    retiring: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("size", &self.inner.size)
+            .field("closed", &self.inner.closed.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Starts the first spare (so a bad rule, a missing workspace or an
+    /// absent engine fails here), and the others in the background.
+    pub(crate) async fn new(builder: &SandboxBuilder, size: usize) -> Result<Pool, Error> {
+        if size == 0 {
+            return Err(Error::InvalidArgument {
+                what: "pool size".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        // Spares live as long as the pool, not an idle timeout.
+        let builder = builder.clone().idle_timeout(None);
+        let first = start_spare(builder.clone()).await?;
+        let mut spares = VecDeque::with_capacity(size);
+        spares.push_back(tokio::spawn(async move { Ok(first) }));
+        for _ in 1..size {
+            spares.push_back(tokio::spawn(start_spare(builder.clone())));
+        }
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                builder,
+                size,
+                spares: Mutex::new(spares),
+                retiring: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// How many sandboxes the pool keeps started.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+
+    /// Runs `cmd` (a string through `/bin/sh -c`, a list as given) in a
+    /// fresh sandbox from the pool, with the builder's timeout, output limit,
+    /// callbacks and cancel token, and ends that sandbox afterwards: every
+    /// process it started is gone when this returns. Several runs may go at
+    /// once; beyond the pool's size they wait for a container to start.
+    ///
+    /// # Errors
+    /// [`Error::PoolClosed`], [`Error::Cancelled`], and what starting a
+    /// sandbox can fail with ([`Error::DockerUnavailable`], [`Error::Engine`],
+    /// [`Error::Workspace`], ...). A non-zero exit or a timeout is not an error.
+    pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
+        let started = Instant::now();
+        let argv = cmd.into().into_argv()?;
+        let spare = self.take().await?;
+        let b = &self.inner.builder;
+        let mut opts = ExecOptions::new().output_limit(b.output_limit_value());
+        if let Some(t) = b.timeout_value() {
+            opts = opts.timeout(t);
+        }
+        if let Some(f) = b.stdout_sink() {
+            opts = opts.on_stdout(move |bytes| f(bytes));
+        }
+        if let Some(f) = b.stderr_sink() {
+            opts = opts.on_stderr(move |bytes| f(bytes));
+        }
+        let cancel = b.cancel_token_value();
+        let session = spare.session;
+        let result = tokio::select! {
+            r = session.exec_with(Command::Argv(argv), opts) => r,
+            () = async { match &cancel { Some(c) => c.cancelled().await, None => std::future::pending().await } } => Err(Error::Cancelled),
+        };
+        if let Some(removal) = session.retire().await {
+            self.track(removal);
+        }
+        let mut out = result?;
+        out.duration = started.elapsed();
+        Ok(out)
+    }
+
+    /// The next spare, replaced at once by a new one starting in the
+    /// background. A spare whose mounts changed on the host since it
+    /// started is thrown away and a new one started in its place.
+    async fn take(&self) -> Result<Spare, Error> {
+        let inner = &self.inner;
+        let next = {
+            let mut spares = inner.spares.lock().map_err(|_| Error::PoolClosed)?;
+            if inner.closed.load(Ordering::SeqCst) {
+                return Err(Error::PoolClosed);
+            }
+            let next = spares.pop_front();
+            spares.push_back(tokio::spawn(start_spare(inner.builder.clone())));
+            next
+        };
+        let spare = match next {
+            Some(task) => task.await.map_err(|e| Error::Engine {
+                what: "start a pool sandbox".into(),
+                reason: e.to_string(),
+            })?,
+            None => start_spare(inner.builder.clone()).await,
+        };
+        let spare = match spare {
+            Ok(s) => s,
+            // The spare failed (the engine restarted, say): one fresh try,
+            // whose error is the caller's.
+            Err(_) => start_spare(inner.builder.clone()).await?,
+        };
+        if unchanged(&spare.sources, &sources(&inner.builder)) {
+            return Ok(spare);
+        }
+        let stale = spare.session;
+        self.track(tokio::spawn(async move {
+            let _ = stale.close().await;
+        }));
+        start_spare(inner.builder.clone()).await
+    }
+
+    /// Keeps a removal in flight, for `close` to wait on.
+    fn track(&self, task: JoinHandle<()>) {
+        if let Ok(mut r) = self.inner.retiring.lock() {
+            r.retain(|t| !t.is_finished());
+            r.push(task);
+        }
+    }
+
+    /// Removes the spares and waits for used containers to be removed.
+    /// Idempotent; runs in flight finish first.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if the engine fails to remove a container.
+    pub async fn close(&self) -> Result<(), Error> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let spares: Vec<_> = self
+            .inner
+            .spares
+            .lock()
+            .map(|mut s| s.drain(..).collect())
+            .unwrap_or_default();
+        let mut result = Ok(());
+        for task in spares {
+            if let Ok(Ok(spare)) = task.await {
+                if let Err(e) = spare.session.close().await {
+                    result = Err(e);
+                }
+            }
+        }
+        let retiring: Vec<_> = self
+            .inner
+            .retiring
+            .lock()
+            .map(|mut r| r.drain(..).collect())
+            .unwrap_or_default();
+        for task in retiring {
+            let _ = task.await;
+        }
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Spares still starting are aborted (their guards remove what they
+        // created); started ones close as their sessions drop.
+        if let Ok(spares) = self.spares.get_mut() {
+            for task in spares.drain(..) {
+                if task.is_finished() {
+                    drop(task);
+                } else {
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+impl SandboxBuilder {
+    /// Starts a [`Pool`] of `size` sandboxes for fast one-shot runs.
+    ///
+    /// # Errors
+    /// As [`start`](SandboxBuilder::start), and [`Error::InvalidArgument`]
+    /// for a size of 0.
+    pub async fn pool(&self, size: usize) -> Result<Pool, Error> {
+        Pool::new(self, size).await
+    }
+
+    /// The host directories a sandbox of this builder bind-mounts.
+    fn bind_sources(&self) -> Vec<&Path> {
+        self.workspace_path()
+            .into_iter()
+            .chain(self.mount_paths())
+            .collect()
+    }
+}

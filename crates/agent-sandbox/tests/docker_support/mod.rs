@@ -1,0 +1,105 @@
+//! Helpers shared by the Docker-backed test binaries (each uses a subset).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_sandbox::runtime::labels;
+use agent_sandbox::{Sandbox, SandboxBuilder};
+use bollard::query_parameters::ListContainersOptions;
+use bollard::Docker;
+
+/// The image under test: `AGENT_SANDBOX_IMAGE` (set by `make test`), else the local base image.
+pub fn image() -> String {
+    std::env::var("AGENT_SANDBOX_IMAGE").unwrap_or_else(|_| "agent-sandbox/base:bookworm".into())
+}
+
+/// A builder on the image under test.
+pub fn sandbox() -> SandboxBuilder {
+    Sandbox::builder().image(image())
+}
+
+/// A fresh, empty host directory named after the test binary and `tag`.
+pub fn tempdir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let bin = bin.split('-').next().unwrap_or("t").to_owned();
+    let d = std::env::temp_dir().join(format!(
+        "as-{bin}-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The engine, straight through bollard (not through the code under test).
+pub async fn docker() -> Docker {
+    Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap()
+}
+
+/// Containers (running or not) carrying `label` (`key=value`).
+pub async fn containers_with_label(label: &str) -> Vec<bollard::models::ContainerSummary> {
+    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+    docker()
+        .await
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+}
+
+/// How many containers the sandbox `id` has (0 once removed).
+pub async fn container_count(id: &str) -> usize {
+    containers_with_label(&format!("{}={id}", labels::ID))
+        .await
+        .len()
+}
+
+/// Waits up to 5 s for the sandbox `id`'s container to be removed.
+pub async fn eventually_gone(id: &str) -> bool {
+    for _ in 0..100 {
+        if container_count(id).await == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A tiny HTTP server on 127.0.0.1 that counts connections and answers
+/// every request with `body`.
+pub fn http_canary(body: &'static str) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, count)
+}
