@@ -1,6 +1,13 @@
-//! One-shot `run("true")` latency: agent-sandbox (library, in process)
-//! against `docker run --rm` with the same hardening flags through the Docker
-//! CLI, interleaved in one run. Prints median and p95 of each.
+//! One-shot `run("true")` latency: agent-sandbox (library, in process), cold
+//! (`SandboxBuilder::run`) and from a warm `Pool`, against `docker run --rm`
+//! with the same hardening flags through the Docker CLI, interleaved in one
+//! run. Prints median and p95 of each.
+//!
+//! A pool run's replacement sandbox starts in the background right after it;
+//! the loop waits a second after each pool run so that start does not land
+//! inside the next measurement of another path (an agent thinks for longer
+//! than that between commands). Back-to-back pool runs, which do wait for
+//! the replacement, are measured separately.
 //!
 //! Usage: run-compare [--iterations N] [--image IMG]
 
@@ -33,8 +40,6 @@ fn main() {
     }
     let uid_gid = {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(std::env::temp_dir()).unwrap();
-        let _ = m;
         let me = std::fs::metadata("/proc/self").unwrap();
         format!("{}:{}", me.uid(), me.gid())
     };
@@ -45,6 +50,9 @@ fn main() {
     let sandbox = Sandbox::builder().image(image.clone());
     // Warm both paths once (image cache, init binary cache).
     rt.block_on(sandbox.run("true")).expect("agent-sandbox run");
+    let pool = rt.block_on(sandbox.pool(1)).expect("agent-sandbox pool");
+    rt.block_on(pool.run("true")).expect("pool run");
+    std::thread::sleep(Duration::from_secs(1));
     let docker_args = [
         "run",
         "--rm",
@@ -90,18 +98,33 @@ fn main() {
         assert!(ok.success(), "docker run failed");
     };
     docker();
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut pooled, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..iterations {
         let t = Instant::now();
         let out = rt.block_on(sandbox.run("true")).expect("agent-sandbox run");
         assert!(out.success());
         ours.push(t.elapsed());
         let t = Instant::now();
+        let out = rt.block_on(pool.run("true")).expect("pool run");
+        assert!(out.success());
+        pooled.push(t.elapsed());
+        std::thread::sleep(Duration::from_secs(1));
+        let t = Instant::now();
         docker();
         theirs.push(t.elapsed());
     }
+    let mut back_to_back = Vec::new();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let out = rt.block_on(pool.run("true")).expect("pool run");
+        assert!(out.success());
+        back_to_back.push(t.elapsed());
+    }
+    rt.block_on(pool.close()).expect("pool close");
     ours.sort();
+    pooled.sort();
     theirs.sort();
+    back_to_back.sort();
     println!("{iterations} interleaved iterations each, image {image}\n");
     println!("| path | median ms | p95 ms |");
     println!("|---|---|---|");
@@ -111,12 +134,24 @@ fn main() {
         pct(&ours, 0.95)
     );
     println!(
+        "| agent-sandbox `pool.run(\"true\")` (fresh container started ahead) | {:.1} | {:.1} |",
+        pct(&pooled, 0.5),
+        pct(&pooled, 0.95)
+    );
+    println!(
+        "| agent-sandbox `pool.run(\"true\")` back to back (waits for the next start) | {:.0} | {:.0} |",
+        pct(&back_to_back, 0.5),
+        pct(&back_to_back, 0.95)
+    );
+    println!(
         "| `docker run --rm` same flags (CLI) | {:.0} | {:.0} |",
         pct(&theirs, 0.5),
         pct(&theirs, 0.95)
     );
     println!(
-        "\nratio (median): {:.2}x",
-        pct(&ours, 0.5) / pct(&theirs, 0.5)
+        "\nratio to docker run (median): run {:.2}x, pool {:.3}x, pool back to back {:.2}x",
+        pct(&ours, 0.5) / pct(&theirs, 0.5),
+        pct(&pooled, 0.5) / pct(&theirs, 0.5),
+        pct(&back_to_back, 0.5) / pct(&theirs, 0.5)
     );
 }

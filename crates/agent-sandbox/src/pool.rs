@@ -132,20 +132,26 @@ impl Pool {
     /// sandbox can fail with ([`Error::DockerUnavailable`], [`Error::Engine`],
     /// [`Error::Workspace`], ...). A non-zero exit or a timeout is not an error.
     pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
+        self.run_with(cmd, ExecOptions::new()).await
+    }
+
+    /// [`run`](Pool::run) with per-run options (environment, working
+    /// directory, stdin, timeout, output limit, callbacks); what they leave
+    /// unset comes from the builder.
+    ///
+    /// # Errors
+    /// As [`run`](Pool::run), and [`Error::InvalidArgument`] for a working
+    /// directory outside `/workspace`.
+    pub async fn run_with(
+        &self,
+        cmd: impl Into<Command>,
+        opts: ExecOptions,
+    ) -> Result<Output, Error> {
         let started = Instant::now();
         let argv = cmd.into().into_argv()?;
         let spare = self.take().await?;
         let b = &self.inner.builder;
-        let mut opts = ExecOptions::new().output_limit(b.output_limit_value());
-        if let Some(t) = b.timeout_value() {
-            opts = opts.timeout(t);
-        }
-        if let Some(f) = b.stdout_sink() {
-            opts = opts.on_stdout(move |bytes| f(bytes));
-        }
-        if let Some(f) = b.stderr_sink() {
-            opts = opts.on_stderr(move |bytes| f(bytes));
-        }
+        let opts = opts.or_sinks(b.stdout_sink(), b.stderr_sink());
         let cancel = b.cancel_token_value();
         let session = spare.session;
         let result = tokio::select! {

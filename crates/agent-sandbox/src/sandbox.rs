@@ -452,12 +452,6 @@ impl SandboxBuilder {
         self
     }
 
-    pub(crate) fn output_limit_value(&self) -> usize {
-        self.output_limit
-    }
-    pub(crate) fn timeout_value(&self) -> Option<Duration> {
-        self.timeout
-    }
     pub(crate) fn stdout_sink(&self) -> Option<OutputSink> {
         self.on_stdout.clone()
     }

@@ -252,3 +252,37 @@ async fn bad_input_fails_when_the_pool_is_made() {
     drop(pool);
     assert!(none_of_mine_left().await, "dropping a pool leaves nothing");
 }
+
+#[tokio::test]
+async fn per_run_options_override_the_builder() {
+    let _serial = SERIAL.lock().await;
+    let ws = tempdir("opts");
+    std::fs::create_dir(ws.join("sub")).unwrap();
+    let pool = sandbox()
+        .workspace(&ws)
+        .env("FROM_BUILDER", "b")
+        .pool(1)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let out = pool
+        .run_with(
+            "echo $FROM_BUILDER $PER_RUN $(pwd); cat",
+            agent_sandbox::ExecOptions::new()
+                .env("PER_RUN", "r")
+                .workdir("sub")
+                .stdin("in")
+                .on_stdout(move |b| s.lock().unwrap().extend_from_slice(b)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "b r /workspace/sub\nin");
+    assert_eq!(*seen.lock().unwrap(), out.stdout);
+    let err = pool
+        .run_with("true", agent_sandbox::ExecOptions::new().workdir("/etc"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_argument");
+    pool.close().await.unwrap();
+}

@@ -80,6 +80,12 @@ impl ExecOptions {
         self.on_stderr = Some(Arc::new(f));
         self
     }
+    /// Fills in callbacks this exec did not set (a pool's builder defaults).
+    pub(crate) fn or_sinks(mut self, out: Option<OutputSink>, err: Option<OutputSink>) -> Self {
+        self.on_stdout = self.on_stdout.or(out);
+        self.on_stderr = self.on_stderr.or(err);
+        self
+    }
 }
 
 /// What [`crate::SandboxBuilder::start`] hands over.
