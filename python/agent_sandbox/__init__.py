@@ -14,6 +14,8 @@ from ._native import (
     ImageNotFoundError,
     InvalidArgumentError,
     PolicyError,
+    Pool,
+    PoolClosedError,
     RunResult,
     Sandbox,
     SandboxError,
@@ -26,6 +28,7 @@ from ._native import (
 __all__ = [
     "Sandbox",
     "Session",
+    "Pool",
     "RunResult",
     "Event",
     "SandboxError",
@@ -39,5 +42,6 @@ __all__ = [
     "CancelledError",
     "FileError",
     "SessionClosedError",
+    "PoolClosedError",
     "__version__",
 ]

@@ -293,3 +293,45 @@ def test_ctrl_c_during_a_session_exec_stops_the_command():
     out, err = proc.communicate(timeout=30)
     assert "interrupted none" in out, (out, err)
     assert containers_of(f"agent-sandbox.id={sid}") == []
+
+
+def test_pools_give_each_run_a_fresh_sandbox(tmp_path, canary):
+    port, hits = canary
+    box = sandbox(workspace=str(tmp_path), allow=[f"ok.test:{port}"], resolve=[f"ok.test:{port}:127.0.0.1"])
+    with box.pool(2) as pool:
+        assert pool.size == 2
+        first = pool.run("echo scratch > /tmp/x; echo kept > /workspace/a; exit 4")
+        assert first.exit_code == 4
+        second = pool.run("test ! -e /tmp/x && cat /workspace/a")
+        assert (second.exit_code, second.stdout) == (0, "kept\n")
+        assert first.sandbox_id != second.sandbox_id
+        chunks = []
+        r = pool.run("echo $A; cat", env={"A": "env"}, stdin="in", on_stdout=chunks.append)
+        assert r.stdout == "env\nin" and "".join(chunks) == r.stdout
+        got = pool.run(f"curl -s http://ok.test:{port}/")
+        assert got.stdout == "hello from canary" and [e.verdict for e in got.events] == ["allow"]
+        assert hits == ["/"]
+        assert pool.run("sleep 30", timeout=0.5).timed_out
+    for sid in (first.sandbox_id, second.sandbox_id, got.sandbox_id):
+        assert containers_of(f"agent-sandbox.id={sid}") == []
+    with pytest.raises(agent_sandbox.PoolClosedError) as e:
+        pool.run("true")
+    assert e.value.code == "pool_closed"
+
+
+def test_async_pools():
+    async def main():
+        async with sandbox().pool(2) as pool:
+            results = await asyncio.gather(*(pool.run_async(f"echo {i}") for i in range(4)))
+            return [r.stdout for r in results], {r.sandbox_id for r in results}
+
+    outs, ids = asyncio.run(main())
+    assert outs == ["0\n", "1\n", "2\n", "3\n"]
+    assert len(ids) == 4
+    for sid in ids:
+        assert containers_of(f"agent-sandbox.id={sid}") == []
+
+
+def test_a_pool_with_a_bad_rule_fails_to_start():
+    with pytest.raises(PolicyError):
+        sandbox(allow=["*"]).pool().start()

@@ -80,7 +80,14 @@ create_exception!(
     SandboxError,
     "The session is closed (code 'session_closed')."
 );
+create_exception!(
+    _native,
+    PoolClosedError,
+    SandboxError,
+    "The pool is closed (code 'pool_closed')."
+);
 
+mod pool;
 mod session;
 
 pub(crate) fn to_py_err(e: Error) -> PyErr {
@@ -97,6 +104,7 @@ pub(crate) fn to_py_err(e: Error) -> PyErr {
         "cancelled" => CancelledError::new_err(msg),
         "file" => FileError::new_err(msg),
         "session_closed" => SessionClosedError::new_err(msg),
+        "pool_closed" => PoolClosedError::new_err(msg),
         _ => SandboxError::new_err(msg),
     };
     Python::attach(|py| {
@@ -215,6 +223,14 @@ impl Sandbox {
     /// context manager: `with sandbox.session() as s:` (or `async with`).
     fn session(&self) -> session::Session {
         session::Session::new(self.builder.clone())
+    }
+
+    /// A pool of `size` sandboxes started ahead of time, for one-shot runs
+    /// that skip the container start: `with sandbox.pool(2) as pool:`
+    /// (or `async with`). Each `pool.run` still gets a fresh sandbox.
+    #[pyo3(signature = (size=1))]
+    fn pool(&self, size: usize) -> pool::Pool {
+        pool::Pool::new(self.builder.clone(), size)
     }
 
     /// The asyncio form of `run`: `await sandbox.run_async(cmd)`.
@@ -496,7 +512,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CancelledError", py.get_type::<CancelledError>())?;
     m.add("FileError", py.get_type::<FileError>())?;
     m.add("SessionClosedError", py.get_type::<SessionClosedError>())?;
+    m.add("PoolClosedError", py.get_type::<PoolClosedError>())?;
     m.add_class::<session::Session>()?;
+    m.add_class::<pool::Pool>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::{block_interruptible, command, text_callback, to_py_err, Cmd, Event, 
 
 /// `write_file` takes bytes or text.
 #[derive(FromPyObject)]
-enum Data {
+pub(crate) enum Data {
     Bytes(Vec<u8>),
     Text(String),
 }
@@ -36,7 +36,8 @@ impl Session {
         core.ok_or_else(|| to_py_err(Error::SessionClosed))
     }
 
-    fn options(
+    /// The per-exec options of `exec` (and a pool's `run`).
+    pub(crate) fn options(
         env: Option<std::collections::HashMap<String, String>>,
         workdir: Option<String>,
         timeout: Option<f64>,
