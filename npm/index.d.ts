@@ -17,6 +17,7 @@ export type SandboxErrorCode =
   | 'cancelled'
   | 'file'
   | 'session_closed'
+  | 'pool_closed'
   | 'bind'
   | 'listen'
   | 'io'
@@ -45,6 +46,8 @@ export declare class Sandbox {
   run(command: string | readonly string[], options?: RunOptions): Promise<RunResult>
   /** Starts a warm sandbox for many commands. */
   session(): Promise<Session>
+  /** Starts `size` (default 1) sandboxes ahead of time for fast one-shot runs. */
+  pool(size?: number): Promise<Pool>
 }
 
 export interface ExecOptions {
@@ -73,6 +76,19 @@ export declare class Session {
   deny(rule: string): void
   removeRule(rule: string): void
   events(): SandboxEvent[]
+  close(): Promise<void>
+  [Symbol.asyncDispose](): Promise<void>
+}
+
+/**
+ * Fresh sandboxes started ahead of time: each run gets its own, already
+ * running, and ends it afterwards. `await using pool = await sandbox.pool(2)`,
+ * or call close().
+ */
+export declare class Pool {
+  readonly size: number
+  /** Every process the command started is gone when this resolves. */
+  run(command: string | readonly string[], options?: ExecOptions): Promise<RunResult>
   close(): Promise<void>
   [Symbol.asyncDispose](): Promise<void>
 }

@@ -159,4 +159,44 @@ Sandbox.prototype.session = async function session() {
   return new Session(id)
 }
 
-module.exports = { Sandbox, Session, SandboxError }
+/**
+ * Fresh sandboxes started ahead of time: each run gets its own, already
+ * running, and ends it afterwards. Close it (or `await using` it) when done.
+ */
+class Pool {
+  #id
+  constructor(id, size) {
+    this.#id = id
+    this.size = size
+  }
+
+  /** Runs a command in a fresh sandbox; every process it started is gone when this resolves. */
+  run(command, { env, workdir, timeoutMs, stdin, onStdout, onStderr } = {}) {
+    const shell = typeof command === 'string'
+    const argv = shell ? [command] : Array.from(command, String)
+    const input = stdin === undefined ? null : bytes(stdin)
+    return call(() =>
+      native.poolRun(this.#id, argv, shell, env ?? null, workdir ?? null, timeoutMs ?? null, input, onStdout ?? null, onStderr ?? null),
+    )
+  }
+
+  /** Removes the spare sandboxes. Idempotent. */
+  close() {
+    return call(() => native.poolClose(this.#id))
+  }
+
+  [asyncDispose]() {
+    return this.close()
+  }
+}
+
+/** Starts a pool of `size` sandboxes (default 1) with this sandbox's options. */
+Sandbox.prototype.pool = async function pool(size = 1) {
+  if (!Number.isInteger(size) || size < 1) {
+    throw new TypeError('pool size must be a positive integer')
+  }
+  const id = await call(() => native.startPool(this.options, size))
+  return new Pool(id, size)
+}
+
+module.exports = { Sandbox, Session, Pool, SandboxError }

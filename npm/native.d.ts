@@ -23,6 +23,12 @@ export type EventVerdict = 'allow' | 'deny'
 /** Registers a cancel token and returns its id. */
 export declare function newCancelId(): number
 
+/** Removes the pool's spare sandboxes. Idempotent. */
+export declare function poolClose(id: number): Promise<void>
+
+/** Runs a command in a fresh sandbox of the pool. */
+export declare function poolRun(id: number, command: Array<string>, shell: boolean, env?: Record<string, string> | undefined | null, workdir?: string | undefined | null, timeoutMs?: number | undefined | null, stdin?: Uint8Array | undefined | null, onStdout?: (((arg: string) => void)) | undefined | null, onStderr?: (((arg: string) => void)) | undefined | null): Promise<RunResult>
+
 /** Runs a command in a fresh sandbox. `shell`: run `command[0]` through `/bin/sh -c`. */
 export declare function run(options: SandboxOptions, command: Array<string>, shell: boolean, onStdout?: (((arg: string) => void)) | undefined | null, onStderr?: (((arg: string) => void)) | undefined | null, onEvent?: (((arg: SandboxEvent) => void)) | undefined | null, cancelId?: number | undefined | null): Promise<RunResult>
 
@@ -134,6 +140,9 @@ export declare function sessionUpdatePolicy(id: number, op: string, rule: string
 
 /** Writes a file under /workspace or /tmp. */
 export declare function sessionWriteFile(id: number, path: string, data: Uint8Array): Promise<void>
+
+/** Starts a pool of `size` sandboxes; resolves to its handle id. */
+export declare function startPool(options: SandboxOptions, size: number): Promise<number>
 
 /** Starts a session; resolves to its handle id. */
 export declare function startSession(options: SandboxOptions): Promise<number>

@@ -155,3 +155,31 @@ test('sessions: many execs, files, live policy, and cleanup', async () => {
   assert.deepEqual(ownedContainers(), [])
   await assert.rejects(s.exec('true'), (e) => e.code === 'session_closed')
 })
+
+test('pools: each run gets a fresh, already started sandbox, and close leaves nothing', async () => {
+  const { Pool } = await import('agent-sandbox')
+  const ws = mkdtempSync(join(tmpdir(), 'as-node-pool-'))
+  await assert.rejects(sandbox().pool(0), TypeError)
+  await assert.rejects(sandbox({ allow: ['*'] }).pool(), (e) => e instanceof SandboxError && e.code === 'policy')
+  const pool = await sandbox({ workspace: ws }).pool(2)
+  try {
+    assert.ok(pool instanceof Pool)
+    assert.equal(pool.size, 2)
+    const first = await pool.run('echo scratch > /tmp/x; echo kept > /workspace/a; exit 4')
+    assert.equal(first.exitCode, 4)
+    const second = await pool.run('test ! -e /tmp/x && cat /workspace/a')
+    assert.equal(second.stdout, 'kept\n', second.stderr)
+    assert.notEqual(first.sandboxId, second.sandboxId)
+    const chunks = []
+    const r = await pool.run('echo $A; cat', { env: { A: 'env' }, stdin: 'in', onStdout: (c) => chunks.push(c) })
+    assert.equal(r.stdout, 'env\nin')
+    assert.equal(chunks.join(''), r.stdout)
+    assert.ok((await pool.run('sleep 30', { timeoutMs: 500 })).timedOut)
+    const outs = await Promise.all([0, 1, 2].map((i) => pool.run(`echo ${i}`)))
+    assert.deepEqual(outs.map((o) => o.stdout), ['0\n', '1\n', '2\n'])
+  } finally {
+    await pool[Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')]()
+  }
+  assert.deepEqual(ownedContainers(), [])
+  await assert.rejects(pool.run('true'), (e) => e.code === 'pool_closed')
+})

@@ -16,6 +16,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 
+mod pool;
 mod session;
 
 /// Options of a sandbox, mirroring the Rust builder and the CLI flags.
@@ -112,7 +113,17 @@ pub struct RunResult {
     pub sandbox_id: String,
 }
 
-type TextCallback = ThreadsafeFunction<String, (), String, Status, false>;
+pub(crate) type TextCallback = ThreadsafeFunction<String, (), String, Status, false>;
+
+/// Feeds output chunks to a JS callback as text (never blocking the runtime).
+pub(crate) fn text_sink(cb: TextCallback) -> impl Fn(&[u8]) + Send + Sync + 'static {
+    move |bytes: &[u8]| {
+        cb.call(
+            String::from_utf8_lossy(bytes).into_owned(),
+            ThreadsafeFunctionCallMode::NonBlocking,
+        );
+    }
+}
 
 pub(crate) fn event(e: &AuditEvent) -> SandboxEvent {
     SandboxEvent {
@@ -274,19 +285,11 @@ pub async fn run(
     cancel_id: Option<u32>,
 ) -> Result<RunResult> {
     let mut b = builder(options)?;
-    let text = |cb: TextCallback| {
-        move |bytes: &[u8]| {
-            cb.call(
-                String::from_utf8_lossy(bytes).into_owned(),
-                ThreadsafeFunctionCallMode::NonBlocking,
-            );
-        }
-    };
     if let Some(cb) = on_stdout {
-        b = b.on_stdout(text(cb));
+        b = b.on_stdout(text_sink(cb));
     }
     if let Some(cb) = on_stderr {
-        b = b.on_stderr(text(cb));
+        b = b.on_stderr(text_sink(cb));
     }
     if let Some(cb) = on_event {
         b = b.on_event(move |e| {

@@ -6,10 +6,13 @@ use std::time::Duration;
 
 use agent_sandbox::{Error, ExecOptions, Session};
 use napi::bindgen_prelude::*;
-use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 
-use crate::{builder, event, js_err, result, to_command, RunResult, SandboxEvent, SandboxOptions};
+use crate::{
+    builder, event, js_err, result, text_sink, to_command, RunResult, SandboxEvent, SandboxOptions,
+    TextCallback,
+};
 
 fn sessions() -> &'static Mutex<HashMap<u32, Session>> {
     static S: OnceLock<Mutex<HashMap<u32, Session>>> = OnceLock::new();
@@ -68,6 +71,20 @@ pub async fn session_exec(
     on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false>>,
 ) -> Result<RunResult> {
     let session = get(id)?;
+    let o = exec_options(env, workdir, timeout_ms, stdin, on_stdout, on_stderr)?;
+    let cmd = to_command(command, shell);
+    session.exec_with(cmd, o).await.map(result).map_err(js_err)
+}
+
+/// The per-exec options of `Session.exec` (and `Pool.run`).
+pub(crate) fn exec_options(
+    env: Option<HashMap<String, String>>,
+    workdir: Option<String>,
+    timeout_ms: Option<f64>,
+    stdin: Option<Uint8Array>,
+    on_stdout: Option<TextCallback>,
+    on_stderr: Option<TextCallback>,
+) -> Result<ExecOptions> {
     let mut o = ExecOptions::new();
     for (k, v) in env.unwrap_or_default() {
         o = o.env(k, v);
@@ -88,23 +105,12 @@ pub async fn session_exec(
         o = o.stdin(data.to_vec());
     }
     if let Some(cb) = on_stdout {
-        o = o.on_stdout(move |b| {
-            cb.call(
-                String::from_utf8_lossy(b).into_owned(),
-                ThreadsafeFunctionCallMode::NonBlocking,
-            );
-        });
+        o = o.on_stdout(text_sink(cb));
     }
     if let Some(cb) = on_stderr {
-        o = o.on_stderr(move |b| {
-            cb.call(
-                String::from_utf8_lossy(b).into_owned(),
-                ThreadsafeFunctionCallMode::NonBlocking,
-            );
-        });
+        o = o.on_stderr(text_sink(cb));
     }
-    let cmd = to_command(command, shell);
-    session.exec_with(cmd, o).await.map(result).map_err(js_err)
+    Ok(o)
 }
 
 /// Writes a file under /workspace or /tmp.
