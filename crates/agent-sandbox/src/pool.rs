@@ -8,6 +8,18 @@
 //! isolated as [`SandboxBuilder::run`](crate::SandboxBuilder::run) (a new
 //! container, a new proxy, clean tmpfs, nothing left running) but costs an
 //! exec instead of a container start.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), agent_sandbox::Error> {
+//! use agent_sandbox::{ExecOptions, Sandbox};
+//!
+//! let pool = Sandbox::builder().workspace("./repo").allow("pypi.org").pool(2).await?;
+//! let out = pool.run("pytest -q").await?;
+//! let out = pool.run_with("make", ExecOptions::new().env("CI", "1")).await?;
+//! pool.close().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::VecDeque;
 use std::os::unix::fs::MetadataExt;
