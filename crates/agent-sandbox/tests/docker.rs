@@ -16,7 +16,9 @@ use agent_sandbox::{CancelToken, Error, Output, Sandbox, SandboxBuilder};
 use bollard::query_parameters::InspectContainerOptions;
 
 mod docker_support;
-use docker_support::{containers_with_label, docker, http_canary, image, sandbox, tempdir};
+use docker_support::{
+    containers_with_label, docker, http_canary, image, sandbox, tempdir, MEMORY_BOMB,
+};
 
 /// Asserts the run's container is gone.
 async fn assert_removed(out: &Output) {
@@ -539,11 +541,7 @@ async fn fork_bomb_is_contained_by_the_pids_limit() {
 
 #[tokio::test]
 async fn memory_bomb_is_oom_killed_and_reported() {
-    let out = sandbox()
-        .memory(64 << 20)
-        .run(["python3", "-c", "b = b'x' * (512 << 20); print('survived')"])
-        .await
-        .unwrap();
+    let out = sandbox().memory(64 << 20).run(MEMORY_BOMB).await.unwrap();
     assert_removed(&out).await;
     assert!(!out.stdout_str().contains("survived"));
     assert!(

@@ -15,6 +15,7 @@ use agent_sandbox::CancelToken;
 mod docker_support;
 use docker_support::{
     container_count, containers_with_label, eventually_gone, http_canary, sandbox, tempdir,
+    MEMORY_BOMB,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -105,10 +106,7 @@ async fn timeout_oom_and_cancel_behave_as_in_one_shot_runs() {
     assert!(out.timed_out);
     assert_eq!(out.exit_code, 137);
     assert!(t0.elapsed() < Duration::from_secs(10));
-    let out = pool
-        .run(["python3", "-c", "b = b'x' * (512 << 20); print('survived')"])
-        .await
-        .unwrap();
+    let out = pool.run(MEMORY_BOMB).await.unwrap();
     assert!(!out.stdout_str().contains("survived"));
     assert!(
         out.oom_killed,

@@ -8,7 +8,9 @@ use agent_sandbox::proxy::Verdict;
 use agent_sandbox::{ExecOptions, Session};
 
 mod docker_support;
-use docker_support::{container_count, eventually_gone, http_canary, sandbox, tempdir};
+use docker_support::{
+    container_count, eventually_gone, http_canary, sandbox, tempdir, MEMORY_BOMB,
+};
 
 #[tokio::test]
 async fn a_session_runs_many_commands_with_per_exec_options() {
@@ -368,10 +370,7 @@ async fn failed_spawns_do_not_break_the_session() {
 #[tokio::test]
 async fn an_exec_killed_by_the_memory_limit_says_so() {
     let s = sandbox().memory(64 << 20).start().await.unwrap();
-    let out = s
-        .exec(["python3", "-c", "b = b'x' * (512 << 20); print('survived')"])
-        .await
-        .unwrap();
+    let out = s.exec(MEMORY_BOMB).await.unwrap();
     assert!(
         out.oom_killed,
         "exit {} {}",

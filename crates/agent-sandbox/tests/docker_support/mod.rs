@@ -103,3 +103,7 @@ pub fn http_canary(body: &'static str) -> (u16, Arc<AtomicUsize>) {
     });
     (port, count)
 }
+
+/// Allocates 512 MiB, far over the 64 MiB the OOM tests allow; prints
+/// `survived` if it was not killed.
+pub const MEMORY_BOMB: [&str; 3] = ["python3", "-c", "b = b'x' * (512 << 20); print('survived')"];
