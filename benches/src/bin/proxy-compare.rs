@@ -1,12 +1,22 @@
 //! Loopback comparison: the same client against no proxy (the limit),
-//! `agent-sandbox proxy`, and tinyproxy with a default-deny filter.
+//! `agent-sandbox proxy`, tinyproxy with a default-deny filter, and a
+//! minimal CONNECT relay (two blocking threads per tunnel, no policy, no
+//! HTTP parser: the floor for any proxy process on this machine).
+//!
+//! The upstream (echo and bulk server) runs in its own process, as a real
+//! server would: with it inside the client's process, a "direct" round trip
+//! is two hops between threads of one tokio runtime, which no path through
+//! a third process can match. That in-process figure is printed too.
 //!
 //! Prints a Markdown table: CONNECT set-up + 1-byte echo p50/p99, 1-byte
-//! echo through an open tunnel p50/p99, bulk MiB/s through one tunnel, and
-//! 1,000 concurrent tunnels (wall time, failures).
+//! echo through an open tunnel p50/p99, bulk MiB/s through one tunnel
+//! (median of several downloads), and 1,000 concurrent tunnels (wall time,
+//! failures). Samples of all paths are interleaved.
 //!
 //! Usage: proxy-compare --agent-sandbox PATH [--tinyproxy PATH] [--samples N]
-//!        [--bulk-mib N] [--tunnels N]
+//!        [--bulk-mib N] [--bulk-rounds N] [--tunnels N] [--compare PATH]
+//! (`--compare` adds a second agent-sandbox build, for A/B tests of a change.)
+//! (`--serve-upstream` and `--serve-relay TARGET` are the child processes.)
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +31,9 @@ struct Opts {
     tinyproxy: String,
     samples: usize,
     bulk_mib: u64,
+    bulk_rounds: u64,
     tunnels: usize,
+    compare: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -30,6 +42,8 @@ fn opts() -> Opts {
         tinyproxy: "tinyproxy".into(),
         samples: 2000,
         bulk_mib: 1024,
+        bulk_rounds: 8,
+        compare: None,
         tunnels: 1000,
     };
     let mut args = std::env::args().skip(1);
@@ -40,7 +54,11 @@ fn opts() -> Opts {
             "--tinyproxy" => o.tinyproxy = v(),
             "--samples" => o.samples = v().parse().expect("number"),
             "--bulk-mib" => o.bulk_mib = v().parse().expect("number"),
+            "--bulk-rounds" => o.bulk_rounds = v().parse().expect("number"),
             "--tunnels" => o.tunnels = v().parse().expect("number"),
+            "--compare" => o.compare = Some(v()),
+            "--serve-upstream" => serve_upstream(),
+            "--serve-relay" => serve_relay(v().parse().expect("--serve-relay HOST:PORT")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -49,6 +67,92 @@ fn opts() -> Opts {
         "--agent-sandbox PATH is required"
     );
     o
+}
+
+/// Runs the upstream in this process until stdin closes; prints its port.
+fn serve_upstream() -> ! {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addr = upstream().await;
+        println!("{}", addr.port());
+        wait_for_stdin_eof().await;
+    });
+    std::process::exit(0)
+}
+
+async fn wait_for_stdin_eof() {
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await;
+}
+
+/// A minimal CONNECT relay: reads the request head, answers 200, and copies
+/// both ways with one blocking thread per direction. Ignores the requested
+/// target and always dials `target`. Prints its port; runs until stdin closes.
+fn serve_relay(target: SocketAddr) -> ! {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener as StdListener, TcpStream as StdStream};
+    let l = StdListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", l.local_addr().unwrap().port());
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        std::process::exit(0);
+    });
+    for client in l.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut client = client;
+            let _ = client.set_nodelay(true);
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match client.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => return,
+                }
+            }
+            let Ok(up) = StdStream::connect(target) else {
+                return;
+            };
+            let _ = up.set_nodelay(true);
+            if client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").is_err() {
+                return;
+            }
+            let (Ok(c2), Ok(u2)) = (client.try_clone(), up.try_clone()) else {
+                return;
+            };
+            let copy = |mut from: StdStream, mut to: StdStream| {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+            };
+            let t = std::thread::spawn(move || copy(client, up));
+            copy(u2, c2);
+            let _ = t.join();
+        });
+    }
+    std::process::exit(0)
+}
+
+/// Starts this binary again with `args` and reads the port it prints.
+fn child_port(args: &[&str]) -> (Kill, u16) {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a child process");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("child port");
+    (Kill(child), port)
 }
 
 /// Upstream: first byte 'E' = echo until EOF; 'D' + u64 = send that many bytes.
@@ -143,41 +247,40 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 struct Row {
     name: String,
-    setup: (f64, f64),
-    echo: (f64, f64),
-    bulk: f64,
+    setup: Vec<Duration>,
+    echo: Vec<Duration>,
+    bulk: Vec<f64>,
     tunnels_ms: f64,
     failures: usize,
 }
 
-async fn measure(name: &str, via: Via, target: SocketAddr, o: &Opts) -> Row {
-    // Set-up + echo, a fresh tunnel per sample.
-    let mut setup = Vec::with_capacity(o.samples);
-    for _ in 0..o.samples {
-        let t = Instant::now();
-        let mut s = open(via, target).await.expect("open");
-        s.write_all(b"Ex").await.unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        setup.push(t.elapsed());
-    }
-    setup.sort();
-    // Echo through one open tunnel.
-    let mut s = open(via, target).await.expect("open");
-    s.write_all(b"E").await.unwrap();
-    let mut echo = Vec::with_capacity(o.samples);
-    for _ in 0..o.samples {
-        let t = Instant::now();
-        s.write_all(b"x").await.unwrap();
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.unwrap();
-        echo.push(t.elapsed());
-    }
-    echo.sort();
-    drop(s);
-    // Bulk download through one tunnel.
-    let bytes = o.bulk_mib * 1024 * 1024;
-    let mut s = open(via, target).await.expect("open");
+struct Path {
+    name: &'static str,
+    via: Via,
+    target: SocketAddr,
+}
+
+async fn setup_and_echo(p: &Path) -> Duration {
+    let t = Instant::now();
+    let mut s = open(p.via, p.target).await.expect("open");
+    s.write_all(b"Ex").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    t.elapsed()
+}
+
+async fn echo_once(s: &mut TcpStream) -> Duration {
+    let t = Instant::now();
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    t.elapsed()
+}
+
+/// MiB/s of one download of `mib` MiB through a fresh tunnel.
+async fn bulk_once(p: &Path, mib: u64) -> f64 {
+    let bytes = mib * 1024 * 1024;
+    let mut s = open(p.via, p.target).await.expect("open");
     let mut req = vec![b'D'];
     req.extend_from_slice(&bytes.to_be_bytes());
     let t = Instant::now();
@@ -189,14 +292,17 @@ async fn measure(name: &str, via: Via, target: SocketAddr, o: &Opts) -> Row {
         assert!(n > 0, "bulk stream ended early at {got}");
         got += n as u64;
     }
-    let bulk = bytes as f64 / 1048576.0 / t.elapsed().as_secs_f64();
-    drop(s);
-    // N concurrent tunnels, all open at once, each echoing one byte.
-    let barrier = Arc::new(tokio::sync::Barrier::new(o.tunnels));
+    bytes as f64 / 1048576.0 / t.elapsed().as_secs_f64()
+}
+
+/// `n` tunnels opened at once and held until every one has echoed a byte.
+async fn many_tunnels(p: &Path, n: usize) -> (f64, usize) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
     let t = Instant::now();
-    let mut tasks = Vec::with_capacity(o.tunnels);
-    for _ in 0..o.tunnels {
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
         let barrier = barrier.clone();
+        let (via, target) = (p.via, p.target);
         tasks.push(tokio::spawn(async move {
             let r = async {
                 let mut s = open(via, target).await?;
@@ -216,15 +322,60 @@ async fn measure(name: &str, via: Via, target: SocketAddr, o: &Opts) -> Row {
             failures += 1;
         }
     }
-    let tunnels_ms = t.elapsed().as_secs_f64() * 1e3;
-    Row {
-        name: name.to_owned(),
-        setup: (pct(&setup, 0.5), pct(&setup, 0.99)),
-        echo: (pct(&echo, 0.5), pct(&echo, 0.99)),
-        bulk,
-        tunnels_ms,
-        failures,
+    (t.elapsed().as_secs_f64() * 1e3, failures)
+}
+
+/// Every path measured sample by sample in turn, so a change in the shared
+/// machine's state (another tenant, CPU placement) hits all paths alike and
+/// the ratios stay meaningful.
+async fn measure(paths: &[Path], o: &Opts) -> Vec<Row> {
+    let mut rows: Vec<Row> = paths
+        .iter()
+        .map(|p| Row {
+            name: p.name.to_owned(),
+            setup: Vec::with_capacity(o.samples),
+            echo: Vec::with_capacity(o.samples),
+            bulk: Vec::new(),
+            tunnels_ms: 0.0,
+            failures: 0,
+        })
+        .collect();
+    for _ in 0..o.samples {
+        for (p, r) in paths.iter().zip(&mut rows) {
+            r.setup.push(setup_and_echo(p).await);
+        }
     }
+    let mut open_tunnels = Vec::new();
+    for p in paths {
+        let mut s = open(p.via, p.target).await.expect("open");
+        s.write_all(b"E").await.unwrap();
+        open_tunnels.push(s);
+    }
+    for _ in 0..o.samples {
+        for (s, r) in open_tunnels.iter_mut().zip(&mut rows) {
+            r.echo.push(echo_once(s).await);
+        }
+    }
+    drop(open_tunnels);
+    let rounds = o.bulk_rounds.max(1);
+    for _ in 0..rounds {
+        for (p, r) in paths.iter().zip(&mut rows) {
+            r.bulk.push(bulk_once(p, o.bulk_mib / rounds).await);
+        }
+    }
+    for (p, r) in paths.iter().zip(&mut rows) {
+        (r.tunnels_ms, r.failures) = many_tunnels(p, o.tunnels).await;
+    }
+    for r in &mut rows {
+        r.setup.sort();
+        r.echo.sort();
+        r.bulk.sort_by(f64::total_cmp);
+    }
+    rows
+}
+
+fn median(v: &[f64]) -> f64 {
+    v[v.len() / 2]
 }
 
 fn free_port() -> u16 {
@@ -253,6 +404,52 @@ impl Drop for Kill {
     }
 }
 
+fn start_agent_sandbox(bin: &str, target: SocketAddr) -> (Kill, SocketAddr) {
+    let port = free_port();
+    let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(bin)
+        .args(["proxy", "--listen", &listen.to_string()])
+        .args(["--allow-cidr", &format!("127.0.0.1/32:{}", target.port())])
+        .args(["--max-connections", "4096"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start agent-sandbox proxy");
+    (Kill(child), listen)
+}
+
+fn start_tinyproxy(
+    bin: &str,
+    target: SocketAddr,
+    dir: &std::path::Path,
+) -> Option<(Kill, SocketAddr)> {
+    let port = free_port();
+    let filter = dir.join("filter");
+    std::fs::write(&filter, "^127\\.0\\.0\\.1$\n").unwrap();
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 4096\nAllow 127.0.0.1\nConnectPort {}\nFilter \"{}\"\nFilterExtended Yes\nFilterDefaultDeny Yes\nLogLevel Critical\n",
+            target.port(),
+            filter.display()
+        ),
+    )
+    .unwrap();
+    match Command::new(bin)
+        .args(["-d", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(child) => Some((Kill(child), format!("127.0.0.1:{port}").parse().unwrap())),
+        Err(e) => {
+            eprintln!("tinyproxy not run: {e}");
+            None
+        }
+    }
+}
+
 fn main() {
     let o = opts();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -260,66 +457,68 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let target = upstream().await;
-        let mut rows = vec![measure("no proxy (the limit)", Via::Direct, target, &o).await];
-
-        let port = free_port();
-        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let _as = Kill(
-            Command::new(&o.agent_sandbox)
-                .args(["proxy", "--listen", &listen.to_string()])
-                .args(["--allow-cidr", &format!("127.0.0.1/32:{}", target.port())])
-                .args(["--max-connections", "4096"])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start agent-sandbox proxy"),
-        );
-        wait_listening(listen).await;
-        rows.push(measure("agent-sandbox proxy", Via::Proxy(listen), target, &o).await);
-        drop(_as);
-
+        let in_process = upstream().await;
+        let (_upstream, port) = child_port(&["--serve-upstream"]);
+        let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_relay, port) = child_port(&["--serve-relay", &target.to_string()]);
+        let relay: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_as, listen) = start_agent_sandbox(&o.agent_sandbox, target);
+        let other = o.compare.as_deref().map(|bin| start_agent_sandbox(bin, target));
         let dir = std::env::temp_dir().join(format!("proxy-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let filter = dir.join("filter");
-        std::fs::write(&filter, "^127\\.0\\.0\\.1$\n").unwrap();
-        let conf = dir.join("tinyproxy.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "User nobody\nGroup nogroup\nPort {port}\nListen 127.0.0.1\nTimeout 600\nMaxClients 4096\nAllow 127.0.0.1\nConnectPort {}\nFilter \"{}\"\nFilterExtended Yes\nFilterDefaultDeny Yes\nLogLevel Critical\n",
-                target.port(),
-                filter.display()
-            ),
-        )
-        .unwrap();
-        match Command::new(&o.tinyproxy).args(["-d", "-c"]).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-            Ok(child) => {
-                let _tp = Kill(child);
-                let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                wait_listening(listen).await;
-                rows.push(measure("tinyproxy (default-deny filter)", Via::Proxy(listen), target, &o).await);
-            }
-            Err(e) => eprintln!("tinyproxy not run: {e}"),
+        let tiny = start_tinyproxy(&o.tinyproxy, target, &dir);
+
+        let mut paths = vec![
+            Path { name: "no proxy (the limit)", via: Via::Direct, target },
+            Path { name: "no proxy, upstream inside the client's process (session 1's baseline)", via: Via::Direct, target: in_process },
+            Path { name: "minimal CONNECT relay (2 blocking threads per tunnel; the floor)", via: Via::Proxy(relay), target },
+            Path { name: "agent-sandbox proxy", via: Via::Proxy(listen), target },
+        ];
+        if let Some((_, l)) = &other {
+            paths.push(Path { name: "agent-sandbox proxy (--compare build)", via: Via::Proxy(*l), target });
         }
+        if let Some((_, l)) = &tiny {
+            paths.push(Path { name: "tinyproxy (default-deny filter)", via: Via::Proxy(*l), target });
+        }
+        for p in &paths {
+            if let Via::Proxy(addr) = p.via {
+                wait_listening(addr).await;
+            }
+        }
+        let rows = measure(&paths, &o).await;
+        drop((other, tiny));
         let _ = std::fs::remove_dir_all(&dir);
 
-        println!("samples: {} sequential; bulk: {} MiB download through one tunnel; {} concurrent tunnels\n", o.samples, o.bulk_mib, o.tunnels);
+        println!(
+            "samples: {} per path, interleaved; bulk: median of {} downloads of {} MiB per path; {} concurrent tunnels\n",
+            o.samples,
+            o.bulk_rounds.max(1),
+            o.bulk_mib / o.bulk_rounds.max(1),
+            o.tunnels
+        );
         println!("| path | set-up + 1-byte echo p50 / p99 (µs) | 1-byte echo in open tunnel p50 / p99 (µs) | bulk MiB/s | {} tunnels: wall ms, failures |", o.tunnels);
         println!("|---|---|---|---|---|");
         for r in &rows {
             println!(
                 "| {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} | {:.0}, {} |",
-                r.name, r.setup.0, r.setup.1, r.echo.0, r.echo.1, r.bulk, r.tunnels_ms, r.failures
+                r.name,
+                pct(&r.setup, 0.5),
+                pct(&r.setup, 0.99),
+                pct(&r.echo, 0.5),
+                pct(&r.echo, 0.99),
+                median(&r.bulk),
+                r.tunnels_ms,
+                r.failures
             );
         }
         let base = &rows[0];
-        if let Some(a) = rows.iter().find(|r| r.name.starts_with("agent-sandbox")) {
+        for a in rows.iter().filter(|r| r.name.starts_with("agent-sandbox")) {
             println!(
-                "\nagent-sandbox vs no proxy: set-up+echo p50 {:.2}x, open-tunnel echo p50 {:.2}x, bulk {:.2}x, failures {}",
-                a.setup.0 / base.setup.0,
-                a.echo.0 / base.echo.0,
-                a.bulk / base.bulk,
+                "\n{} vs no proxy: set-up+echo p50 {:.2}x, open-tunnel echo p50 {:.2}x, bulk {:.2}x, failures {}",
+                a.name,
+                pct(&a.setup, 0.5) / pct(&base.setup, 0.5),
+                pct(&a.echo, 0.5) / pct(&base.echo, 0.5),
+                median(&a.bulk) / median(&base.bulk),
                 a.failures
             );
         }

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
 use super::event::EventGuard;
@@ -65,14 +66,28 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
             // Bytes the client pipelined behind the CONNECT head are still in
             // the upgraded stream's buffer; reading it yields them first.
             Ok(upgraded) => {
-                tunnel(
-                    TokioIo::new(upgraded),
-                    target.stream,
-                    idle,
-                    &guard,
-                    shutdown,
-                )
-                .await
+                let (ur, uw) = target.stream.into_split();
+                // The common case: take the socket back from hyper, so the
+                // pump reads and writes it directly (no dynamic dispatch, no
+                // lock between the halves).
+                match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    Ok(parts) => {
+                        let (cr, cw) = parts.io.into_inner().into_split();
+                        let cr = std::io::Cursor::new(parts.read_buf).chain(cr);
+                        pump_both(cr, cw, ur, uw, idle, &guard, shutdown).await;
+                    }
+                    Err(upgraded) => match upgraded.downcast::<TokioIo<UnixStream>>() {
+                        Ok(parts) => {
+                            let (cr, cw) = parts.io.into_inner().into_split();
+                            let cr = std::io::Cursor::new(parts.read_buf).chain(cr);
+                            pump_both(cr, cw, ur, uw, idle, &guard, shutdown).await;
+                        }
+                        Err(upgraded) => {
+                            let (cr, cw) = tokio::io::split(TokioIo::new(upgraded));
+                            pump_both(cr, cw, ur, uw, idle, &guard, shutdown).await;
+                        }
+                    },
+                }
             }
             Err(e) => guard.set_reason(format!(
                 "upgrade-failed; error={}",
@@ -91,13 +106,26 @@ pub(super) async fn tunnel<C, U>(
     upstream: U,
     idle: Duration,
     guard: &EventGuard,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     C: AsyncRead + AsyncWrite + Send,
     U: AsyncRead + AsyncWrite + Send,
 {
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
+    pump_both(cr, cw, ur, uw, idle, guard, shutdown).await;
+}
+
+/// [`tunnel`] over already split halves.
+async fn pump_both(
+    cr: impl AsyncRead + Unpin + Send,
+    cw: impl AsyncWrite + Unpin + Send,
+    ur: impl AsyncRead + Unpin + Send,
+    uw: impl AsyncWrite + Unpin + Send,
+    idle: Duration,
+    guard: &EventGuard,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let epoch = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(super::event::millis(epoch.elapsed()), Ordering::Relaxed);
