@@ -286,8 +286,58 @@ fn missing_workspace_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
 
+/// A stopped container labelled as owned by a process that cannot exist.
+fn orphan() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let out = Command::new("docker")
+        .args(["create", "--label", "agent-sandbox=1", "--label"])
+        .arg(format!("agent-sandbox.owner={}:999999999:1", host.trim()))
+        .args([&image(), "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn eventually_removed(id: &str) -> bool {
+    for _ in 0..50 {
+        let exists = Command::new("docker")
+            .args(["inspect", id])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if !exists {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("docker").args(["rm", "-f", id]).output();
+    false
+}
+
+// One test, not two: `gc` running in parallel would hide whether the run
+// collected the orphan (other tests' runs may, which is the same feature).
 #[test]
-fn gc_runs() {
+fn orphans_are_removed_by_a_later_run_and_by_gc() {
+    let id = orphan();
+    let out = bin()
+        .args(["run", "--image", &image(), "--workspace"])
+        .arg(workspace("orphans"))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually_removed(&id),
+        "the orphan {id} outlived a later run"
+    );
+
+    let id = orphan();
     let out = bin().arg("gc").output().unwrap();
     assert!(
         out.status.success(),
@@ -295,6 +345,7 @@ fn gc_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("agent-sandbox gc: removed"));
+    assert!(eventually_removed(&id), "gc left the orphan {id}");
 }
 
 #[test]

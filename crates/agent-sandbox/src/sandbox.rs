@@ -570,6 +570,7 @@ impl SandboxBuilder {
         let command_was_none = command.is_none();
         let (policy, rules) = self.validate()?;
         let engine = Engine::connect().await?;
+        collect_orphans_once(&engine);
         let socket = engine.socket_path();
         let workspace = match &self.workspace {
             Some(p) => Some(check_dir(p, socket.as_deref())?),
@@ -945,6 +946,19 @@ impl Drop for ContainerGuard {
             });
         }
     }
+}
+
+/// The first sandbox of a process removes, in the background, containers
+/// left by processes that died without cleaning up (SIGKILL, a crash, power
+/// loss): the same as `agent-sandbox gc`.
+fn collect_orphans_once(engine: &Engine) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _ = crate::runtime::gc(&engine).await;
+        });
+    });
 }
 
 /// Writes the embedded init binary to the cache directory (once per
