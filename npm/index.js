@@ -86,12 +86,20 @@ async function call(fn) {
   }
 }
 
+// A Session or Pool garbage-collected without close() still removes its
+// containers (the native registry would otherwise keep them until exit).
+const unclosed = new FinalizationRegistry(({ kind, id }) => {
+  const close = kind === 'pool' ? native.poolClose : native.sessionClose
+  close(id).catch(() => {})
+})
+
 /** A warm sandbox for many commands. Close it (or `await using` it) when done. */
 class Session {
   #id
   constructor(id) {
     this.#id = id
     this.sandboxId = native.sessionSandboxId(id)
+    unclosed.register(this, { kind: 'session', id }, this)
   }
 
   /** Runs a command in the session; several may run at once. */
@@ -145,6 +153,7 @@ class Session {
 
   /** Stops and removes the sandbox. Idempotent. */
   close() {
+    unclosed.unregister(this)
     return call(() => native.sessionClose(this.#id))
   }
 
@@ -168,6 +177,7 @@ class Pool {
   constructor(id, size) {
     this.#id = id
     this.size = size
+    unclosed.register(this, { kind: 'pool', id }, this)
   }
 
   /** Runs a command in a fresh sandbox; every process it started is gone when this resolves. */
@@ -182,6 +192,7 @@ class Pool {
 
   /** Removes the spare sandboxes. Idempotent. */
   close() {
+    unclosed.unregister(this)
     return call(() => native.poolClose(this.#id))
   }
 

@@ -183,3 +183,28 @@ test('pools: each run gets a fresh, already started sandbox, and close leaves no
   assert.deepEqual(ownedContainers(), [])
   await assert.rejects(pool.run('true'), (e) => e.code === 'pool_closed')
 })
+
+test('a session or pool garbage-collected without close() removes its containers', () => {
+  // A child process with --expose-gc, in this project (so it resolves the installed package).
+  const script = `
+    const { Sandbox } = require('agent-sandbox')
+    const { execFileSync } = require('node:child_process')
+    const mine = () => execFileSync('docker', ['ps', '-a', '--filter', 'label=agent-sandbox', '--format', '{{.Label "agent-sandbox.owner"}}'], { encoding: 'utf8' })
+      .split('\\n').filter((l) => l.includes(':' + process.pid + ':')).length
+    ;(async () => {
+      const box = new Sandbox({ image: ${JSON.stringify(image)} })
+      await (async () => { await box.session(); await box.pool(1) })()
+      const before = mine()
+      for (let i = 0; i < 100 && mine() > 0; i++) {
+        global.gc()
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      console.log(before, mine())
+    })()
+  `
+  const out = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', cwd: join(here, '..') })
+  assert.equal(out.status, 0, out.stderr)
+  const [before, after] = out.stdout.trim().split(' ').map(Number)
+  assert.ok(before >= 2, `expected a session and a pool spare, saw ${before}`)
+  assert.equal(after, 0, 'containers outlived their garbage-collected owners')
+})

@@ -335,3 +335,24 @@ def test_async_pools():
 def test_a_pool_with_a_bad_rule_fails_to_start():
     with pytest.raises(PolicyError):
         sandbox(allow=["*"]).pool().start()
+
+
+def test_sessions_and_pools_dropped_without_close_remove_their_containers():
+    import gc
+
+    s = sandbox().session().start()
+    p = sandbox().pool(1).start()
+    sid = s.id
+    del s, p
+    gc.collect()
+    mine = f":{os.getpid()}:"
+    for _ in range(100):
+        owners = subprocess.run(
+            ["docker", "ps", "-a", "--filter", "label=agent-sandbox", "--format", '{{.Label "agent-sandbox.owner"}}'],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        if not any(mine in o for o in owners):
+            break
+        time.sleep(0.1)
+    assert not any(mine in o for o in owners), owners
+    assert containers_of(f"agent-sandbox.id={sid}") == []
