@@ -161,6 +161,10 @@ pub(crate) struct ExecHub {
     init_gone: tokio::sync::watch::Sender<bool>,
     pending: Mutex<HashMap<u64, oneshot::Sender<UnixStream>>>,
     next: AtomicU64,
+    /// Exec ids are keyed hashes of a counter: a process in the sandbox can
+    /// connect to the socket too, and must not be able to guess the id of
+    /// another exec's connection and take it.
+    id_key: std::collections::hash_map::RandomState,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -194,6 +198,7 @@ impl ExecHub {
             init_gone: tokio::sync::watch::channel(false).0,
             pending: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
+            id_key: std::collections::hash_map::RandomState::new(),
             accept: Mutex::new(None),
         });
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -246,7 +251,11 @@ impl ExecHub {
 
     /// Asks init for a new exec connection.
     pub(crate) async fn open(&self) -> Result<UnixStream, Error> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = {
+            use std::hash::BuildHasher;
+            self.id_key
+                .hash_one(self.next.fetch_add(1, Ordering::Relaxed))
+        };
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
             p.insert(id, tx);
@@ -294,5 +303,56 @@ impl ExecHub {
         if let Some(task) = self.accept.lock().ok().and_then(|mut a| a.take()) {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn send(s: &mut UnixStream, tag: u8, payload: &[u8]) {
+        s.write_all(&frame(tag, payload)).await.unwrap();
+    }
+
+    /// A process in the sandbox can connect to the exec socket too. It must
+    /// not be able to claim an exec's connection by guessing its id, even
+    /// when it answers before init does.
+    #[tokio::test]
+    async fn a_guessed_exec_id_does_not_take_the_connection() {
+        let dir = std::env::temp_dir().join(format!("as-hub-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("exec.sock");
+        let (hub, ready) = ExecHub::listen(&path, false).unwrap();
+        let mut control = UnixStream::connect(&path).await.unwrap();
+        send(&mut control, b'C', &[]).await;
+        ready.await.unwrap();
+        let opening = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.open().await }
+        });
+        // Init learns the id from the control connection...
+        let (tag, id) = read_small_frame(&mut control).await.unwrap();
+        assert_eq!(tag, b'N');
+        // ...but the attacker races it with every small id first.
+        let mut attackers = Vec::new();
+        for guess in 0u64..2000 {
+            let mut a = UnixStream::connect(&path).await.unwrap();
+            send(&mut a, b'A', &guess.to_be_bytes()).await;
+            attackers.push(a);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut real = UnixStream::connect(&path).await.unwrap();
+        send(&mut real, b'A', &id).await;
+        let mut got = opening.await.unwrap().unwrap();
+        // The connection handed to the exec is the one that said the real id.
+        real.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), got.read_exact(&mut buf))
+            .await
+            .expect("the exec got an attacker's connection")
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+        hub.stop();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
