@@ -92,7 +92,8 @@ async fn wait_for_stdin_eof() {
 }
 
 /// A minimal CONNECT relay: reads the request head, answers 200, and copies
-/// both ways with one blocking thread per direction. Ignores the requested
+/// both ways with one blocking thread per direction (64 KiB buffers, as the
+/// proxy uses). Ignores the requested
 /// target and always dials `target`. Prints its port; runs until stdin closes.
 fn serve_relay(target: SocketAddr) -> ! {
     use std::io::{Read, Write};
@@ -127,7 +128,12 @@ fn serve_relay(target: SocketAddr) -> ! {
                 return;
             };
             let copy = |mut from: StdStream, mut to: StdStream| {
-                let _ = std::io::copy(&mut from, &mut to);
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
                 let _ = to.shutdown(Shutdown::Write);
             };
             let t = std::thread::spawn(move || copy(client, up));
@@ -471,7 +477,7 @@ fn main() {
         let mut paths = vec![
             Path { name: "no proxy (the limit)", via: Via::Direct, target },
             Path { name: "no proxy, upstream inside the client's process (session 1's baseline)", via: Via::Direct, target: in_process },
-            Path { name: "minimal CONNECT relay (2 blocking threads per tunnel; the floor)", via: Via::Proxy(relay), target },
+            Path { name: "minimal CONNECT relay (2 blocking threads per tunnel, 64 KiB buffers; the floor)", via: Via::Proxy(relay), target },
             Path { name: "agent-sandbox proxy", via: Via::Proxy(listen), target },
         ];
         if let Some((_, l)) = &other {
