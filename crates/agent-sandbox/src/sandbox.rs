@@ -939,11 +939,8 @@ impl ContainerGuard {
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        if let (Some(id), Ok(rt)) = (self.id.take(), tokio::runtime::Handle::try_current()) {
-            let engine = self.engine.clone();
-            rt.spawn(async move {
-                let _ = engine.remove(&id).await;
-            });
+        if let Some(id) = self.id.take() {
+            self.engine.remove_in_background(id);
         }
     }
 }

@@ -384,3 +384,15 @@ async fn an_exec_killed_by_the_memory_limit_says_so() {
     assert!(!out.oom_killed);
     s.close().await.unwrap();
 }
+
+#[test]
+fn a_session_dropped_outside_any_runtime_is_still_removed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = rt.block_on(sandbox().start()).unwrap();
+    let id = s.id().to_owned();
+    // The runtime that started it is gone, and none is current at the drop.
+    drop(rt);
+    drop(s);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(rt.block_on(eventually_gone(&id)), "{id} left behind");
+}

@@ -318,6 +318,35 @@ impl Engine {
             .await;
     }
 
+    /// Removes the container without waiting, for `Drop`: on the current
+    /// tokio runtime if there is one; otherwise on a thread of its own with a
+    /// fresh engine connection (the caller's runtime, and the connections
+    /// pooled on it, may be gone).
+    pub(crate) fn remove_in_background(&self, id: String) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let engine = self.clone();
+            rt.spawn(async move {
+                let _ = engine.remove(&id).await;
+            });
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("agent-sandbox-cleanup".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok(engine) = Engine::connect().await {
+                        let _ = engine.remove(&id).await;
+                    }
+                });
+            });
+    }
+
     /// Removes the container, killing it if needed.
     pub(crate) async fn remove(&self, id: &str) -> Result<(), Error> {
         match self

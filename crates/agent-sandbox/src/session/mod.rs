@@ -553,11 +553,8 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.hub.stop();
         let container = self.container.get_mut().ok().and_then(Option::take);
-        if let (Some(id), Ok(rt)) = (container, tokio::runtime::Handle::try_current()) {
-            let engine = self.engine.clone();
-            rt.spawn(async move {
-                let _ = engine.remove(&id).await;
-            });
+        if let Some(id) = container {
+            self.engine.remove_in_background(id);
         }
     }
 }
