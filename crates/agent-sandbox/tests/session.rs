@@ -9,7 +9,7 @@ use agent_sandbox::{ExecOptions, Session};
 
 mod docker_support;
 use docker_support::{
-    container_count, eventually_gone, http_canary, sandbox, tempdir, MEMORY_BOMB,
+    assert_oom_killed, container_count, eventually_gone, http_canary, sandbox, tempdir, MEMORY_BOMB,
 };
 
 #[tokio::test]
@@ -371,13 +371,7 @@ async fn failed_spawns_do_not_break_the_session() {
 async fn an_exec_killed_by_the_memory_limit_says_so() {
     let s = sandbox().memory(64 << 20).start().await.unwrap();
     let out = s.exec(MEMORY_BOMB).await.unwrap();
-    assert!(
-        out.oom_killed,
-        "exit {} {}",
-        out.exit_code,
-        out.stderr_str()
-    );
-    assert_eq!(out.exit_code, 137);
+    assert_oom_killed(&out);
     // The session lives on, and a plain SIGKILL is not reported as OOM.
     let out = s.exec("kill -9 $$").await.unwrap();
     assert_eq!(out.exit_code, 137);

@@ -107,3 +107,15 @@ pub fn http_canary(body: &'static str) -> (u16, Arc<AtomicUsize>) {
 /// Allocates 512 MiB, far over the 64 MiB the OOM tests allow; prints
 /// `survived` if it was not killed.
 pub const MEMORY_BOMB: [&str; 3] = ["python3", "-c", "b = b'x' * (512 << 20); print('survived')"];
+
+/// What every OOM test asserts of [`MEMORY_BOMB`]'s result.
+pub fn assert_oom_killed(out: &agent_sandbox::Output) {
+    assert!(!out.stdout_str().contains("survived"));
+    assert!(
+        out.oom_killed,
+        "exit {} {}",
+        out.exit_code,
+        out.stderr_str()
+    );
+    assert_eq!(out.exit_code, 137);
+}
