@@ -167,7 +167,14 @@ impl Pool {
         let cancel = b.cancel_token_value();
         let session = spare.session;
         let result = tokio::select! {
-            r = session.exec_with(Command::Argv(argv), opts) => r,
+            // A session error here means the container died under the run.
+            r = session.exec_with(Command::Argv(argv), opts) => r.map_err(|e| match e {
+                Error::SessionClosed => Error::Engine {
+                    what: "run a command in a pool sandbox".into(),
+                    reason: "the sandbox stopped during the run (killed from outside, or the engine restarted)".into(),
+                },
+                e => e,
+            }),
             () = async { match &cancel { Some(c) => c.cancelled().await, None => std::future::pending().await } } => Err(Error::Cancelled),
         };
         if let Some(removal) = session.retire().await {
@@ -180,7 +187,8 @@ impl Pool {
 
     /// The next spare, replaced at once by a new one starting in the
     /// background. A spare whose mounts changed on the host since it
-    /// started is thrown away and a new one started in its place.
+    /// started, or whose container died, is thrown away and a new one
+    /// started in its place.
     async fn take(&self) -> Result<Spare, Error> {
         let inner = &self.inner;
         let next = {
@@ -205,7 +213,9 @@ impl Pool {
             // whose error is the caller's.
             Err(_) => start_spare(inner.builder.clone()).await?,
         };
-        if unchanged(&spare.sources, &sources(&inner.builder)) {
+        // A spare whose container died while it waited (killed from
+        // outside, the engine restarted) is replaced too.
+        if spare.session.init_alive() && unchanged(&spare.sources, &sources(&inner.builder)) {
             return Ok(spare);
         }
         let stale = spare.session;

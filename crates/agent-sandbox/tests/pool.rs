@@ -277,3 +277,25 @@ async fn per_run_options_override_the_builder() {
     assert_eq!(err.code(), "invalid_argument");
     pool.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_spare_killed_from_outside_is_replaced_not_used() {
+    let _serial = SERIAL.lock().await;
+    let pool = sandbox().pool(1).await.unwrap();
+    // Kill every container of this process behind the pool's back (an
+    // engine restart does the same to spares).
+    let d = docker_support::docker().await;
+    for c in containers_with_label(&format!("{}={}", labels::OWNER, owner_label_value())).await {
+        d.kill_container(
+            c.id.as_deref().unwrap(),
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = pool.run("echo fresh").await.unwrap();
+    assert_eq!(out.stdout_str(), "fresh\n", "{}", out.stderr_str());
+    pool.close().await.unwrap();
+    assert!(none_of_mine_left().await);
+}

@@ -281,6 +281,11 @@ impl ExecHub {
         got.ok_or(Error::SessionClosed)
     }
 
+    /// Whether init's control connection is still open.
+    pub(crate) fn init_alive(&self) -> bool {
+        !*self.init_gone.borrow()
+    }
+
     /// Asks init to kill every process in the sandbox and exit, and waits
     /// (up to `limit`) for its control connection to close. `true` means
     /// init is gone, so nothing in the container runs any more.

@@ -500,6 +500,12 @@ impl Session {
         self.inner.close().await
     }
 
+    /// Whether the sandbox's init is still connected (false once the
+    /// container died: killed from outside, the engine restarted).
+    pub(crate) fn init_alive(&self) -> bool {
+        !self.is_closed() && self.inner.hub.init_alive()
+    }
+
     /// Ends the sandbox after a pool's run: init kills every process in it
     /// and exits (if it has not within 2 s, the engine kills the container
     /// here). When this returns nothing in the container runs; removing the
