@@ -88,6 +88,10 @@ struct ServeArgs {
     /// Speak JSON lines on stdin/stdout (the only transport for now).
     #[arg(long, required = true)]
     stdio: bool,
+    /// Sandboxes kept started for `run` requests (each gets a fresh one);
+    /// the pool is created at the first `run`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pool: u16,
 }
 
 #[derive(Args)]
@@ -385,7 +389,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Shell(args) => shell::shell(sandbox_builder(&args.sandbox)?).await,
-            Command::Serve(args) => serve::serve(sandbox_builder(&args.sandbox)?).await,
+            Command::Serve(args) => {
+                serve::serve(sandbox_builder(&args.sandbox)?, usize::from(args.pool)).await
+            }
             Command::Gc => gc_cmd().await,
             Command::Proxy(args) => proxy(args).await.map(|()| 0),
         }

@@ -7,7 +7,12 @@
 //! - `exec`: `cmd` (string: through `sh -c`; array: as given), `env`
 //!   (object), `workdir`, `timeout` (seconds), `stdin` (text) or
 //!   `stdin_base64` -> `exit_code`, `stdout`, `stderr`, `timed_out`,
-//!   `stdout_truncated`, `stderr_truncated`, `duration_ms`, `events`
+//!   `stdout_truncated`, `stderr_truncated`, `oom_killed`, `duration_ms`, `events`
+//! - `run`: the same fields and reply as `exec`, plus `sandbox_id`, but in a
+//!   fresh sandbox of its own, ended when the command ends (nothing it
+//!   started survives; `/tmp` starts empty). Served from a pool of
+//!   `--pool N` sandboxes started ahead of time (default 1), created at
+//!   the first `run`.
 //! - `write_file`: `path`, `data` (text) or `data_base64`
 //! - `read_file`: `path` -> `data` (text, lossy) and `data_base64`
 //! - `list`: `path` -> `entries` [{name, kind, size}]
@@ -24,10 +29,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_sandbox::proxy::AuditEvent;
-use agent_sandbox::{Command, Error, ExecOptions, SandboxBuilder, Session};
+use agent_sandbox::{Command, Error, ExecOptions, Output, Pool, SandboxBuilder, Session};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::OnceCell;
 
 type Out = Arc<Mutex<std::io::Stdout>>;
 
@@ -79,46 +85,76 @@ fn bytes(req: &Value, text: &str, b64: &str) -> Result<Option<Vec<u8>>, Failure>
     }
 }
 
-async fn handle(session: &Session, req: &Value) -> Result<Value, Failure> {
+/// The command and options of an `exec` or `run` request.
+fn command_request(req: &Value) -> Result<(Command, ExecOptions), Failure> {
+    let cmd = match req.get("cmd") {
+        Some(Value::String(s)) => Command::Shell(s.clone()),
+        Some(Value::Array(a)) => Command::Argv(
+            a.iter()
+                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .collect(),
+        ),
+        _ => {
+            return Err(Failure::Bad(BadRequest(
+                "cmd must be a string or an array of strings".into(),
+            )))
+        }
+    };
+    let mut opts = ExecOptions::new();
+    if let Some(env) = req.get("env").and_then(Value::as_object) {
+        for (k, v) in env {
+            opts = opts.env(k.clone(), v.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(dir) = req.get("workdir").and_then(Value::as_str) {
+        opts = opts.workdir(dir);
+    }
+    if let Some(t) = req.get("timeout").and_then(Value::as_f64) {
+        let t = Duration::try_from_secs_f64(t)
+            .map_err(|_| Failure::Bad(BadRequest("timeout must be seconds >= 0".into())))?;
+        opts = opts.timeout(t);
+    }
+    if let Some(data) = bytes(req, "stdin", "stdin_base64")? {
+        opts = opts.stdin(data);
+    }
+    Ok((cmd, opts))
+}
+
+fn output_json(o: &Output) -> Value {
+    json!({
+        "exit_code": o.exit_code, "stdout": o.stdout_str(), "stderr": o.stderr_str(),
+        "timed_out": o.timed_out, "oom_killed": o.oom_killed, "stdout_truncated": o.stdout_truncated,
+        "stderr_truncated": o.stderr_truncated, "duration_ms": o.duration.as_secs_f64() * 1e3,
+        "events": events_json(&o.events),
+    })
+}
+
+/// What the requests act on: the session, and the pool `run` uses.
+struct Served {
+    session: Session,
+    builder: SandboxBuilder,
+    pool_size: usize,
+    pool: OnceCell<Pool>,
+}
+
+async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
+    let session = &served.session;
     let op = field(req, "op")?;
     match op {
         "exec" => {
-            let cmd = match req.get("cmd") {
-                Some(Value::String(s)) => Command::Shell(s.clone()),
-                Some(Value::Array(a)) => Command::Argv(
-                    a.iter()
-                        .map(|v| v.as_str().unwrap_or_default().to_owned())
-                        .collect(),
-                ),
-                _ => {
-                    return Err(Failure::Bad(BadRequest(
-                        "cmd must be a string or an array of strings".into(),
-                    )))
-                }
-            };
-            let mut opts = ExecOptions::new();
-            if let Some(env) = req.get("env").and_then(Value::as_object) {
-                for (k, v) in env {
-                    opts = opts.env(k.clone(), v.as_str().unwrap_or_default());
-                }
-            }
-            if let Some(dir) = req.get("workdir").and_then(Value::as_str) {
-                opts = opts.workdir(dir);
-            }
-            if let Some(t) = req.get("timeout").and_then(Value::as_f64) {
-                let t = Duration::try_from_secs_f64(t)
-                    .map_err(|_| Failure::Bad(BadRequest("timeout must be seconds >= 0".into())))?;
-                opts = opts.timeout(t);
-            }
-            if let Some(data) = bytes(req, "stdin", "stdin_base64")? {
-                opts = opts.stdin(data);
-            }
-            let o = session.exec_with(cmd, opts).await?;
-            Ok(json!({
-                "exit_code": o.exit_code, "stdout": o.stdout_str(), "stderr": o.stderr_str(),
-                "timed_out": o.timed_out, "stdout_truncated": o.stdout_truncated, "stderr_truncated": o.stderr_truncated,
-                "duration_ms": o.duration.as_secs_f64() * 1e3, "events": events_json(&o.events),
-            }))
+            let (cmd, opts) = command_request(req)?;
+            Ok(output_json(&session.exec_with(cmd, opts).await?))
+        }
+        "run" => {
+            let (cmd, opts) = command_request(req)?;
+            let pool = served
+                .pool
+                .get_or_try_init(|| served.builder.pool(served.pool_size))
+                .await?;
+            let o = pool.run_with(cmd, opts).await?;
+            let mut v = output_json(&o);
+            v["sandbox_id"] = json!(o.sandbox_id);
+            Ok(v)
         }
         "write_file" => {
             let data = bytes(req, "data", "data_base64")?.unwrap_or_default();
@@ -175,10 +211,19 @@ fn reply(id: &Value, result: Result<Value, Failure>) -> Value {
     }
 }
 
-pub(crate) async fn serve(b: SandboxBuilder) -> Result<u8, Error> {
-    let session = b.idle_timeout(None).start().await?;
+pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize) -> Result<u8, Error> {
+    let session = b.clone().idle_timeout(None).start().await?;
+    let served = Arc::new(Served {
+        session,
+        builder: b,
+        pool_size,
+        pool: OnceCell::new(),
+    });
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
-    send(&out, &json!({"ready": true, "sandbox_id": session.id()}));
+    send(
+        &out,
+        &json!({"ready": true, "sandbox_id": served.session.id()}),
+    );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut tasks = tokio::task::JoinSet::new();
     while let Ok(Some(line)) = lines.next_line().await {
@@ -201,20 +246,28 @@ pub(crate) async fn serve(b: SandboxBuilder) -> Result<u8, Error> {
         let id = req.get("id").cloned().unwrap_or(Value::Null);
         if req.get("op").and_then(Value::as_str) == Some("close") {
             while tasks.join_next().await.is_some() {}
-            let closed = session.close().await;
+            let closed = close(&served).await;
             send(
                 &out,
                 &reply(&id, closed.map(|()| json!({})).map_err(Failure::Sandbox)),
             );
             return Ok(0);
         }
-        let (session, out) = (session.clone(), out.clone());
+        let (served, out) = (served.clone(), out.clone());
         tasks.spawn(async move {
-            let result = handle(&session, &req).await;
+            let result = handle(&served, &req).await;
             send(&out, &reply(&id, result));
         });
     }
     while tasks.join_next().await.is_some() {}
-    session.close().await?;
+    close(&served).await?;
     Ok(0)
+}
+
+async fn close(served: &Served) -> Result<(), Error> {
+    let pool = match served.pool.get() {
+        Some(p) => p.close().await,
+        None => Ok(()),
+    };
+    served.session.close().await.and(pool)
 }

@@ -414,6 +414,67 @@ fn serve_stdio_speaks_json_lines() {
 }
 
 #[test]
+fn serve_run_gives_each_command_a_fresh_sandbox() {
+    use std::io::BufRead;
+    let ws = workspace("serve-run");
+    let mut child = bin()
+        .args([
+            "serve",
+            "--stdio",
+            "--pool",
+            "2",
+            "--image",
+            &image(),
+            "--workspace",
+        ])
+        .arg(&ws)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut next = || {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let session_id = next()["sandbox_id"].as_str().unwrap().to_owned();
+    let mut ask = |req: serde_json::Value| {
+        writeln!(stdin, "{req}").unwrap();
+        stdin.flush().unwrap();
+    };
+    ask(
+        serde_json::json!({"id": 1, "op": "run", "cmd": "echo scratch > /tmp/x; echo $X > /workspace/a; cat; exit 3", "env": {"X": "kept"}, "stdin": "in"}),
+    );
+    let first = next();
+    assert_eq!(
+        (
+            first["ok"].as_bool(),
+            first["exit_code"].as_i64(),
+            first["stdout"].as_str()
+        ),
+        (Some(true), Some(3), Some("in")),
+        "{first}"
+    );
+    ask(serde_json::json!({"id": 2, "op": "run", "cmd": "test ! -e /tmp/x && cat /workspace/a"}));
+    let second = next();
+    assert_eq!(second["stdout"], "kept\n", "{second}");
+    let ids = [&first["sandbox_id"], &second["sandbox_id"]];
+    assert!(ids[0].is_string() && ids[0] != ids[1] && ids[0] != session_id.as_str());
+    // The session is a different sandbox: the runs' /tmp never reached it.
+    ask(serde_json::json!({"id": 3, "op": "exec", "cmd": "test ! -e /tmp/x && echo clean"}));
+    assert_eq!(next()["stdout"], "clean\n");
+    ask(serde_json::json!({"id": 4, "op": "run", "cmd": 5}));
+    assert_eq!(next()["error"]["code"], "bad_request");
+    ask(serde_json::json!({"id": 5, "op": "close"}));
+    assert_eq!(next()["ok"], true);
+    assert!(child.wait().unwrap().success());
+    assert!(containers_owned_by(child.id()).is_empty());
+}
+
+#[test]
 fn shell_without_a_terminal_runs_one_command_per_line() {
     let ws = workspace("shell");
     std::fs::create_dir_all(ws.join("sub")).unwrap();
