@@ -2,7 +2,9 @@
 
 No model is called here: PROPOSED stands in for what an LLM would suggest. The point is the
 shape: no "run this?" prompt, because the box is the safety, and every refusal comes back as
-data the agent can read and correct itself with.
+data the agent can read and correct itself with. Each command gets a fresh sandbox from a pool
+that starts the next one while the agent is thinking, so a command costs milliseconds, not a
+container start.
 
     python examples/python/agent_loop.py [WORKSPACE]
 """
@@ -24,19 +26,20 @@ PROPOSED = [
 def main() -> int:
     workspace = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="agent-ws-")
     sandbox = Sandbox(workspace=workspace, allow=["pypi.org", "files.pythonhosted.org"], timeout=60, memory="512m")
-    for cmd in PROPOSED:
-        print(f"$ {cmd}")
-        try:
-            result = sandbox.run(cmd)
-        except SandboxError as e:  # the sandbox itself could not run: tell the agent why
-            print(f"  sandbox error [{e.code}]: {e}")
-            return 1
-        for line in (result.stdout + result.stderr).splitlines():
-            print(f"  {line}")
-        for event in result.events:
-            if not event.allowed:
-                print(f"  (network: {event.host}:{event.port} refused: {event.reason})")
-        print(f"  -> exit {result.exit_code}")
+    try:
+        with sandbox.pool(2) as pool:  # or sandbox.run(cmd): the same box, started on demand
+            for cmd in PROPOSED:
+                print(f"$ {cmd}")
+                result = pool.run(cmd)
+                for line in (result.stdout + result.stderr).splitlines():
+                    print(f"  {line}")
+                for event in result.events:
+                    if not event.allowed:
+                        print(f"  (network: {event.host}:{event.port} refused: {event.reason})")
+                print(f"  -> exit {result.exit_code} ({result.duration * 1000:.0f} ms)")
+    except SandboxError as e:  # the sandbox itself could not run: tell the agent why
+        print(f"  sandbox error [{e.code}]: {e}")
+        return 1
     return 0
 
 

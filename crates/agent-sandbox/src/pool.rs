@@ -99,8 +99,9 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Starts the first spare (so a bad rule, a missing workspace or an
-    /// absent engine fails here), and the others in the background.
+    /// Starts all `size` spares at once and returns when they are ready, so
+    /// a bad rule, a missing workspace or an absent engine fails here, and
+    /// the first `size` runs find a sandbox waiting.
     pub(crate) async fn new(builder: &SandboxBuilder, size: usize) -> Result<Pool, Error> {
         if size == 0 {
             return Err(Error::InvalidArgument {
@@ -110,11 +111,30 @@ impl Pool {
         }
         // Spares live as long as the pool, not an idle timeout.
         let builder = builder.clone().idle_timeout(None);
-        let first = start_spare(builder.clone()).await?;
+        let starting: Vec<_> = (0..size)
+            .map(|_| tokio::spawn(start_spare(builder.clone())))
+            .collect();
         let mut spares = VecDeque::with_capacity(size);
-        spares.push_back(tokio::spawn(async move { Ok(first) }));
-        for _ in 1..size {
-            spares.push_back(tokio::spawn(start_spare(builder.clone())));
+        let mut failed = None;
+        for task in starting {
+            match task.await {
+                Ok(Ok(spare)) => spares.push_back(tokio::spawn(async move { Ok(spare) })),
+                Ok(Err(e)) => failed = failed.or(Some(e)),
+                Err(e) => {
+                    failed = failed.or(Some(Error::Engine {
+                        what: "start a pool sandbox".into(),
+                        reason: e.to_string(),
+                    }))
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for task in spares {
+                if let Ok(Ok(spare)) = task.await {
+                    let _ = spare.session.close().await;
+                }
+            }
+            return Err(e);
         }
         Ok(Pool {
             inner: Arc::new(Inner {
@@ -284,7 +304,8 @@ impl Drop for Inner {
 }
 
 impl SandboxBuilder {
-    /// Starts a [`Pool`] of `size` sandboxes for fast one-shot runs.
+    /// Starts a [`Pool`] of `size` sandboxes for fast one-shot runs;
+    /// returns when all of them are ready.
     ///
     /// # Errors
     /// As [`start`](SandboxBuilder::start), and [`Error::InvalidArgument`]
