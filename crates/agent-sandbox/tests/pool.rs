@@ -42,7 +42,11 @@ async fn each_run_gets_a_fresh_sandbox_and_closing_leaves_nothing() {
     let ws = tempdir("fresh");
     let pool = sandbox().workspace(&ws).pool(2).await.unwrap();
     assert_eq!(pool.size(), 2);
-    assert_eq!(mine().await, 2, "pool(2) returns with both sandboxes started");
+    assert_eq!(
+        mine().await,
+        2,
+        "pool(2) returns with both sandboxes started"
+    );
     let first = pool
         .run("echo scratch > /tmp/x; echo kept > /workspace/a; echo out; echo err >&2; exit 3")
         .await
