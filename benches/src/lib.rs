@@ -1,1 +1,36 @@
+//! What the comparison binaries share.
 
+use std::time::Duration;
+
+/// The `p` quantile (0..=1) of sorted durations, in milliseconds.
+#[must_use]
+pub fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// `[--iterations N] [--image IMG]`: the iterations (default `iterations`)
+/// and the image (default `AGENT_SANDBOX_IMAGE`, else the local base image).
+///
+/// # Panics
+/// On an unknown argument or a missing or malformed value.
+#[must_use]
+pub fn iterations_and_image(iterations: usize) -> (usize, String) {
+    let mut n = iterations;
+    let mut image = std::env::var("AGENT_SANDBOX_IMAGE")
+        .unwrap_or_else(|_| "agent-sandbox/base:bookworm".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--iterations" => {
+                n = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--iterations N")
+            }
+            "--image" => image = args.next().expect("--image IMG"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    (n, image)
+}

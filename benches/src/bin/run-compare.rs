@@ -15,29 +15,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_sandbox::Sandbox;
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
+use agent_sandbox_benches::{iterations_and_image, pct_ms as pct};
 
 fn main() {
-    let mut iterations = 30;
-    let mut image = std::env::var("AGENT_SANDBOX_IMAGE")
-        .unwrap_or_else(|_| "agent-sandbox/base:bookworm".into());
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--iterations" => {
-                iterations = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--iterations N")
-            }
-            "--image" => image = args.next().expect("--image IMG"),
-            other => panic!("unknown argument {other}"),
-        }
-    }
+    let (iterations, image) = iterations_and_image(30);
     let uid_gid = {
         use std::os::unix::fs::MetadataExt;
         let me = std::fs::metadata("/proc/self").unwrap();
@@ -121,37 +102,40 @@ fn main() {
         back_to_back.push(t.elapsed());
     }
     rt.block_on(pool.close()).expect("pool close");
-    ours.sort();
-    pooled.sort();
-    theirs.sort();
-    back_to_back.sort();
     println!("{iterations} interleaved iterations each, image {image}\n");
     println!("| path | median ms | p95 ms |");
     println!("|---|---|---|");
-    println!(
-        "| agent-sandbox `run(\"true\")` (library: proxy + container + cleanup) | {:.0} | {:.0} |",
-        pct(&ours, 0.5),
-        pct(&ours, 0.95)
-    );
-    println!(
-        "| agent-sandbox `pool.run(\"true\")` (fresh container started ahead) | {:.1} | {:.1} |",
-        pct(&pooled, 0.5),
-        pct(&pooled, 0.95)
-    );
-    println!(
-        "| agent-sandbox `pool.run(\"true\")` back to back (waits for the next start) | {:.0} | {:.0} |",
-        pct(&back_to_back, 0.5),
-        pct(&back_to_back, 0.95)
-    );
-    println!(
-        "| `docker run --rm` same flags (CLI) | {:.0} | {:.0} |",
-        pct(&theirs, 0.5),
-        pct(&theirs, 0.95)
-    );
+    let mut rows = [
+        (
+            "agent-sandbox `run(\"true\")` (library: proxy + container + cleanup)",
+            ours,
+            0,
+        ),
+        (
+            "agent-sandbox `pool.run(\"true\")` (fresh container started ahead)",
+            pooled,
+            1,
+        ),
+        (
+            "agent-sandbox `pool.run(\"true\")` back to back (waits for the next start)",
+            back_to_back,
+            0,
+        ),
+        ("`docker run --rm` same flags (CLI)", theirs, 0),
+    ];
+    for (name, times, decimals) in &mut rows {
+        times.sort();
+        let (p50, p95) = (pct(times, 0.5), pct(times, 0.95));
+        println!(
+            "| {name} | {p50:.decimals$} | {p95:.decimals$} |",
+            decimals = *decimals
+        );
+    }
+    let median = |i: usize| pct(&rows[i].1, 0.5);
     println!(
         "\nratio to docker run (median): run {:.2}x, pool {:.3}x, pool back to back {:.2}x",
-        pct(&ours, 0.5) / pct(&theirs, 0.5),
-        pct(&pooled, 0.5) / pct(&theirs, 0.5),
-        pct(&back_to_back, 0.5) / pct(&theirs, 0.5)
+        median(0) / median(3),
+        median(1) / median(3),
+        median(2) / median(3)
     );
 }

@@ -8,11 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_sandbox::Sandbox;
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
+use agent_sandbox_benches::{iterations_and_image, pct_ms as pct};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -26,22 +22,7 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
-    let mut n = 200usize;
-    let mut image = std::env::var("AGENT_SANDBOX_IMAGE")
-        .unwrap_or_else(|_| "agent-sandbox/base:bookworm".into());
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--iterations" => {
-                n = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--iterations N")
-            }
-            "--image" => image = args.next().expect("--image IMG"),
-            other => panic!("unknown argument {other}"),
-        }
-    }
+    let (n, image) = iterations_and_image(200);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
