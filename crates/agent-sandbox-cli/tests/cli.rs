@@ -348,107 +348,96 @@ fn orphans_are_removed_by_a_later_run_and_by_gc() {
     assert!(eventually_removed(&id), "gc left the orphan {id}");
 }
 
+/// `agent-sandbox serve --stdio ARGS`, spoken to in JSON lines.
+struct Served {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let mut child = bin()
+            .args(["serve", "--stdio", "--image", &image()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        Served { child, stdin, out }
+    }
+
+    fn next(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// Sends `req` and returns the next reply.
+    fn call(&mut self, req: serde_json::Value) -> serde_json::Value {
+        writeln!(self.stdin, "{req}").unwrap();
+        self.stdin.flush().unwrap();
+        self.next()
+    }
+
+    /// Closes the session: a clean reply, a clean exit, nothing left behind.
+    fn close(mut self, id: i64) {
+        let r = self.call(serde_json::json!({"id": id, "op": "close"}));
+        assert_eq!(r["ok"], true);
+        assert!(self.child.wait().unwrap().success());
+        assert!(containers_owned_by(self.child.id()).is_empty());
+    }
+}
+
 #[test]
 fn serve_stdio_speaks_json_lines() {
-    use std::io::BufRead;
     let ws = workspace("serve");
-    let mut child = bin()
-        .args([
-            "serve",
-            "--stdio",
-            "--image",
-            &image(),
-            "--workspace",
-            ws.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut next = || {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-    };
-    let ready = next();
+    let mut s = Served::start(&["--workspace", ws.to_str().unwrap()]);
+    let ready = s.next();
     assert_eq!(ready["ready"], true);
-    let mut ask = |req: serde_json::Value| {
-        writeln!(stdin, "{req}").unwrap();
-        stdin.flush().unwrap();
-    };
-    ask(
+    let r = s.call(
         serde_json::json!({"id": 1, "op": "exec", "cmd": "echo $X; cat", "env": {"X": "from-env"}, "stdin": "piped"}),
     );
-    let r = next();
     assert_eq!(
         (r["id"].as_i64(), r["ok"].as_bool(), r["stdout"].as_str()),
         (Some(1), Some(true), Some("from-env\npiped"))
     );
-    ask(serde_json::json!({"id": 2, "op": "write_file", "path": "notes/a.txt", "data": "hello"}));
-    assert_eq!(next()["ok"], true);
+    let r = s.call(
+        serde_json::json!({"id": 2, "op": "write_file", "path": "notes/a.txt", "data": "hello"}),
+    );
+    assert_eq!(r["ok"], true);
     assert_eq!(
         std::fs::read_to_string(ws.join("notes/a.txt")).unwrap(),
         "hello"
     );
-    ask(serde_json::json!({"id": 3, "op": "read_file", "path": "/workspace/notes/a.txt"}));
-    assert_eq!(next()["data"], "hello");
-    ask(serde_json::json!({"id": 4, "op": "read_file", "path": "/etc/passwd"}));
-    let r = next();
+    let r =
+        s.call(serde_json::json!({"id": 3, "op": "read_file", "path": "/workspace/notes/a.txt"}));
+    assert_eq!(r["data"], "hello");
+    let r = s.call(serde_json::json!({"id": 4, "op": "read_file", "path": "/etc/passwd"}));
     assert_eq!(
         (r["ok"].as_bool(), r["error"]["code"].as_str()),
         (Some(false), Some("file"))
     );
-    ask(serde_json::json!({"id": 5, "op": "list", "path": "notes"}));
-    assert_eq!(next()["entries"][0]["name"], "a.txt");
-    ask(serde_json::json!({"id": 6, "op": "allow", "rule": "*.com"}));
-    assert_eq!(next()["error"]["code"], "policy");
-    ask(serde_json::json!({"id": 7, "op": "nonsense"}));
-    assert_eq!(next()["error"]["code"], "bad_request");
-    ask(serde_json::json!({"id": 8, "op": "close"}));
-    assert_eq!(next()["ok"], true);
-    assert!(child.wait().unwrap().success());
-    assert!(containers_owned_by(child.id()).is_empty());
+    let r = s.call(serde_json::json!({"id": 5, "op": "list", "path": "notes"}));
+    assert_eq!(r["entries"][0]["name"], "a.txt");
+    let r = s.call(serde_json::json!({"id": 6, "op": "allow", "rule": "*.com"}));
+    assert_eq!(r["error"]["code"], "policy");
+    let r = s.call(serde_json::json!({"id": 7, "op": "nonsense"}));
+    assert_eq!(r["error"]["code"], "bad_request");
+    s.close(8);
 }
 
 #[test]
 fn serve_run_gives_each_command_a_fresh_sandbox() {
-    use std::io::BufRead;
     let ws = workspace("serve-run");
-    let mut child = bin()
-        .args([
-            "serve",
-            "--stdio",
-            "--pool",
-            "2",
-            "--image",
-            &image(),
-            "--workspace",
-        ])
-        .arg(&ws)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut next = || {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-    };
-    let session_id = next()["sandbox_id"].as_str().unwrap().to_owned();
-    let mut ask = |req: serde_json::Value| {
-        writeln!(stdin, "{req}").unwrap();
-        stdin.flush().unwrap();
-    };
-    ask(
+    let mut s = Served::start(&["--pool", "2", "--workspace", ws.to_str().unwrap()]);
+    let session_id = s.next()["sandbox_id"].as_str().unwrap().to_owned();
+    let first = s.call(
         serde_json::json!({"id": 1, "op": "run", "cmd": "echo scratch > /tmp/x; echo $X > /workspace/a; cat; exit 3", "env": {"X": "kept"}, "stdin": "in"}),
     );
-    let first = next();
     assert_eq!(
         (
             first["ok"].as_bool(),
@@ -458,20 +447,19 @@ fn serve_run_gives_each_command_a_fresh_sandbox() {
         (Some(true), Some(3), Some("in")),
         "{first}"
     );
-    ask(serde_json::json!({"id": 2, "op": "run", "cmd": "test ! -e /tmp/x && cat /workspace/a"}));
-    let second = next();
+    let second = s.call(
+        serde_json::json!({"id": 2, "op": "run", "cmd": "test ! -e /tmp/x && cat /workspace/a"}),
+    );
     assert_eq!(second["stdout"], "kept\n", "{second}");
     let ids = [&first["sandbox_id"], &second["sandbox_id"]];
     assert!(ids[0].is_string() && ids[0] != ids[1] && ids[0] != session_id.as_str());
     // The session is a different sandbox: the runs' /tmp never reached it.
-    ask(serde_json::json!({"id": 3, "op": "exec", "cmd": "test ! -e /tmp/x && echo clean"}));
-    assert_eq!(next()["stdout"], "clean\n");
-    ask(serde_json::json!({"id": 4, "op": "run", "cmd": 5}));
-    assert_eq!(next()["error"]["code"], "bad_request");
-    ask(serde_json::json!({"id": 5, "op": "close"}));
-    assert_eq!(next()["ok"], true);
-    assert!(child.wait().unwrap().success());
-    assert!(containers_owned_by(child.id()).is_empty());
+    let r =
+        s.call(serde_json::json!({"id": 3, "op": "exec", "cmd": "test ! -e /tmp/x && echo clean"}));
+    assert_eq!(r["stdout"], "clean\n");
+    let r = s.call(serde_json::json!({"id": 4, "op": "run", "cmd": 5}));
+    assert_eq!(r["error"]["code"], "bad_request");
+    s.close(5);
 }
 
 #[test]
