@@ -240,27 +240,55 @@ pub(crate) fn builder(o: SandboxOptions) -> Result<SandboxBuilder> {
     Ok(b)
 }
 
-/// Cancel tokens by id, so a JS `AbortSignal` can reach a run in flight.
-fn tokens() -> &'static Mutex<HashMap<u32, CancelToken>> {
-    static TOKENS: OnceLock<Mutex<HashMap<u32, CancelToken>>> = OnceLock::new();
-    TOKENS.get_or_init(Default::default)
+/// Native objects that JS holds by a numeric id (cancel tokens, sessions,
+/// pools): JS classes keep the id, the object lives here until taken.
+pub(crate) struct Handles<T> {
+    map: OnceLock<Mutex<HashMap<u32, T>>>,
+    next: std::sync::atomic::AtomicU32,
 }
+
+impl<T: Clone> Handles<T> {
+    pub(crate) const fn new() -> Self {
+        Handles {
+            map: OnceLock::new(),
+            next: std::sync::atomic::AtomicU32::new(1),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u32, T>> {
+        let m = self.map.get_or_init(Default::default);
+        m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `value` and returns its new id.
+    pub(crate) fn insert(&self, value: T) -> u32 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.map().insert(id, value);
+        id
+    }
+
+    pub(crate) fn get(&self, id: u32) -> Option<T> {
+        self.map().get(&id).cloned()
+    }
+
+    pub(crate) fn take(&self, id: u32) -> Option<T> {
+        self.map().remove(&id)
+    }
+}
+
+/// Cancel tokens by id, so a JS `AbortSignal` can reach a run in flight.
+static TOKENS: Handles<CancelToken> = Handles::new();
 
 /// Registers a cancel token and returns its id.
 #[napi]
 pub fn new_cancel_id() -> u32 {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
-    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Ok(mut t) = tokens().lock() {
-        t.insert(id, CancelToken::new());
-    }
-    id
+    TOKENS.insert(CancelToken::new())
 }
 
 /// Cancels the run holding this id: its container is killed and removed.
 #[napi]
 pub fn cancel(id: u32) {
-    if let Some(t) = tokens().lock().ok().and_then(|t| t.get(&id).cloned()) {
+    if let Some(t) = TOKENS.get(id) {
         t.cancel();
     }
 }
@@ -296,16 +324,14 @@ pub async fn run(
             cb.call(event(e), ThreadsafeFunctionCallMode::NonBlocking);
         });
     }
-    let token = cancel_id.and_then(|id| tokens().lock().ok().and_then(|t| t.get(&id).cloned()));
+    let token = cancel_id.and_then(|id| TOKENS.get(id));
     if let Some(t) = token {
         b = b.cancel_token(t);
     }
     let cmd = to_command(command, shell);
     let out = b.run(cmd).await;
     if let Some(id) = cancel_id {
-        if let Ok(mut t) = tokens().lock() {
-            t.remove(&id);
-        }
+        TOKENS.take(id);
     }
     out.map(result).map_err(js_err)
 }

@@ -1,7 +1,6 @@
 //! Pools for Node: the JS `Pool` class holds an id into this registry.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 
 use agent_sandbox::{Error, Pool};
 use napi::bindgen_prelude::*;
@@ -9,34 +8,22 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 
 use crate::session::exec_options;
-use crate::{builder, js_err, result, to_command, RunResult, SandboxOptions};
+use crate::{builder, js_err, result, to_command, Handles, RunResult, SandboxOptions};
 
-fn pools() -> &'static Mutex<HashMap<u32, Pool>> {
-    static P: OnceLock<Mutex<HashMap<u32, Pool>>> = OnceLock::new();
-    P.get_or_init(Default::default)
-}
+static POOLS: Handles<Pool> = Handles::new();
 
 fn get(id: u32) -> Result<Pool> {
-    pools()
-        .lock()
-        .ok()
-        .and_then(|p| p.get(&id).cloned())
-        .ok_or_else(|| js_err(Error::PoolClosed))
+    POOLS.get(id).ok_or_else(|| js_err(Error::PoolClosed))
 }
 
 /// Starts a pool of `size` sandboxes; resolves to its handle id.
 #[napi]
 pub async fn start_pool(options: SandboxOptions, size: u32) -> Result<u32> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let pool = builder(options)?
         .pool(size as usize)
         .await
         .map_err(js_err)?;
-    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Ok(mut p) = pools().lock() {
-        p.insert(id, pool);
-    }
-    Ok(id)
+    Ok(POOLS.insert(pool))
 }
 
 /// Runs a command in a fresh sandbox of the pool.
@@ -62,8 +49,7 @@ pub async fn pool_run(
 /// Removes the pool's spare sandboxes. Idempotent.
 #[napi]
 pub async fn pool_close(id: u32) -> Result<()> {
-    let pool = pools().lock().ok().and_then(|mut p| p.remove(&id));
-    match pool {
+    match POOLS.take(id) {
         Some(p) => p.close().await.map_err(js_err),
         None => Ok(()),
     }

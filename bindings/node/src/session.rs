@@ -1,7 +1,6 @@
 //! Sessions for Node: the JS `Session` class holds an id into this registry.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use agent_sandbox::{Error, ExecOptions, Session};
@@ -10,21 +9,14 @@ use napi::threadsafe_function::ThreadsafeFunction;
 use napi_derive::napi;
 
 use crate::{
-    builder, event, js_err, result, text_sink, to_command, RunResult, SandboxEvent, SandboxOptions,
-    TextCallback,
+    builder, event, js_err, result, text_sink, to_command, Handles, RunResult, SandboxEvent,
+    SandboxOptions, TextCallback,
 };
 
-fn sessions() -> &'static Mutex<HashMap<u32, Session>> {
-    static S: OnceLock<Mutex<HashMap<u32, Session>>> = OnceLock::new();
-    S.get_or_init(Default::default)
-}
+static SESSIONS: Handles<Session> = Handles::new();
 
 fn get(id: u32) -> Result<Session> {
-    sessions()
-        .lock()
-        .ok()
-        .and_then(|s| s.get(&id).cloned())
-        .ok_or_else(|| js_err(Error::SessionClosed))
+    SESSIONS.get(id).ok_or_else(|| js_err(Error::SessionClosed))
 }
 
 /// One entry of a directory listing.
@@ -41,13 +33,8 @@ pub struct DirEntry {
 /// Starts a session; resolves to its handle id.
 #[napi]
 pub async fn start_session(options: SandboxOptions) -> Result<u32> {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
     let session = builder(options)?.start().await.map_err(js_err)?;
-    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Ok(mut s) = sessions().lock() {
-        s.insert(id, session);
-    }
-    Ok(id)
+    Ok(SESSIONS.insert(session))
 }
 
 /// The sandbox id of a session.
@@ -173,8 +160,7 @@ pub fn session_events(id: u32) -> Result<Vec<SandboxEvent>> {
 /// Closes a session (idempotent).
 #[napi]
 pub async fn session_close(id: u32) -> Result<()> {
-    let session = sessions().lock().ok().and_then(|mut s| s.remove(&id));
-    match session {
+    match SESSIONS.take(id) {
         Some(s) => s.close().await.map_err(js_err),
         None => Ok(()),
     }
