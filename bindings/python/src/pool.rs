@@ -40,18 +40,6 @@ impl Pool {
     }
 }
 
-/// A pool dropped without `close()` (garbage-collected) still removes its
-/// containers: dropping the core needs the runtime to schedule the removal.
-impl Drop for Pool {
-    fn drop(&mut self) {
-        let core = self.core.get_mut().ok().and_then(Option::take);
-        if let Some(core) = core {
-            let _inside = pyo3_async_runtimes::tokio::get_runtime().enter();
-            drop(core);
-        }
-    }
-}
-
 #[pymethods]
 impl Pool {
     /// Starts the pool's sandboxes (what `with` does); returns self.

@@ -84,18 +84,6 @@ impl Session {
     }
 }
 
-/// A session dropped without `close()` (garbage-collected) still removes its
-/// containers: dropping the core needs the runtime to schedule the removal.
-impl Drop for Session {
-    fn drop(&mut self) {
-        let core = self.core.get_mut().ok().and_then(Option::take);
-        if let Some(core) = core {
-            let _inside = pyo3_async_runtimes::tokio::get_runtime().enter();
-            drop(core);
-        }
-    }
-}
-
 #[pymethods]
 impl Session {
     /// Starts the sandbox (what `with` does); returns self.
