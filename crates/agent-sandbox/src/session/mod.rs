@@ -512,17 +512,9 @@ impl Session {
     /// stopped container continues on the returned task.
     pub(crate) async fn retire(&self) -> Option<tokio::task::JoinHandle<()>> {
         let inner = &self.inner;
-        inner.closed.store(true, Ordering::SeqCst);
-        let container = inner.container.lock().ok().and_then(|mut c| c.take());
+        let container = inner.take_container();
         let ended = inner.hub.end_sandbox(Duration::from_secs(2)).await;
-        inner.hub.stop();
-        let proxy = inner.proxy.lock().ok().and_then(|mut p| p.take());
-        if let Some(p) = proxy {
-            p.shutdown().await;
-        }
-        if let Ok(mut d) = inner.dirs.lock() {
-            d.clear();
-        }
+        inner.release_host_side().await;
         let id = container?;
         let engine = inner.engine.clone();
         if !ended {
@@ -536,13 +528,14 @@ impl Session {
 }
 
 impl Inner {
-    async fn close(&self) -> Result<(), Error> {
+    /// Marks the session closed and takes its container id (once).
+    fn take_container(&self) -> Option<String> {
         self.closed.store(true, Ordering::SeqCst);
-        let container = self.container.lock().ok().and_then(|mut c| c.take());
-        let result = match container {
-            Some(id) => self.engine.remove(&id).await,
-            None => Ok(()),
-        };
+        self.container.lock().ok().and_then(|mut c| c.take())
+    }
+
+    /// Stops the proxy and the exec channel and removes the host directories.
+    async fn release_host_side(&self) {
         let proxy = self.proxy.lock().ok().and_then(|mut p| p.take());
         if let Some(p) = proxy {
             p.shutdown().await;
@@ -551,6 +544,14 @@ impl Inner {
         if let Ok(mut d) = self.dirs.lock() {
             d.clear();
         }
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        let result = match self.take_container() {
+            Some(id) => self.engine.remove(&id).await,
+            None => Ok(()),
+        };
+        self.release_host_side().await;
         result
     }
 }
