@@ -14,26 +14,22 @@ use agent_sandbox::CancelToken;
 
 mod docker_support;
 use docker_support::{
-    assert_oom_killed, container_count, containers_with_label, eventually_gone, http_canary,
-    sandbox, tempdir, MEMORY_BOMB,
+    assert_oom_killed, container_count, containers_with_label, eventually_gone,
+    eventually_none_with_label, http_canary, sandbox, tempdir, MEMORY_BOMB,
 };
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+fn my_label() -> String {
+    format!("{}={}", labels::OWNER, owner_label_value())
+}
+
 async fn mine() -> usize {
-    containers_with_label(&format!("{}={}", labels::OWNER, owner_label_value()))
-        .await
-        .len()
+    containers_with_label(&my_label()).await.len()
 }
 
 async fn none_of_mine_left() -> bool {
-    for _ in 0..100 {
-        if mine().await == 0 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    eventually_none_with_label(&my_label()).await
 }
 
 #[tokio::test]

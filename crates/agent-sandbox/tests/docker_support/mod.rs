@@ -71,15 +71,20 @@ pub async fn container_count(id: &str) -> usize {
         .len()
 }
 
-/// Waits up to 5 s for the sandbox `id`'s container to be removed.
-pub async fn eventually_gone(id: &str) -> bool {
+/// Waits up to 5 s for every container carrying `label` to be removed.
+pub async fn eventually_none_with_label(label: &str) -> bool {
     for _ in 0..100 {
-        if container_count(id).await == 0 {
+        if containers_with_label(label).await.is_empty() {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     false
+}
+
+/// Waits up to 5 s for the sandbox `id`'s container to be removed.
+pub async fn eventually_gone(id: &str) -> bool {
+    eventually_none_with_label(&format!("{}={id}", labels::ID)).await
 }
 
 /// A tiny HTTP server on 127.0.0.1 that counts connections and answers
