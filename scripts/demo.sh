@@ -50,10 +50,12 @@ done
 exit \$fails
 SH
 
+# A root caller's sandbox runs as the workspace's owner, never as root.
+if [[ $(id -u) == 0 ]]; then chown -R 1000:1000 "$work/ws"; fi
 echo "== agent-sandbox run --allow allowed.test:$port (resolved to the local server) -- sh /workspace/checks.sh"
 "$BIN" run --image "${AGENT_SANDBOX_IMAGE:-agent-sandbox/base:bookworm}" --workspace "$work/ws" --allow "allowed.test:$port" --resolve "allowed.test:$port:127.0.0.1" \
   --audit-log "$work/audit.jsonl" -- sh /workspace/checks.sh || { echo "demo: a check failed" >&2; exit 1; }
-echo "== on the host: the file the sandbox wrote, owned by the caller ($(id -un))"
+echo "== on the host: the file the sandbox wrote, owned by the workspace's owner (the caller unless the caller is root)"
 ls -ln "$work/ws/hello.txt"
 echo "== audit log"
 cat "$work/audit.jsonl"

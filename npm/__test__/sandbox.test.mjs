@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { mkdtempSync, readFileSync, statSync, existsSync } from 'node:fs'
+import { mkdtempSync, readFileSync, statSync, existsSync, chownSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -13,6 +13,14 @@ import { Sandbox, SandboxError } from 'agent-sandbox'
 const image = process.env.AGENT_SANDBOX_IMAGE ?? 'agent-sandbox/base:bookworm'
 const here = dirname(fileURLToPath(import.meta.url))
 const sandbox = (opts = {}) => new Sandbox({ image, ...opts })
+// A root caller's sandbox runs as the workspace's owner and refuses a
+// root-owned workspace: the tests' workspaces belong to an ordinary user.
+const TEST_UID = 1000
+function workspace(prefix) {
+  const ws = mkdtempSync(join(tmpdir(), prefix))
+  if (process.getuid() === 0) chownSync(ws, TEST_UID, TEST_UID)
+  return ws
+}
 
 function ownedContainers() {
   const out = execFileSync('docker', ['ps', '-a', '--filter', 'label=agent-sandbox', '--format', '{{.Label "agent-sandbox.owner"}}'], { encoding: 'utf8' })
@@ -28,7 +36,7 @@ test('the installed package is tested, and require works too', () => {
 })
 
 test('run returns exit code and output, and writes land in the workspace as the caller', async () => {
-  const ws = mkdtempSync(join(tmpdir(), 'as-node-'))
+  const ws = workspace('as-node-')
   const r = await sandbox({ workspace: ws }).run('echo out; echo err >&2; echo data > /workspace/f; exit 3')
   assert.equal(r.exitCode, 3)
   assert.equal(r.stdout, 'out\n')
@@ -36,7 +44,7 @@ test('run returns exit code and output, and writes land in the workspace as the 
   assert.equal(r.timedOut, false)
   assert.ok(r.durationMs > 0)
   assert.equal(readFileSync(join(ws, 'f'), 'utf8'), 'data\n')
-  assert.equal(statSync(join(ws, 'f')).uid, process.getuid())
+  assert.equal(statSync(join(ws, 'f')).uid, statSync(ws).uid)
   JSON.parse(JSON.stringify(r)) // plain, serialisable
   assert.deepEqual(ownedContainers(), [])
 })
@@ -113,7 +121,7 @@ test('many runs at once, without blocking the event loop', async () => {
 })
 
 test('the agent example runs', () => {
-  const ws = mkdtempSync(join(tmpdir(), 'as-node-ex-'))
+  const ws = workspace('as-node-ex-')
   const example = join(here, '..', 'node', 'agent.mjs')
   const out = spawnSync(process.execPath, [example, ws], { encoding: 'utf8', env: { ...process.env, AGENT_SANDBOX_IMAGE: image } })
   assert.equal(out.status, 0, out.stderr)
@@ -124,7 +132,7 @@ test('the agent example runs', () => {
 
 test('sessions: many execs, files, live policy, and cleanup', async () => {
   const { Session } = await import('agent-sandbox')
-  const ws = mkdtempSync(join(tmpdir(), 'as-node-sess-'))
+  const ws = workspace('as-node-sess-')
   const hits = []
   const server = createServer((req, res) => { hits.push(req.url); res.end('ok') })
   await new Promise((r) => server.listen(0, '127.0.0.1', r))
@@ -158,7 +166,7 @@ test('sessions: many execs, files, live policy, and cleanup', async () => {
 
 test('pools: each run gets a fresh, already started sandbox, and close leaves nothing', async () => {
   const { Pool } = await import('agent-sandbox')
-  const ws = mkdtempSync(join(tmpdir(), 'as-node-pool-'))
+  const ws = workspace('as-node-pool-')
   await assert.rejects(sandbox().pool(0), TypeError)
   await assert.rejects(sandbox({ allow: ['*'] }).pool(), (e) => e instanceof SandboxError && e.code === 'policy')
   const pool = await sandbox({ workspace: ws }).pool(2)

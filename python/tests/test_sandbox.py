@@ -35,6 +35,17 @@ def sandbox(**kw):
     return Sandbox(**kw)
 
 
+# A root caller's sandbox runs as the workspace's owner and refuses a
+# root-owned workspace: the tests' workspaces belong to an ordinary user.
+TEST_UID = 1000
+
+
+@pytest.fixture(autouse=True)
+def _workspace_owner(request):
+    if "tmp_path" in request.fixturenames and os.getuid() == 0:
+        os.chown(request.getfixturevalue("tmp_path"), TEST_UID, TEST_UID)
+
+
 @pytest.fixture
 def canary():
     """A local HTTP server on 127.0.0.1 that counts requests."""
@@ -77,7 +88,7 @@ def test_run_returns_exit_code_output_and_removes_the_container(tmp_path):
     assert not r.success and not r.timed_out and not r.oom_killed
     assert r.duration > 0
     assert (tmp_path / "f").read_text() == "data\n"
-    assert (tmp_path / "f").stat().st_uid == os.getuid()
+    assert (tmp_path / "f").stat().st_uid == tmp_path.stat().st_uid
     assert containers_of(f"agent-sandbox.id={r.sandbox_id}") == []
     assert "exit_code=3" in repr(r)
 

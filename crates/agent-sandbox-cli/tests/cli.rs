@@ -126,6 +126,11 @@ fn image() -> String {
 fn workspace(tag: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("as-cli-ws-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
+    // A root caller's sandbox runs as the workspace's owner and refuses a
+    // root-owned workspace: give it to an ordinary user, as a CI job would.
+    if std::fs::metadata(&d).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
+        std::os::unix::fs::chown(&d, Some(1000), Some(1000)).unwrap();
+    }
     d
 }
 

@@ -59,7 +59,35 @@ struct Args {
     port: Option<u16>,
     socket: Option<PathBuf>,
     exec_socket: Option<PathBuf>,
+    /// `(target, dev, ino)`: what the host checked and expects mounted there.
+    mounts: Vec<(PathBuf, u64, u64)>,
     command: Vec<String>,
+}
+
+/// Exit code when a bind mount is not the directory the host checked.
+const MOUNT_MISMATCH_EXIT: u8 = 120;
+
+/// Compares every expected mount with what is mounted, before anything
+/// else runs: the host checked a directory and opened it, but the engine
+/// mounts by path, so a component swapped in between (another sandbox
+/// renaming or symlinking a parent) would mount something else.
+fn check_mounts(mounts: &[(PathBuf, u64, u64)]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for (target, dev, ino) in mounts {
+        match std::fs::metadata(target) {
+            Ok(m) if (m.dev(), m.ino()) == (*dev, *ino) => {}
+            Ok(m) => {
+                return Err(format!(
+                    "{} is not the directory the host checked (device:inode {}:{} mounted, {dev}:{ino} expected); the path was changed while the sandbox started",
+                    target.display(),
+                    m.dev(),
+                    m.ino()
+                ))
+            }
+            Err(e) => return Err(format!("{}: {e}", target.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Ends the sandbox at once: SIGKILL to every process in the container
@@ -88,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
         port: None,
         socket: None,
         exec_socket: None,
+        mounts: Vec::new(),
         command: Vec::new(),
     };
     while let Some(a) = args.next() {
@@ -99,6 +128,17 @@ fn parse_args() -> Result<Args, String> {
             "--socket" => out.socket = Some(args.next().ok_or("--socket needs a value")?.into()),
             "--exec-socket" => {
                 out.exec_socket = Some(args.next().ok_or("--exec-socket needs a value")?.into())
+            }
+            "--check-mount" => {
+                let v = args.next().ok_or("--check-mount needs TARGET=DEV:INO")?;
+                let bad = || format!("bad --check-mount {v:?}");
+                let (target, ids) = v.rsplit_once('=').ok_or_else(bad)?;
+                let (dev, ino) = ids.split_once(':').ok_or_else(bad)?;
+                out.mounts.push((
+                    target.into(),
+                    dev.parse().map_err(|_| bad())?,
+                    ino.parse().map_err(|_| bad())?,
+                ));
             }
             "--pause" => loop {
                 // A child that never exits, so PID 1's waitpid always has one to block on.
@@ -169,6 +209,10 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
+    if let Err(e) = check_mounts(&args.mounts) {
+        eprintln!("agent-sandbox-init: mount check failed: {e}");
+        return ExitCode::from(MOUNT_MISMATCH_EXIT);
+    }
     if let (Some(port), Some(socket)) = (args.port, args.socket.clone()) {
         if let Err(e) = start_bridge(port, socket) {
             eprintln!("agent-sandbox-init: cannot listen on 127.0.0.1:{port}: {e}");

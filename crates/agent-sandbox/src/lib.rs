@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod audit;
 pub mod error;
 pub mod policy;
 mod pool;

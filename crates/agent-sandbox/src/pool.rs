@@ -22,7 +22,6 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,13 +43,7 @@ fn sources(builder: &SandboxBuilder) -> Vec<Source> {
     builder
         .bind_sources()
         .iter()
-        .map(|p| {
-            let canonical = p.canonicalize().ok();
-            Source(canonical.and_then(|c| {
-                let meta = std::fs::metadata(&c).ok()?;
-                Some((c, meta.dev(), meta.ino()))
-            }))
-        })
+        .map(|p| Source(crate::workspace::identity(p)))
         .collect()
 }
 

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::audit::EventLog;
 use crate::policy::{Policy, PolicyBuilder};
 use crate::proxy::{AuditEvent, EventSink, Limits, Listen, Proxy};
 use crate::runtime::{
     labels, owner_label_value, ContainerSpec, Engine, Mount, PullProgress, Resources,
 };
 use crate::session::Session;
-use crate::workspace::check_dir;
+use crate::workspace::{check_dir, strip_setid_bits, CheckedDir};
 use crate::Error;
 
 /// The image used when neither the builder nor `AGENT_SANDBOX_IMAGE` names one.
@@ -102,8 +103,15 @@ pub struct Output {
     pub oom_killed: bool,
     /// Wall time from start of the run (image check included) to the end.
     pub duration: Duration,
-    /// Every network decision the proxy made during the run.
+    /// Every network decision the proxy made during the run (identical
+    /// refusals in a row folded into one event with a `count`; at most
+    /// 4096 kept, the oldest dropped first).
     pub events: Vec<AuditEvent>,
+    /// Events dropped because the log was full.
+    pub events_dropped: u64,
+    /// Workspace files whose setuid/setgid bits were removed after the
+    /// command (paths relative to the workspace; see the README).
+    pub setid_stripped: Vec<String>,
     /// The sandbox id (also the `agent-sandbox.id` container label).
     pub sandbox_id: String,
 }
@@ -196,6 +204,7 @@ pub struct SandboxBuilder {
     cancel: Option<CancelToken>,
     proxy_limits: Limits,
     idle_timeout: Option<Duration>,
+    runtime: Option<String>,
 }
 
 impl Default for SandboxBuilder {
@@ -221,6 +230,7 @@ impl Default for SandboxBuilder {
             cancel: None,
             proxy_limits: Limits::default(),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
+            runtime: None,
         }
     }
 }
@@ -254,6 +264,16 @@ impl SandboxBuilder {
     /// Replaces the network rules with those of `policy` (validated at run).
     pub fn policy(mut self, policy: PolicyBuilder) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The engine's OCI runtime for the container: `runsc` runs it under
+    /// gVisor, a second wall (a user-space kernel) behind the container's.
+    /// Default: `AGENT_SANDBOX_RUNTIME`, else the engine's default (`runc`).
+    /// The runtime must be registered with the engine (`make test` registers
+    /// Debian's `runsc`; see the README).
+    pub fn runtime(mut self, name: impl Into<String>) -> Self {
+        self.runtime = Some(name.into());
         self
     }
 
@@ -408,7 +428,10 @@ impl SandboxBuilder {
             reason: "no exec socket".into(),
         })?;
         // Listening before the container starts: init connects to it.
-        let (hub, control) = crate::session::ExecHub::listen(&socket, p.custom_user)?;
+        let (hub, control) = crate::session::ExecHub::listen(&socket)?;
+        if p.custom_user {
+            share_socket(&socket, p.sandbox_ids)?;
+        }
         let container = ContainerGuard {
             engine: p.engine.clone(),
             id: Some(p.engine.create(&p.spec).await?),
@@ -421,6 +444,9 @@ impl SandboxBuilder {
                 _ = &mut control => break,
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
                     if tokio::time::Instant::now() > ready || !p.engine.is_running(container.id()).await {
+                        if let Some(err) = p.mount_mismatch(&p.engine.exit_code(container.id()).await) {
+                            return Err(err);
+                        }
                         return Err(Error::Engine { what: "start a session".into(), reason: "the sandbox's init never connected to its exec socket (is the image's architecture the host's?)".into() });
                     }
                 }
@@ -438,6 +464,7 @@ impl SandboxBuilder {
             hub,
             workspace: p.workspace,
             events: p.events,
+            checked: p.checked,
             subscribers: p.subscribers,
             output_limit: self.output_limit,
             timeout: self.timeout,
@@ -504,6 +531,18 @@ impl SandboxBuilder {
                 format!("{} is too few to start a shell; use at least 8", self.pids),
             ));
         }
+        if let Some(r) = &self.runtime {
+            if r.is_empty()
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(bad(
+                    "runtime",
+                    format!("{r:?} is not a runtime name like runsc"),
+                ));
+            }
+        }
         if self.timeout == Some(Duration::ZERO) {
             return Err(bad("timeout", "must be more than zero".into()));
         }
@@ -528,27 +567,33 @@ impl SandboxBuilder {
     /// A non-zero exit or a timeout is not an error: see [`Output`].
     pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
         let started = Instant::now();
+        let started_at = std::time::SystemTime::now();
         let cmd = cmd.into();
         let argv = cmd.into_argv()?;
+        let prepared = self.prepare(Some(argv)).await?;
+        let engine = prepared.engine.clone();
+        let container = ContainerGuard {
+            engine: engine.clone(),
+            id: Some(engine.create(&prepared.spec).await?),
+        };
+        let result = self.supervise(&engine, container.id(), started).await;
+        container.remove().await;
         let Prepared {
-            engine,
             id,
             dirs,
             proxy,
             events,
-            spec,
+            checked,
             ..
-        } = self.prepare(Some(argv)).await?;
-        let container = ContainerGuard {
-            engine: engine.clone(),
-            id: Some(engine.create(&spec).await?),
-        };
-        let result = self.supervise(&engine, container.id(), started).await;
-        container.remove().await;
+        } = prepared;
         proxy.shutdown().await;
         drop(dirs);
         let (exit, timed_out, out, err) = result?;
-        let events = events.lock().map(|v| v.clone()).unwrap_or_default();
+        if exit.code == i64::from(MOUNT_MISMATCH_EXIT) && err.buf.starts_with(MOUNT_MISMATCH_TEXT) {
+            return Err(mount_mismatch_error(&checked, &err.buf));
+        }
+        let events = events.all();
+        let setid_stripped = strip_setid(&checked, started_at);
         Ok(Output {
             exit_code: exit.code,
             stdout: out.buf,
@@ -558,7 +603,9 @@ impl SandboxBuilder {
             timed_out,
             oom_killed: exit.oom_killed,
             duration: started.elapsed(),
-            events,
+            events: events.events,
+            events_dropped: events.dropped,
+            setid_stripped,
             sandbox_id: id,
         })
     }
@@ -573,16 +620,24 @@ impl SandboxBuilder {
         collect_orphans_once(&engine);
         let socket = engine.socket_path();
         let workspace = match &self.workspace {
-            Some(p) => Some(check_dir(p, socket.as_deref())?),
+            Some(p) => {
+                let mut dir = check_dir(p, socket.as_deref())?;
+                dir.writable = true;
+                Some(dir)
+            }
             None => None,
         };
         let mut extra = Vec::new();
+        let mut checked = Vec::new();
         for (host, target, ro) in &self.mounts {
+            let mut dir = check_dir(host, socket.as_deref())?;
+            dir.writable = !*ro;
             extra.push(Mount {
-                host: check_dir(host, socket.as_deref())?,
+                host: dir.path.clone(),
                 container: target.clone(),
                 read_only: *ro,
             });
+            checked.push((target.clone(), dir));
         }
         let image = self
             .image
@@ -607,12 +662,14 @@ impl SandboxBuilder {
 
         let init = init_binary()?;
         let caller = std::fs::metadata(&dir.0)?;
-        let user = self
-            .user
-            .clone()
-            .unwrap_or_else(|| format!("{}:{}", caller.uid(), caller.gid()));
+        let caller = (caller.uid(), caller.gid());
+        let user = match &self.user {
+            Some(u) => u.clone(),
+            None => default_user(caller, workspace.as_ref())?,
+        };
+        let sandbox_ids = numeric_ids(&user);
 
-        let events = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(EventLog::new());
         let (subscribers, _) = tokio::sync::broadcast::channel(256);
         let sink_events = events.clone();
         let sink_subscribers = subscribers.clone();
@@ -624,19 +681,13 @@ impl SandboxBuilder {
                 if let Some(f) = &user_sink {
                     f(e);
                 }
-                if let Ok(mut v) = sink_events.lock() {
-                    v.push(e.clone());
-                }
+                sink_events.push(e);
                 let _ = sink_subscribers.send(e.clone());
             })
             .start(&Listen::Unix(dir.0.join("proxy.sock")))
             .await?;
-        if self.user.is_some() {
-            // Another uid must be able to connect to the caller's socket.
-            std::fs::set_permissions(
-                dir.0.join("proxy.sock"),
-                std::fs::Permissions::from_mode(0o666),
-            )?;
+        if sandbox_ids != Some(caller) {
+            share_socket(&dir.0.join("proxy.sock"), sandbox_ids)?;
         }
 
         let mut mounts = vec![
@@ -652,13 +703,16 @@ impl SandboxBuilder {
             },
         ];
         let mut extra_tmpfs = Vec::new();
-        let workspace_host = workspace.clone();
+        let workspace_host = workspace.as_ref().map(|w| w.path.clone());
         match workspace {
-            Some(ws) => mounts.push(Mount {
-                host: ws,
-                container: "/workspace".into(),
-                read_only: false,
-            }),
+            Some(ws) => {
+                mounts.push(Mount {
+                    host: ws.path.clone(),
+                    container: "/workspace".into(),
+                    read_only: false,
+                });
+                checked.insert(0, ("/workspace".to_owned(), ws));
+            }
             None => extra_tmpfs.push(("/workspace".to_owned(), self.tmp_size)),
         }
         mounts.extend(extra);
@@ -669,6 +723,10 @@ impl SandboxBuilder {
             "--socket".into(),
             format!("{NET_DIR}/proxy.sock"),
         ];
+        for (target, dir) in &checked {
+            argv.push("--check-mount".into());
+            argv.push(format!("{target}={}:{}", dir.dev, dir.ino));
+        }
         match command {
             Some(cmd) => {
                 argv.push("--".into());
@@ -701,9 +759,14 @@ impl SandboxBuilder {
                 (labels::ID.to_owned(), id.clone()),
                 (labels::OWNER.to_owned(), owner_label_value()),
             ]),
+            runtime: self.runtime.clone().or_else(|| {
+                std::env::var("AGENT_SANDBOX_RUNTIME")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            }),
         };
         let ctl_path = command_was_none.then(|| dir.0.join("exec.sock"));
-        let custom_user = self.user.is_some();
+        let custom_user = sandbox_ids != Some(caller);
         let dirs = vec![dir];
         let user_ids = spec.user.clone();
         Ok(Prepared {
@@ -719,6 +782,8 @@ impl SandboxBuilder {
             workspace: workspace_host,
             rules,
             user: user_ids,
+            sandbox_ids,
+            checked: checked.into_iter().map(|(_, d)| d).collect(),
         })
     }
 
@@ -878,13 +943,43 @@ fn new_id() -> String {
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
+/// Init's exit code and the start of its message when a bind mount is not
+/// the directory that was checked (see `agent-sandbox-init`'s `check_mounts`).
+const MOUNT_MISMATCH_EXIT: u8 = 120;
+const MOUNT_MISMATCH_TEXT: &[u8] = b"agent-sandbox-init: mount check failed: ";
+
+fn mount_mismatch_error(checked: &[CheckedDir], message: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(message);
+    let detail = text
+        .strip_prefix(std::str::from_utf8(MOUNT_MISMATCH_TEXT).unwrap_or_default())
+        .unwrap_or(&text)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Error::Workspace {
+        path: checked.first().map(|c| c.path.clone()).unwrap_or_default(),
+        reason: format!("was replaced while the sandbox started, so the sandbox was ended before anything ran in it ({detail})"),
+    }
+}
+
+impl Prepared {
+    /// The error for a session whose init refused its mounts (exit code
+    /// [`MOUNT_MISMATCH_EXIT`]); `None` for any other end.
+    fn mount_mismatch(&self, code: &Option<i64>) -> Option<Error> {
+        (*code == Some(i64::from(MOUNT_MISMATCH_EXIT))).then(|| {
+            mount_mismatch_error(&self.checked, b"a bind mount is not the checked directory")
+        })
+    }
+}
+
 /// What [`SandboxBuilder::prepare`] sets up.
 pub(crate) struct Prepared {
     pub(crate) engine: Engine,
     pub(crate) id: String,
     pub(crate) dirs: Vec<SandboxDir>,
     pub(crate) proxy: crate::proxy::ProxyHandle,
-    pub(crate) events: Arc<Mutex<Vec<AuditEvent>>>,
+    pub(crate) events: Arc<EventLog>,
     pub(crate) subscribers: tokio::sync::broadcast::Sender<AuditEvent>,
     pub(crate) spec: ContainerSpec,
     /// Where a session's exec socket must listen on the host (sessions only).
@@ -897,6 +992,60 @@ pub(crate) struct Prepared {
     pub(crate) rules: PolicyBuilder,
     /// `uid:gid` of the sandbox user.
     pub(crate) user: String,
+    /// The same, as numbers, when it is numeric.
+    pub(crate) sandbox_ids: Option<(u32, u32)>,
+    /// The checked bind sources, held open until init has compared them
+    /// with what is mounted.
+    pub(crate) checked: Vec<CheckedDir>,
+}
+
+/// Who the sandbox runs as when the caller does not say: the caller, or,
+/// for a root caller, the workspace's owner (never root: a root sandbox's
+/// files in the workspace would be root's on the host) or `nobody` when
+/// there is no workspace.
+fn default_user(caller: (u32, u32), workspace: Option<&CheckedDir>) -> Result<String, Error> {
+    if caller.0 != 0 {
+        return Ok(format!("{}:{}", caller.0, caller.1));
+    }
+    match workspace {
+        None => Ok(format!("{NOBODY}:{NOBODY}")),
+        Some(ws) if ws.uid != 0 => Ok(format!("{}:{}", ws.uid, ws.gid)),
+        Some(ws) => Err(Error::Workspace {
+            path: ws.path.clone(),
+            reason: format!(
+                "is owned by root, and a sandbox never runs as root unless asked: give it to the user the sandbox should run as (chown -R 1000:1000 {}), or ask for root explicitly with user(\"0:0\") (--user 0:0)",
+                ws.path.display()
+            ),
+        }),
+    }
+}
+
+/// Removes setuid/setgid bits from files in the read-write bind mounts
+/// that changed since `since` (see [`strip_setid_bits`]).
+pub(crate) fn strip_setid(checked: &[CheckedDir], since: std::time::SystemTime) -> Vec<String> {
+    checked
+        .iter()
+        .filter(|c| c.writable)
+        .flat_map(|c| strip_setid_bits(&c.path, since))
+        .collect()
+}
+
+/// `nobody`, the sandbox user of a root caller with no workspace.
+const NOBODY: u32 = 65534;
+
+fn numeric_ids(user: &str) -> Option<(u32, u32)> {
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// Lets the sandbox user connect to a host socket it does not own: given
+/// to that user when we can (a root caller), else opened to everyone (the
+/// directory holding it is not listable).
+pub(crate) fn share_socket(path: &Path, ids: Option<(u32, u32)>) -> Result<(), Error> {
+    let given = ids.is_some_and(|(u, g)| std::os::unix::fs::chown(path, Some(u), Some(g)).is_ok());
+    let mode = if given { 0o600 } else { 0o666 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
 }
 
 /// A per-sandbox host directory (proxy socket, exec socket); removed on drop.

@@ -1,7 +1,23 @@
 //! Checks on host paths before they are bind-mounted into a sandbox.
+//!
+//! A path is walked one component at a time from `/` with `O_NOFOLLOW`
+//! descriptors, never resolved by the kernel as a whole: a symbolic link
+//! anywhere on it is refused (naming the link and its target), except a
+//! system link (owned by root, in a root-owned directory no one else can
+//! write) such as `/var/run -> /run`, which no sandbox can plant or change.
+//! The walk ends with a descriptor of the directory itself, whose device and
+//! inode the sandbox's init compares with what it finds mounted (see
+//! `CheckedDir`), so a component swapped between this check and the engine's
+//! mount is caught and the sandbox is ended before anything runs in it.
 
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
 use crate::Error;
 
@@ -9,6 +25,8 @@ use crate::Error;
 const SOCKET_SCAN_DEPTH: usize = 3;
 /// Stop scanning after this many directory entries (a huge tree is not searched to the end).
 const SOCKET_SCAN_ENTRIES: usize = 20_000;
+/// System links followed on one path at most (the kernel's own limit).
+const MAX_LINKS: usize = 40;
 
 fn refuse(path: &Path, reason: impl Into<String>) -> Error {
     Error::Workspace {
@@ -17,22 +35,159 @@ fn refuse(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Canonicalises `path` (just before the container is created, so a symlink
-/// swapped in earlier cannot redirect the mount) and refuses what must never
-/// be mounted: `/`, the home directory itself, anything that does not exist
-/// or is not a directory, and anything that holds the Docker socket.
-pub(crate) fn check_dir(path: &Path, engine_socket: Option<&Path>) -> Result<PathBuf, Error> {
-    let canonical = path.canonicalize().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            refuse(
-                path,
-                "does not exist; create it first or pass an existing directory",
-            )
-        } else {
-            refuse(path, format!("cannot be resolved: {e}"))
+/// A host directory that passed the checks, held open until the sandbox
+/// has confirmed it mounted this very directory (the open descriptor also
+/// keeps the inode from being reused in the meantime).
+#[derive(Debug)]
+pub(crate) struct CheckedDir {
+    /// The absolute path, free of symbolic links (system links resolved).
+    pub(crate) path: PathBuf,
+    /// Device and inode of the directory the walk ended on.
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    /// Owner of the directory.
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// Mounted read-write (set by the caller): swept for setuid bits.
+    pub(crate) writable: bool,
+    _fd: OwnedFd,
+}
+
+const WALK_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Walks `path` from `/` without following any link but system links.
+fn walk(path: &Path) -> Result<(PathBuf, OwnedFd), Error> {
+    let abs = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| {
+                refuse(
+                    path,
+                    format!("cannot be resolved: the current directory is unusable ({e})"),
+                )
+            })?
+            .join(path)
+    };
+    let os_err = |at: &Path, e: rustix::io::Errno| match e {
+        rustix::io::Errno::NOENT => refuse(
+            path,
+            "does not exist; create it first or pass an existing directory",
+        ),
+        rustix::io::Errno::NOTDIR => refuse(
+            path,
+            format!("is not a directory ({} is not)", at.display()),
+        ),
+        rustix::io::Errno::LOOP => refuse(
+            path,
+            format!(
+                "changed while it was being checked ({} became a symbolic link)",
+                at.display()
+            ),
+        ),
+        e => refuse(
+            path,
+            format!(
+                "cannot be resolved at {}: {}",
+                at.display(),
+                std::io::Error::from(e)
+            ),
+        ),
+    };
+    let root = || rfs::openat(rfs::CWD, "/", WALK_FLAGS, Mode::empty());
+    let mut fd = root().map_err(|e| os_err(Path::new("/"), e))?;
+    let mut here = PathBuf::from("/");
+    let mut queue: VecDeque<OsString> = components(&abs);
+    let mut links = 0;
+    while let Some(name) = queue.pop_front() {
+        if name == ".." {
+            fd = rfs::openat(&fd, "..", WALK_FLAGS, Mode::empty()).map_err(|e| os_err(&here, e))?;
+            here.pop();
+            continue;
         }
+        let next = here.join(&name);
+        let st = rfs::statat(&fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| os_err(&next, e))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            let target =
+                rfs::readlinkat(&fd, name.as_os_str(), Vec::new()).map_err(|e| os_err(&next, e))?;
+            let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
+            let dir = rfs::fstat(&fd).map_err(|e| os_err(&here, e))?;
+            let system = st.st_uid == 0 && dir.st_uid == 0 && dir.st_mode & 0o022 == 0;
+            if !system {
+                let real = next
+                    .canonicalize()
+                    .map(|r| {
+                        format!(
+                            "; pass the real directory ({}) if you trust it",
+                            r.display()
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(refuse(
+                    path,
+                    format!(
+                        "goes through the symbolic link {} -> {} (a link that a sandbox may have planted could redirect the mount){real}",
+                        next.display(),
+                        target.display()
+                    ),
+                ));
+            }
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(refuse(path, "has too many levels of symbolic links"));
+            }
+            let mut rest = components(&target);
+            rest.extend(queue);
+            queue = rest;
+            if target.is_absolute() {
+                fd = root().map_err(|e| os_err(Path::new("/"), e))?;
+                here = PathBuf::from("/");
+            }
+            continue;
+        }
+        fd = rfs::openat(&fd, name.as_os_str(), WALK_FLAGS, Mode::empty())
+            .map_err(|e| os_err(&next, e))?;
+        here = next;
+    }
+    Ok((here, fd))
+}
+
+/// `Normal` and `..` components of `p` (the root and `.` say nothing here).
+fn components(p: &Path) -> VecDeque<OsString> {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+        })
+        .collect()
+}
+
+/// Device and inode of the directory `path` names now, by the same walk
+/// (`None` if it no longer passes): the pool compares this with what a
+/// spare mounted.
+pub(crate) fn identity(path: &Path) -> Option<(PathBuf, u64, u64)> {
+    let (p, fd) = walk(path).ok()?;
+    let st = rfs::fstat(&fd).ok()?;
+    Some((p, st.st_dev, st.st_ino))
+}
+
+/// Walks `path` (see the module docs) and refuses what must never be
+/// mounted: `/`, the home directory itself, anything that does not exist or
+/// is not a directory, and anything that holds the Docker socket.
+pub(crate) fn check_dir(path: &Path, engine_socket: Option<&Path>) -> Result<CheckedDir, Error> {
+    let (canonical, fd) = walk(path)?;
+    let st = rfs::fstat(&fd).map_err(|e| {
+        refuse(
+            path,
+            format!("cannot be examined: {}", std::io::Error::from(e)),
+        )
     })?;
-    if !canonical.is_dir() {
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return Err(refuse(path, "is not a directory"));
     }
     if canonical == Path::new("/") {
@@ -73,7 +228,96 @@ pub(crate) fn check_dir(path: &Path, engine_socket: Option<&Path>) -> Result<Pat
             ),
         ));
     }
-    Ok(canonical)
+    Ok(CheckedDir {
+        path: canonical,
+        dev: st.st_dev,
+        ino: st.st_ino,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        writable: false,
+        _fd: fd,
+    })
+}
+
+/// Removes the setuid and setgid bits of every regular file below `root`
+/// whose inode changed at or after `since` (files the sandbox created or
+/// changed; others keep their bits), and returns their paths relative to
+/// `root`. Walks with `O_NOFOLLOW` descriptors from `root`, never through a
+/// symlink, and changes the mode through the opened file itself
+/// (`/proc/self/fd`), so a file swapped for a link meanwhile is not touched.
+/// The sandbox's seccomp profile already refuses to set these bits; this
+/// sweep is the wall for runtimes that do not apply it.
+pub(crate) fn strip_setid_bits(root: &Path, since: std::time::SystemTime) -> Vec<String> {
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(1))
+        .unwrap_or(0) as i64;
+    let mut stripped = Vec::new();
+    let Ok(fd) = rfs::openat(
+        rfs::CWD,
+        root,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        Mode::empty(),
+    ) else {
+        return stripped;
+    };
+    let mut stack = vec![(fd, String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(entries) = rfs::Dir::read_from(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            let path = if rel.is_empty() {
+                name.to_string_lossy().into_owned()
+            } else {
+                format!("{rel}/{}", name.to_string_lossy())
+            };
+            let Ok(st) = rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let flags =
+                        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+                    if let Ok(sub) = rfs::openat(&dir, name, flags, Mode::empty()) {
+                        stack.push((sub, path));
+                    }
+                }
+                FileType::RegularFile if st.st_mode & 0o6000 != 0 && st.st_ctime >= since => {
+                    if clear_setid(&dir, name) {
+                        stripped.push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    stripped.sort();
+    stripped
+}
+
+fn clear_setid(dir: &OwnedFd, name: &std::ffi::CStr) -> bool {
+    let Ok(file) = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let Ok(st) = rfs::fstat(&file) else {
+        return false;
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_mode & 0o6000 == 0 {
+        return false;
+    }
+    use std::os::fd::AsRawFd;
+    let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rfs::chmod(proc_path.as_str(), Mode::from_raw_mode(st.st_mode & 0o1777)).is_ok()
 }
 
 fn find_docker_socket(dir: &Path, depth: usize, budget: &mut usize) -> Option<PathBuf> {
@@ -122,15 +366,103 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a directory"));
-        assert_eq!(
-            check_dir(&dir.join("a/../a"), None).unwrap(),
-            dir.join("a").canonicalize().unwrap()
-        );
+        let a = check_dir(&dir.join("a/../a"), None).unwrap();
+        assert_eq!(a.path, dir.join("a").canonicalize().unwrap());
+        let meta = std::fs::metadata(dir.join("a")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((a.dev, a.ino), (meta.dev(), meta.ino()));
         let sock = dir.join("a/b/docker.sock");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let err = check_dir(&dir, None).unwrap_err().to_string();
         assert!(err.contains("Docker socket"), "{err}");
         assert!(check_dir(&dir, Some(&sock)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Finding: run 1 plants `sub -> /etc` in its workspace; run 2 names
+    /// `parent/sub` and must not get the host's `/etc`.
+    #[test]
+    fn a_planted_symlink_anywhere_on_the_path_is_refused_and_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("as-ws-link-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("real/inner")).unwrap();
+        // Writable by others, as a sandbox's workspace is to the sandbox.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("sub")).unwrap();
+        std::os::unix::fs::symlink("real", dir.join("rel")).unwrap();
+        for (p, link, target) in [
+            (dir.join("sub"), dir.join("sub"), "/etc"),
+            (dir.join("rel/inner"), dir.join("rel"), "real"),
+            (dir.join("real/../sub"), dir.join("sub"), "/etc"),
+        ] {
+            let err = check_dir(&p, None).unwrap_err();
+            assert_eq!(err.code(), "workspace");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("symbolic link {} -> {target}", link.display())),
+                "{msg}"
+            );
+        }
+        // The real directory passes.
+        assert_eq!(
+            check_dir(&dir.join("real/inner"), None).unwrap().path,
+            dir.join("real/inner")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// System links (root's, in root-owned directories no one else can
+    /// write) pass and are resolved: `/var/run -> /run` on Debian.
+    #[test]
+    fn system_links_owned_by_root_are_followed() {
+        let var_run = Path::new("/var/run");
+        let is_root_link = std::fs::symlink_metadata(var_run).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.file_type().is_symlink() && m.uid() == 0
+        });
+        assert!(
+            is_root_link,
+            "this test expects /var/run to be root's link to /run"
+        );
+        // (check_dir itself refuses /run: it holds the Docker socket.)
+        assert_eq!(walk(var_run).unwrap().0, Path::new("/run"));
+    }
+
+    /// The host-side sweep (the wall when seccomp is not applied, as under
+    /// gVisor): bits go from files changed since the sweep's start, never
+    /// through a symlink, and older files keep theirs.
+    #[test]
+    fn setid_bits_are_stripped_from_changed_files_only_and_links_are_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("as-ws-suid-{}", std::process::id()));
+        let outside = std::env::temp_dir().join(format!("as-ws-suid-out-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("deep/er")).unwrap();
+        std::fs::write(&outside, b"x").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        for (p, mode) in [("a", 0o4755), ("deep/er/b", 0o2711), ("plain", 0o755)] {
+            std::fs::write(dir.join(p), b"x").unwrap();
+            std::fs::set_permissions(dir.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        // Changed before the sweep's window: left alone.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(strip_setid_bits(&dir, later).is_empty());
+        assert_eq!(mode(&dir.join("a")), 0o4755);
+        let stripped = strip_setid_bits(
+            &dir,
+            std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+        );
+        assert_eq!(stripped, ["a", "deep/er/b"]);
+        assert_eq!(mode(&dir.join("a")), 0o755);
+        assert_eq!(mode(&dir.join("deep/er/b")), 0o711);
+        assert_eq!(mode(&dir.join("plain")), 0o755);
+        assert_eq!(
+            mode(&outside),
+            0o4755,
+            "followed a symlink out of the workspace"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_file(&outside).unwrap();
     }
 }

@@ -723,3 +723,243 @@ async fn many_sandboxes_run_at_once() {
         assert_removed(&o).await;
     }
 }
+
+/// Finding: run 1 plants `sub -> /etc` in its workspace; run 2 names
+/// `parent/sub` as its workspace and used to get the host's `/etc`
+/// read-write.
+#[tokio::test]
+async fn a_symlink_planted_by_one_sandbox_is_not_another_sandboxs_workspace() {
+    let parent = tempdir("plant");
+    let planted = run(
+        sandbox().workspace(&parent),
+        "mkdir real && echo mine > real/f && ln -s /etc sub && echo planted",
+    )
+    .await;
+    assert_eq!(
+        planted.stdout_str().trim(),
+        "planted",
+        "{}",
+        planted.stderr_str()
+    );
+    // Control: the real directory beside the link is usable.
+    let ok = run(sandbox().workspace(parent.join("real")), "cat f").await;
+    assert_eq!(ok.stdout_str(), "mine\n");
+    let err = sandbox()
+        .workspace(parent.join("sub"))
+        .run("cat /workspace/hostname")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "workspace");
+    let link = parent.join("sub");
+    assert!(
+        err.to_string()
+            .contains(&format!("symbolic link {} -> /etc", link.display())),
+        "{err}"
+    );
+    // The same for an extra mount.
+    let err = sandbox()
+        .mount(parent.join("sub"), "/data")
+        .run("true")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "workspace", "{err}");
+}
+
+/// A concurrent swapper exchanges the workspace with a symlink to a host
+/// directory (atomically, so the path is never missing) while sandboxes
+/// start on it. No sandbox may ever see the other directory: each run either
+/// gets the real workspace, is refused at the check (the link is there), or
+/// is ended by init before the command runs (the swap happened between the
+/// check and the engine's mount).
+#[tokio::test]
+async fn a_workspace_swapped_during_start_never_mounts_the_other_directory() {
+    let root = tempdir("swap");
+    let secret = tempdir("swap-secret");
+    std::fs::write(secret.join("marker"), "SECRET").unwrap();
+    std::fs::create_dir(root.join("ws")).unwrap();
+    std::os::unix::fs::chown(
+        root.join("ws"),
+        Some(docker_support::TEST_UID),
+        Some(docker_support::TEST_UID),
+    )
+    .unwrap();
+    std::fs::write(root.join("ws/marker"), "mine").unwrap();
+    std::os::unix::fs::symlink(&secret, root.join("other")).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swaps = Arc::new(AtomicUsize::new(0));
+    let swapper = {
+        let (stop, swaps, root) = (stop.clone(), swaps.clone(), root.clone());
+        std::thread::spawn(move || {
+            let dir = rustix::fs::open(
+                &root,
+                rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                rustix::fs::renameat_with(
+                    &dir,
+                    "ws",
+                    &dir,
+                    "other",
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .unwrap();
+                swaps.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        })
+    };
+    let (mut mounted, mut refused, mut ended) = (0, 0, 0);
+    for _ in 0..12 {
+        match sandbox()
+            .workspace(root.join("ws"))
+            .run("cat /workspace/marker")
+            .await
+        {
+            Ok(out) => {
+                assert_removed(&out).await;
+                assert_eq!(
+                    out.stdout_str(),
+                    "mine",
+                    "a swapped mount was used: {}",
+                    out.stderr_str()
+                );
+                mounted += 1;
+            }
+            Err(e) if e.to_string().contains("symbolic link") => refused += 1,
+            Err(e)
+                if e.to_string()
+                    .contains("was replaced while the sandbox started") =>
+            {
+                ended += 1
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    swapper.join().unwrap();
+    eprintln!(
+        "swaps {}, mounted {mounted}, refused {refused}, ended by init {ended}",
+        swaps.load(Ordering::SeqCst)
+    );
+    // The swapper really interfered (control): some runs met the link.
+    assert!(refused + ended > 0, "the swapper never got in the way");
+}
+
+/// Finding: `cp /usr/bin/python3 py; chmod 4755 py` in the workspace gave
+/// the host a setuid binary. The seccomp profile refuses the bits (EPERM)
+/// for chmod and for files created with them; the host sees none.
+#[tokio::test]
+async fn setuid_bits_cannot_be_set_in_the_workspace() {
+    let ws = tempdir("setuid");
+    let script = r#"
+        cp /usr/bin/python3 py && echo copied
+        chmod 4755 py 2>&1; echo chmod=$?
+        chmod 2755 py 2>&1; echo chmodg=$?
+        chmod 755 py && echo plain-chmod-ok
+        python3 -c 'import os; os.open("c", os.O_CREAT | os.O_WRONLY, 0o4755)' 2>&1 | tail -1
+        python3 -c 'import os; os.mknod("n", 0o104755)' 2>&1 | tail -1
+        true
+    "#;
+    let out = run(sandbox().workspace(&ws), script).await;
+    let text = out.stdout_str();
+    for want in [
+        "copied",
+        "chmod=1",
+        "chmodg=1",
+        "plain-chmod-ok",
+        "PermissionError: [Errno 1] Operation not permitted",
+    ] {
+        assert!(text.contains(want), "{want} missing: {text}");
+    }
+    for entry in std::fs::read_dir(&ws).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().mode();
+        assert_eq!(mode & 0o6000, 0, "{:?} has mode {mode:o}", entry.path());
+    }
+    assert!(out.setid_stripped.is_empty(), "{:?}", out.setid_stripped);
+}
+
+/// Finding: a root caller's sandbox ran as root. Now it runs as the
+/// workspace's owner, as `nobody` without a workspace, refuses a root-owned
+/// workspace, and runs as root only when asked.
+#[tokio::test]
+async fn a_root_caller_gets_an_unprivileged_sandbox_unless_it_asks() {
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let ws = tempdir("uid");
+    let owner = std::fs::metadata(&ws).unwrap();
+    let out = run(sandbox().workspace(&ws), "id -u; id -g").await;
+    assert_eq!(
+        out.stdout_str(),
+        format!("{}\n{}\n", owner.uid(), owner.gid())
+    );
+    assert_ne!(out.stdout_str().lines().next(), Some("0"));
+    let out = run(sandbox(), "id -u").await;
+    let expected = if me == 0 {
+        "65534".to_owned()
+    } else {
+        me.to_string()
+    };
+    assert_eq!(out.stdout_str().trim(), expected);
+    if me == 0 {
+        let root_ws = tempdir("uid-root");
+        std::os::unix::fs::chown(&root_ws, Some(0), Some(0)).unwrap();
+        let err = sandbox().workspace(&root_ws).run("true").await.unwrap_err();
+        assert_eq!(err.code(), "workspace");
+        assert!(err.to_string().contains("is owned by root"), "{err}");
+        let out = run(sandbox().workspace(&root_ws).user("0:0"), "id -u").await;
+        assert_eq!(out.stdout_str().trim(), "0", "explicit root");
+    }
+}
+
+/// Finding: refused requests sent straight to the proxy socket in a loop
+/// grew the host by 100 MB/s (one event each, 15 KB of host name each).
+/// Now identical refusals fold into one event with a count, long fields are
+/// cut, and new connections are rate-limited per sandbox.
+#[tokio::test]
+async fn a_flood_of_refusals_is_one_folded_event_and_rate_limited() {
+    let script = r#"
+import socket, time
+req = b"GET ftp://a/" + b"x" * 15000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+n, t0 = 0, time.time()
+while time.time() - t0 < 3:
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(req)
+    if s.recv(12).startswith(b"HTTP/1.1 4"):
+        n += 1
+    s.close()
+print(n, round(time.time() - t0, 2))
+"#;
+    let out = run(
+        sandbox(),
+        &format!("python3 -c '{}'", script.replace('\'', "'\\''")),
+    )
+    .await;
+    let text = out.stdout_str();
+    let mut it = text.split_whitespace();
+    let refused: u64 = it
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text} {}", out.stderr_str()));
+    let secs: f64 = it.next().unwrap().parse().unwrap();
+    assert!(
+        refused > 50,
+        "the flood was refused {refused} times: {}",
+        out.stderr_str()
+    );
+    // The rate limit: a burst of 200 plus 200 a second.
+    assert!(
+        (refused as f64) <= 200.0 + 200.0 * secs + 20.0,
+        "{refused} refusals in {secs} s"
+    );
+    let denied: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| e.verdict == Verdict::Deny)
+        .collect();
+    assert!(denied.len() <= 2, "{} entries", denied.len());
+    assert_eq!(denied.iter().map(|e| e.count).sum::<u64>(), refused);
+    assert!(denied.iter().all(|e| e.host.len() <= 256), "long host kept");
+    assert_eq!(out.events_dropped, 0);
+}

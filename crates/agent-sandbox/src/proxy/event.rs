@@ -49,6 +49,28 @@ pub struct AuditEvent {
     pub bytes_down: u64,
     /// From request to end of connection, in milliseconds.
     pub duration_ms: u64,
+    /// How many identical refusals in a row this entry stands for (a
+    /// sandbox's log folds them; 1 for every event as the proxy emits it).
+    pub count: u64,
+}
+
+/// Longest `host` kept in an event (a malformed request's raw text can be
+/// as long as a request head).
+pub(crate) const MAX_HOST_BYTES: usize = 256;
+/// Longest `method` and `reason` kept.
+pub(crate) const MAX_METHOD_BYTES: usize = 32;
+pub(crate) const MAX_REASON_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes on a character boundary, with `...` when cut.
+pub(crate) fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -105,7 +127,7 @@ impl EventGuard {
 
     pub(crate) fn set_reason(&self, reason: String) {
         if let Ok(mut e) = self.event.lock() {
-            e.reason = Some(reason);
+            e.reason = Some(truncated(&reason, MAX_REASON_BYTES));
         }
     }
 

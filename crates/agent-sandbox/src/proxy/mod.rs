@@ -59,6 +59,12 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once; more get 503. Default 1024.
     pub max_connections: usize,
+    /// New connections accepted per second, with a burst of as many; past
+    /// it the proxy stops accepting for a moment (clients wait in the
+    /// listen queue), so a sandbox that opens connections in a loop cannot
+    /// make the host spend without bound on refusals and their events.
+    /// Default 200.
+    pub new_connections_per_second: u32,
 }
 
 impl Default for Limits {
@@ -69,6 +75,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
+            new_connections_per_second: 200,
         }
     }
 }
@@ -247,9 +254,49 @@ pub(crate) struct Shared {
     shutdown: watch::Receiver<bool>,
 }
 
+/// A token bucket: `rate` tokens a second, holding at most `rate`.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        let rate = f64::from(rate.max(1));
+        Bucket {
+            rate,
+            tokens: rate,
+            at: Instant::now(),
+        }
+    }
+
+    /// How long to wait before the next token (zero if one is there); takes it.
+    fn take(&mut self) -> Duration {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
 async fn accept_loop(listener: listen::Listener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
+    let mut bucket = Bucket::new(shared.limits.new_connections_per_second);
     loop {
+        let wait = bucket.take();
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
             a = listener.accept() => a,
@@ -369,8 +416,8 @@ impl Shared {
             time: SystemTime::now(),
             sandbox_id: self.sandbox_id.clone(),
             verdict,
-            method: method.to_owned(),
-            host: host.to_owned(),
+            method: event::truncated(method, event::MAX_METHOD_BYTES),
+            host: event::truncated(host, event::MAX_HOST_BYTES),
             port,
             rule,
             reason: None,
@@ -378,6 +425,7 @@ impl Shared {
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,
+            count: 1,
         }
     }
 
@@ -394,7 +442,7 @@ impl Shared {
     ) {
         if let Some(sink) = &self.sink {
             let mut e = self.event(verdict, method, host, port, rule);
-            e.reason = Some(reason.to_owned());
+            e.reason = Some(event::truncated(reason, event::MAX_REASON_BYTES));
             e.status = status;
             sink(&e);
         }

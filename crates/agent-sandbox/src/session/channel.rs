@@ -183,16 +183,8 @@ async fn read_small_frame(s: &mut UnixStream) -> std::io::Result<(u8, Vec<u8>)> 
 impl ExecHub {
     /// Binds the socket and starts accepting. The future resolves when
     /// init's control connection has arrived.
-    pub(crate) fn listen(
-        path: &Path,
-        world_connectable: bool,
-    ) -> Result<(Arc<ExecHub>, oneshot::Receiver<()>), Error> {
+    pub(crate) fn listen(path: &Path) -> Result<(Arc<ExecHub>, oneshot::Receiver<()>), Error> {
         let listener = UnixListener::bind(path).map_err(io_err)?;
-        if world_connectable {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-                .map_err(io_err)?;
-        }
         let hub = Arc::new(ExecHub {
             control: tokio::sync::Mutex::new(None),
             init_gone: tokio::sync::watch::channel(false).0,
@@ -327,7 +319,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("as-hub-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("exec.sock");
-        let (hub, ready) = ExecHub::listen(&path, false).unwrap();
+        let (hub, ready) = ExecHub::listen(&path).unwrap();
         let mut control = UnixStream::connect(&path).await.unwrap();
         send(&mut control, b'C', &[]).await;
         ready.await.unwrap();

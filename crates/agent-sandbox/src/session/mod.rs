@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+use crate::audit::EventLog;
 use crate::policy::PolicyBuilder;
 use crate::proxy::{AuditEvent, ProxyHandle};
 use crate::runtime::Engine;
 use crate::sandbox::{Capture, OutputSink, SandboxDir};
+use crate::workspace::CheckedDir;
 use crate::{Command, Error, Output};
 use files::Location;
 
@@ -98,7 +100,8 @@ pub(crate) struct Parts {
     pub(crate) dirs: Vec<SandboxDir>,
     pub(crate) hub: Arc<ExecHub>,
     pub(crate) workspace: Option<PathBuf>,
-    pub(crate) events: Arc<Mutex<Vec<AuditEvent>>>,
+    pub(crate) events: Arc<EventLog>,
+    pub(crate) checked: Vec<CheckedDir>,
     pub(crate) subscribers: broadcast::Sender<AuditEvent>,
     pub(crate) output_limit: usize,
     pub(crate) timeout: Option<Duration>,
@@ -122,7 +125,11 @@ struct Inner {
     dirs: Mutex<Vec<SandboxDir>>,
     hub: Arc<ExecHub>,
     workspace: Option<PathBuf>,
-    events: Arc<Mutex<Vec<AuditEvent>>>,
+    events: Arc<EventLog>,
+    /// The read-write bind sources, checked after each exec for setuid bits.
+    checked: Vec<CheckedDir>,
+    /// When the last setuid sweep began: the next one looks at files changed since.
+    swept: Mutex<std::time::SystemTime>,
     subscribers: broadcast::Sender<AuditEvent>,
     output_limit: usize,
     timeout: Option<Duration>,
@@ -165,6 +172,8 @@ impl Session {
             hub: p.hub,
             workspace: p.workspace,
             events: p.events,
+            checked: p.checked,
+            swept: Mutex::new(std::time::SystemTime::now()),
             subscribers: p.subscribers,
             output_limit: p.output_limit,
             timeout: p.timeout,
@@ -224,7 +233,7 @@ impl Session {
         let cwd = workdir(opts.workdir.as_deref())?;
         let limit = opts.output_limit.unwrap_or(self.inner.output_limit);
         let (mut out, mut err) = (Capture::new(limit), Capture::new(limit));
-        let first_event = self.inner.events.lock().map(|e| e.len()).unwrap_or(0);
+        let mark = self.inner.events.mark();
         let deadline = opts.timeout.or(self.inner.timeout).map(|t| started + t);
         let exited = channel::exec(
             self.inner.hub.open().await?,
@@ -246,12 +255,8 @@ impl Session {
             },
         )
         .await?;
-        let events = self
-            .inner
-            .events
-            .lock()
-            .map(|e| e[first_event.min(e.len())..].to_vec())
-            .unwrap_or_default();
+        let events = self.inner.events.since(mark);
+        let setid_stripped = self.inner.sweep_setid();
         Ok(Output {
             exit_code: exited.code,
             stdout: out.buf,
@@ -261,7 +266,9 @@ impl Session {
             timed_out: exited.timed_out,
             oom_killed: exited.oom_killed,
             duration: started.elapsed(),
-            events,
+            events: events.events,
+            events_dropped: events.dropped,
+            setid_stripped,
             sandbox_id: self.inner.id.clone(),
         })
     }
@@ -292,6 +299,8 @@ impl Session {
             oom_killed: false,
             duration: started.elapsed(),
             events: Vec::new(),
+            events_dropped: 0,
+            setid_stripped: self.inner.sweep_setid(),
             sandbox_id: self.inner.id.clone(),
         })
     }
@@ -337,11 +346,7 @@ impl Session {
     /// Every audit event of the session so far.
     #[must_use]
     pub fn events(&self) -> Vec<AuditEvent> {
-        self.inner
-            .events
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
+        self.inner.events.all().events
     }
 
     /// A live feed of audit events from now on (it lags, rather than
@@ -528,6 +533,18 @@ impl Session {
 }
 
 impl Inner {
+    /// Removes setuid/setgid bits from workspace files changed since the
+    /// previous sweep (background processes of earlier execs included).
+    fn sweep_setid(&self) -> Vec<String> {
+        let now = std::time::SystemTime::now();
+        let since = self
+            .swept
+            .lock()
+            .map(|mut t| std::mem::replace(&mut *t, now))
+            .unwrap_or(now);
+        crate::sandbox::strip_setid(&self.checked, since)
+    }
+
     /// Marks the session closed and takes its container id (once).
     fn take_container(&self) -> Option<String> {
         self.closed.store(true, Ordering::SeqCst);

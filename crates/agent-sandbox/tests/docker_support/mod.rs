@@ -38,8 +38,16 @@ pub fn tempdir(tag: &str) -> PathBuf {
         N.fetch_add(1, Ordering::SeqCst)
     ));
     std::fs::create_dir_all(&d).unwrap();
+    // A root caller's sandbox runs as the workspace's owner and refuses a
+    // root-owned workspace: give it to an ordinary user, as a CI job would.
+    if std::fs::metadata(&d).is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
+        std::os::unix::fs::chown(&d, Some(TEST_UID), Some(TEST_UID)).unwrap();
+    }
     d
 }
+
+/// Owner of the test workspaces when the tests run as root.
+pub const TEST_UID: u32 = 1000;
 
 /// The engine, straight through bollard (not through the code under test).
 pub async fn docker() -> Docker {
