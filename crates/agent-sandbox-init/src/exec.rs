@@ -190,6 +190,17 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         }
     };
     let pid = child.id() as i32;
+    // Threads can run out (the pids limit counts them): the command is then
+    // killed and the host told why, and init goes on serving.
+    let no_thread = |e: io::Error| -> io::Result<()> {
+        crate::signal_group(pid, 9);
+        let _ = write_frame(
+            &writer,
+            b'F',
+            format!("agent-sandbox-init: cannot start a thread for this exec (the sandbox's process limit?): {e}").as_bytes(),
+        );
+        write_frame(&writer, b'X', &125i32.to_be_bytes())
+    };
     let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
     for (pipe, tag) in [
@@ -211,16 +222,18 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         if let Some(pipe) = pipe {
             let (w, done) = (writer.clone(), pumped.clone());
             pumps += 1;
-            thread::spawn(move || {
+            if let Err(e) = thread::Builder::new().spawn(move || {
                 pump_output(pipe, w, tag);
                 let _ = done.send(());
-            });
+            }) {
+                return no_thread(e);
+            }
         }
     }
     let mut stdin = child.stdin.take();
     let done = Arc::new(AtomicBool::new(false));
     let done_r = done.clone();
-    thread::spawn(move || {
+    let feeder = thread::Builder::new().spawn(move || {
         loop {
             match read_frame(&mut reader) {
                 Ok((b'I', data)) if data.is_empty() => stdin = None,
@@ -248,6 +261,9 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
             }
         }
     });
+    if let Err(e) = feeder {
+        return no_thread(e);
+    }
     let status = reaped.wait_for(pid);
     done.store(true, Ordering::SeqCst);
     // Output still buffered in the pipes; a background process that kept
@@ -308,7 +324,7 @@ pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
     let mut control =
         control.ok_or_else(|| last.unwrap_or_else(|| io::Error::other("no exec socket")))?;
     write_frame_to(&mut control, b'C', &[])?;
-    thread::spawn(move || {
+    thread::Builder::new().spawn(move || {
         while let Ok((tag, id)) = read_frame(&mut control) {
             if tag == b'T' {
                 crate::end_all();
@@ -316,15 +332,25 @@ pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
             if tag != b'N' || id.len() != 8 {
                 continue;
             }
-            let (path, reaped) = (path.clone(), reaped.clone());
-            thread::spawn(move || {
-                if let Ok(mut conn) = UnixStream::connect(&path) {
-                    if write_frame_to(&mut conn, b'A', &id).is_ok() {
-                        let _ = serve_one(conn, reaped);
-                    }
+            let Ok(mut conn) = UnixStream::connect(&path) else {
+                continue;
+            };
+            if write_frame_to(&mut conn, b'A', &id).is_err() {
+                continue;
+            }
+            let reaped = reaped.clone();
+            let mut spare = conn.try_clone().ok();
+            if let Err(e) = thread::Builder::new().spawn(move || {
+                let _ = serve_one(conn, reaped);
+            }) {
+                // No thread for it: refuse this exec, keep serving.
+                if let Some(c) = spare.as_mut() {
+                    let text = format!("agent-sandbox-init: cannot start a thread for this exec (the sandbox's process limit?): {e}");
+                    let _ = write_frame_to(c, b'F', text.as_bytes());
+                    let _ = write_frame_to(c, b'X', &125i32.to_be_bytes());
                 }
-            });
+            }
         }
-    });
+    })?;
     Ok(())
 }

@@ -35,7 +35,8 @@ use std::thread;
 mod exec;
 
 extern "C" {
-    fn signal(signum: i32, handler: usize) -> usize;
+    fn sigaction(signum: i32, act: *const SigAction, old: *mut SigAction) -> i32;
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
     fn kill(pid: i32, sig: i32) -> i32;
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     fn waitid(idtype: i32, id: u32, infop: *mut u8, options: i32) -> i32;
@@ -45,7 +46,35 @@ const FORWARDED: [i32; 7] = [1, 2, 3, 10, 12, 15, 28];
 /// The command's process group id (its pid), once started.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn forward(sig: i32) {
+/// Linux's `struct sigaction` (glibc and musl agree on it).
+#[repr(C)]
+struct SigAction {
+    handler: usize,
+    mask: [u64; 16],
+    flags: i32,
+    restorer: usize,
+}
+
+const SA_SIGINFO: i32 = 4;
+const SA_RESTART: i32 = 0x1000_0000;
+const PR_SET_DUMPABLE: i32 = 4;
+
+/// Forwards a signal to the command's group, but only one sent from outside
+/// the sandbox (the engine: `docker stop`, `docker kill -s`). A sender in
+/// the parent pid namespace shows up with pid 0; a process inside the
+/// sandbox has its own pid there, and its `kill -TERM 1` is ignored, so it
+/// cannot end a session.
+extern "C" fn forward(sig: i32, info: *const u8, _ctx: *const u8) {
+    // siginfo_t: si_signo, si_errno, si_code (i32 each), padding on 64-bit,
+    // then si_pid at byte 16 for signals sent by kill(2).
+    let sender = if info.is_null() {
+        0
+    } else {
+        unsafe { std::ptr::read_unaligned(info.add(16).cast::<i32>()) }
+    };
+    if sender != 0 {
+        return;
+    }
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
         // kill(2) is async-signal-safe; a negative pid targets the group.
@@ -171,24 +200,43 @@ fn bridge(client: TcpStream, socket: &PathBuf) {
     let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
-    let up = thread::spawn(move || {
+    let up = thread::Builder::new().spawn(move || {
         pump(&client, &upstream, || {
             drop(upstream.shutdown(Shutdown::Write))
         })
     });
+    // No thread to be had (the pids limit): the connection just closes.
+    let Ok(up) = up else { return };
     pump(&u2, &c2, || drop(c2.shutdown(Shutdown::Write)));
     let _ = up.join();
 }
 
+/// Answered to a connection init cannot serve for want of a thread.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-agent-sandbox-denied: sandbox-out-of-threads\r\nconnection: close\r\ncontent-length: 61\r\n\r\nagent-sandbox: the sandbox's process limit is reached; retry\n";
+
 fn start_bridge(port: u16, socket: PathBuf) -> io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let socket = socket.clone();
-            let _ = conn.set_nodelay(true);
-            thread::spawn(move || bridge(conn, &socket));
+    thread::Builder::new().spawn(move || loop {
+        let conn = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(_) => {
+                // EMFILE and the like: back off and go on, never stop serving.
+                thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+        };
+        let socket = socket.clone();
+        let _ = conn.set_nodelay(true);
+        let mut spare = conn.try_clone().ok();
+        if thread::Builder::new()
+            .spawn(move || bridge(conn, &socket))
+            .is_err()
+        {
+            if let Some(c) = spare.as_mut() {
+                let _ = c.write_all(BUSY);
+            }
         }
-    });
+    })?;
     Ok(())
 }
 
@@ -209,6 +257,11 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     };
+    // Not dumpable: no process in the sandbox (same uid) can ptrace PID 1
+    // or write its /proc/1/mem. Children get their own flag back at exec.
+    unsafe {
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     if let Err(e) = check_mounts(&args.mounts) {
         eprintln!("agent-sandbox-init: mount check failed: {e}");
         return ExitCode::from(MOUNT_MISMATCH_EXIT);
@@ -219,9 +272,15 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     }
+    let act = SigAction {
+        handler: forward as extern "C" fn(i32, *const u8, *const u8) as usize,
+        mask: [0; 16],
+        flags: SA_SIGINFO | SA_RESTART,
+        restorer: 0,
+    };
     for sig in FORWARDED {
         unsafe {
-            signal(sig, forward as extern "C" fn(i32) as usize);
+            sigaction(sig, &act, std::ptr::null_mut());
         }
     }
     let reaped = exec::Reaped::new();

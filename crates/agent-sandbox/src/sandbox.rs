@@ -616,6 +616,7 @@ impl SandboxBuilder {
     async fn prepare(&self, command: Option<Vec<String>>) -> Result<Prepared, Error> {
         let command_was_none = command.is_none();
         let (policy, rules) = self.validate()?;
+        raise_fd_limit_once();
         let engine = Engine::connect().await?;
         collect_orphans_once(&engine);
         let socket = engine.socket_path();
@@ -1094,6 +1095,26 @@ impl Drop for ContainerGuard {
     }
 }
 
+/// Raises the soft open-files limit to the hard one, once, as servers do:
+/// every sandbox holds sockets for its proxy and exec channel, and the
+/// common soft limit of 1024 lets one busy sandbox starve the others.
+fn raise_fd_limit_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: limit.maximum,
+                    maximum: limit.maximum,
+                },
+            );
+        }
+    });
+}
+
 /// The first sandbox of a process removes, in the background, containers
 /// left by processes that died without cleaning up (SIGKILL, a crash, power
 /// loss): the same as `agent-sandbox gc`.
@@ -1125,8 +1146,13 @@ fn init_binary() -> Result<PathBuf, Error> {
     }
     std::fs::create_dir_all(&base)?;
     let tmp = base.join(format!("{name}.{}.tmp", new_id())); // unique: runs race on first use
-    std::fs::write(&tmp, INIT_BINARY)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-    std::fs::rename(&tmp, &path)?;
+    let written = std::fs::write(&tmp, INIT_BINARY)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        // Out of space or descriptors: leave no half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     Ok(path)
 }

@@ -184,6 +184,8 @@ async fn a_workspace_replaced_after_the_spare_started_is_the_one_used() {
     let old = ws.with_extension("old");
     std::fs::rename(&ws, &old).unwrap();
     std::fs::create_dir(&ws).unwrap();
+    let owner = std::fs::metadata(&old).unwrap();
+    std::os::unix::fs::chown(&ws, Some(owner.uid()), Some(owner.gid())).unwrap();
     let out = pool.run("echo new > /workspace/f").await.unwrap();
     assert_eq!(out.exit_code, 0, "{}", out.stderr_str());
     assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "new\n");

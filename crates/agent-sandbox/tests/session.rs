@@ -390,3 +390,175 @@ fn a_session_dropped_outside_any_runtime_is_still_removed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     assert!(rt.block_on(eventually_gone(&id)), "{id} left behind");
 }
+
+/// Finding: with the pids limit exhausted, a proxy connection or an exec
+/// made PID 1 panic (no thread to be had) and the session died. Now init
+/// refuses that connection (503) and that exec (exit 125, its reason on
+/// stderr), keeps serving, and the session recovers once pids free up.
+#[tokio::test]
+async fn exhausting_pids_refuses_work_but_never_kills_the_session() {
+    let ws = tempdir("pids");
+    let s = sandbox().workspace(&ws).pids(64).start().await.unwrap();
+    let bomb = r#"
+import os, socket, time
+kids = []
+def fill():
+    while True:
+        try:
+            pid = os.fork()
+        except OSError:
+            return
+        if pid == 0:
+            time.sleep(20)
+            os._exit(0)
+        kids.append(pid)
+fill()
+first = b""
+try:
+    fill()
+    c = socket.create_connection(("127.0.0.1", 3128), timeout=5)
+    c.sendall(b"GET http://x.test/ HTTP/1.1\r\nHost: x.test\r\n\r\n")
+    first = c.recv(200).split(b"\r\n")[0]
+except Exception as e:
+    first = repr(e).encode()
+open("/workspace/bomb", "w").write("exhausted %d\n%s\n" % (len(kids), first.decode(errors="replace")))
+while not os.path.exists("/workspace/release"):
+    time.sleep(0.05)
+for k in kids:
+    os.kill(k, 9)
+for k in kids:
+    os.waitpid(k, 0)
+open("/workspace/bomb", "a").write("released\n")
+"#;
+    std::fs::write(ws.join("bomb.py"), bomb).unwrap();
+    let started = s
+        .exec("setsid python3 /workspace/bomb.py >/tmp/bomb.log 2>&1 & echo started")
+        .await
+        .unwrap();
+    assert_eq!(started.stdout_str(), "started\n");
+    let read = || std::fs::read_to_string(ws.join("bomb")).unwrap_or_default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !read().contains("exhausted") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bomb never filled the pids limit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = read();
+    assert!(
+        report
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 503"),
+        "{report}"
+    );
+    // An exec while nothing can start: refused, not fatal.
+    let refused = s.exec("true").await.unwrap();
+    assert!(
+        refused.exit_code == 125 || refused.exit_code == 126,
+        "exit {} {}",
+        refused.exit_code,
+        refused.stderr_str()
+    );
+    std::fs::write(ws.join("release"), "").unwrap();
+    while !read().contains("released") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bomb never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = s.exec("echo recovered").await.unwrap();
+    assert_eq!(after.stdout_str(), "recovered\n", "{}", after.stderr_str());
+    s.close().await.unwrap();
+}
+
+/// Finding: `kill -TERM 1` from inside ended a session. Signals sent to
+/// PID 1 from inside the sandbox are ignored (the engine's still stop it:
+/// every close and timeout test covers that); PID 1 is not dumpable, so no
+/// process inside can read its memory or environment or ptrace it.
+#[tokio::test]
+async fn processes_inside_cannot_signal_or_trace_init() {
+    let s = sandbox().start().await.unwrap();
+    let out = s
+        .exec("for sig in TERM HUP INT QUIT USR1; do kill -s $sig 1; echo sent-$sig=$?; done; sleep 0.3; echo alive")
+        .await
+        .unwrap();
+    let text = out.stdout_str();
+    // Control: the signals were delivered (kill succeeded)...
+    for sig in ["TERM", "HUP", "INT", "QUIT", "USR1"] {
+        assert!(text.contains(&format!("sent-{sig}=0")), "{text}");
+    }
+    assert!(text.contains("alive"), "{text}");
+    // ...and the session still serves.
+    assert_eq!(s.exec("echo still").await.unwrap().stdout_str(), "still\n");
+    let probe = r#"
+import ctypes, os
+print("self-environ", len(open("/proc/self/environ", "rb").read()) > 0)
+try:
+    open("/proc/1/environ", "rb").read()
+    print("init-environ READ")
+except OSError as e:
+    print("init-environ", e.errno)
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.ptrace(16, 1, 0, 0)
+print("ptrace", r, ctypes.get_errno())
+"#;
+    let out = s.exec(["python3", "-c", probe]).await.unwrap();
+    let text = out.stdout_str();
+    assert!(
+        text.contains("self-environ True"),
+        "control: {text} {}",
+        out.stderr_str()
+    );
+    assert!(text.contains("init-environ 13"), "{text}");
+    assert!(text.contains("ptrace -1 1"), "{text}");
+    s.close().await.unwrap();
+}
+
+/// Finding: the exec hub read each new connection's first frame in its
+/// accept loop, so idle connections from inside stalled every exec. Now
+/// handshakes run in their own tasks (a bounded number at once).
+#[tokio::test]
+async fn idle_connections_to_the_exec_socket_do_not_stall_execs() {
+    let s = sandbox().start().await.unwrap();
+    let hold = r#"
+import socket, time
+held = []
+for _ in range(300):
+    c = socket.socket(socket.AF_UNIX)
+    c.connect("/.agent-sandbox/net/exec.sock")
+    held.append(c)
+print(len(held), flush=True)
+time.sleep(30)
+"#;
+    let out = s
+        .exec_with(
+            ["sh", "-c", "python3 -c \"$0\" > /tmp/held & while [ ! -s /tmp/held ]; do sleep 0.05; done; cat /tmp/held", hold],
+            ExecOptions::new().timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        "300\n",
+        "control: the idle connections were made: {}",
+        out.stderr_str()
+    );
+    // Each idle connection used to hold the hub for a second.
+    let t = std::time::Instant::now();
+    for _ in 0..3 {
+        let out = s
+            .exec_with(
+                "echo ok",
+                ExecOptions::new().timeout(Duration::from_secs(10)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.stdout_str(), "ok\n");
+    }
+    eprintln!("3 execs beside 300 idle connections: {:?}", t.elapsed());
+    s.close().await.unwrap();
+}

@@ -141,6 +141,10 @@ impl Drop for AbortOnDrop {
 /// How long to wait for a new session's init to open its exec socket.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Connections to the exec socket that may be between accept and their
+/// first frame at once (init needs one per exec starting; more are a flood).
+const MAX_HANDSHAKES: usize = 64;
+
 /// The largest frame the host accepts from a sandbox (init sends at most
 /// 64 KiB); anything bigger ends the exec instead of allocating.
 const MAX_FRAME: usize = 1 << 20;
@@ -196,49 +200,89 @@ impl ExecHub {
         let (ready_tx, ready_rx) = oneshot::channel();
         let weak = Arc::downgrade(&hub);
         let task = tokio::spawn(async move {
-            let mut ready_tx = Some(ready_tx);
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let Some(hub) = weak.upgrade() else { return };
-                // A connection that says nothing useful within a second is dropped.
-                let Ok(Ok((tag, payload))) =
-                    tokio::time::timeout(Duration::from_secs(1), read_small_frame(&mut conn)).await
-                else {
-                    continue;
+            let ready_tx = Arc::new(Mutex::new(Some(ready_tx)));
+            // Handshakes in flight: each in its own task (an idle connection
+            // from inside cannot hold up the others), at most this many.
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            loop {
+                let mut conn = match listener.accept().await {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        // EMFILE and the like: back off and go on; an exec
+                        // hub that stopped accepting would fail the session
+                        // for good.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
                 };
-                match (tag, payload.len()) {
-                    (b'C', 0) => {
-                        let mut control = hub.control.lock().await;
-                        if control.is_none() {
-                            let (r, w) = conn.into_split();
-                            // The read half is kept only to notice init going away.
-                            let gone = hub.init_gone.clone();
-                            tokio::spawn(async move {
-                                let mut r = r;
-                                let mut b = [0u8; 64];
-                                while matches!(r.read(&mut b).await, Ok(n) if n > 0) {}
-                                gone.send_replace(true);
-                            });
-                            *control = Some(w);
-                            if let Some(tx) = ready_tx.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                    }
-                    (b'A', 8) => {
-                        let id = u64::from_be_bytes(payload.try_into().unwrap_or_default());
-                        let waiter = hub.pending.lock().ok().and_then(|mut p| p.remove(&id));
-                        if let Some(tx) = waiter {
-                            let _ = tx.send(conn);
-                        }
-                    }
-                    _ => {}
+                if weak.strong_count() == 0 {
+                    return;
                 }
+                // Past the bound, a connection gets only a moment to say
+                // its frame: init writes it as it connects, so init's
+                // connections pass, and a flood of idle ones is shed fast.
+                let permit = handshakes.clone().try_acquire_owned().ok();
+                let patience = if permit.is_some() {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(50)
+                };
+                let (weak, ready_tx) = (weak.clone(), ready_tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let Ok(Ok((tag, payload))) =
+                        tokio::time::timeout(patience, read_small_frame(&mut conn)).await
+                    else {
+                        return;
+                    };
+                    let Some(hub) = weak.upgrade() else { return };
+                    hub.handshake(tag, payload, conn, &ready_tx).await;
+                });
             }
         });
         if let Ok(mut a) = hub.accept.lock() {
             *a = Some(task);
         }
         Ok((hub, ready_rx))
+    }
+
+    /// What a new connection said first: `C` (init's control connection,
+    /// the first one only) or `A id` (the connection for a pending exec).
+    async fn handshake(
+        &self,
+        tag: u8,
+        payload: Vec<u8>,
+        conn: UnixStream,
+        ready_tx: &Mutex<Option<oneshot::Sender<()>>>,
+    ) {
+        match (tag, payload.len()) {
+            (b'C', 0) => {
+                let mut control = self.control.lock().await;
+                if control.is_none() {
+                    let (r, w) = conn.into_split();
+                    // The read half is kept only to notice init going away.
+                    let gone = self.init_gone.clone();
+                    tokio::spawn(async move {
+                        let mut r = r;
+                        let mut b = [0u8; 64];
+                        while matches!(r.read(&mut b).await, Ok(n) if n > 0) {}
+                        gone.send_replace(true);
+                    });
+                    *control = Some(w);
+                    if let Some(tx) = ready_tx.lock().ok().and_then(|mut t| t.take()) {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            (b'A', 8) => {
+                let id = u64::from_be_bytes(payload.try_into().unwrap_or_default());
+                let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+                if let Some(tx) = waiter {
+                    let _ = tx.send(conn);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Asks init for a new exec connection.
