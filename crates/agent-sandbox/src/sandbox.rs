@@ -205,6 +205,7 @@ pub struct SandboxBuilder {
     proxy_limits: Limits,
     idle_timeout: Option<Duration>,
     runtime: Option<String>,
+    file_limit: usize,
 }
 
 impl Default for SandboxBuilder {
@@ -231,6 +232,7 @@ impl Default for SandboxBuilder {
             proxy_limits: Limits::default(),
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             runtime: None,
+            file_limit: 64 << 20,
         }
     }
 }
@@ -357,6 +359,14 @@ impl SandboxBuilder {
         self
     }
 
+    /// Largest file a session's `read_file` returns (bigger is a
+    /// [`Error::File`] naming the size); also bounds the output of the
+    /// helpers that read and list `/tmp` inside. Default 64 MiB.
+    pub fn file_limit(mut self, bytes: usize) -> Self {
+        self.file_limit = bytes;
+        self
+    }
+
     /// Mounts a host directory read-only at `container_path`.
     pub fn mount(mut self, host: impl Into<PathBuf>, container_path: impl Into<String>) -> Self {
         self.mounts.push((host.into(), container_path.into(), true));
@@ -467,6 +477,7 @@ impl SandboxBuilder {
             checked: p.checked,
             subscribers: p.subscribers,
             output_limit: self.output_limit,
+            file_limit: self.file_limit,
             timeout: self.timeout,
             idle_timeout: self.idle_timeout,
             user: p.user,

@@ -562,3 +562,42 @@ time.sleep(30)
     eprintln!("3 execs beside 300 idle connections: {:?}", t.elapsed());
     s.close().await.unwrap();
 }
+
+/// Finding: `ln -s /dev/zero /tmp/notes.txt` + `read_file` streamed 1 GB/s
+/// into the host, and a sparse 6 GB workspace file was read whole. Every
+/// read is capped by the file limit and fails naming it.
+#[tokio::test]
+async fn file_reads_are_capped_by_the_file_limit() {
+    let ws = tempdir("filecap");
+    let s = sandbox()
+        .workspace(&ws)
+        .file_limit(1 << 20)
+        .start()
+        .await
+        .unwrap();
+    // Controls: small files read back on both sides.
+    s.write_file("/tmp/small", "x").await.unwrap();
+    assert_eq!(s.read_file("/tmp/small").await.unwrap(), b"x");
+    std::fs::write(ws.join("small"), "y").unwrap();
+    assert_eq!(s.read_file("small").await.unwrap(), b"y");
+    let out = s
+        .exec("ln -s /dev/zero /tmp/notes.txt && truncate -s 6G /workspace/sparse && echo planted")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "planted\n", "{}", out.stderr_str());
+    for path in ["/tmp/notes.txt", "sparse"] {
+        let err = s.read_file(path).await.unwrap_err();
+        assert_eq!(err.code(), "file", "{path}: {err}");
+        assert!(
+            err.to_string().contains("file limit of 1048576 bytes"),
+            "{path}: {err}"
+        );
+    }
+    assert!(s
+        .read_file("sparse")
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("6442450944 bytes"));
+    s.close().await.unwrap();
+}

@@ -283,6 +283,7 @@ impl Engine {
         argv: Vec<String>,
         user: &str,
         cwd: &str,
+        limit: usize,
     ) -> Result<(i64, Vec<u8>, Vec<u8>), Error> {
         use bollard::exec::StartExecResults;
         let created = self
@@ -307,12 +308,17 @@ impl Engine {
             .await
             .map_err(|e| engine_err("start an exec", e))?
         {
+            // Each stream kept up to `limit` bytes; the rest is read and dropped.
+            let keep = |buf: &mut Vec<u8>, m: &[u8]| {
+                let room = limit.saturating_sub(buf.len());
+                buf.extend_from_slice(&m[..m.len().min(room)]);
+            };
             while let Some(Ok(chunk)) = output.next().await {
                 match chunk {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        out.extend_from_slice(&message)
+                        keep(&mut out, &message)
                     }
-                    LogOutput::StdErr { message } => err.extend_from_slice(&message),
+                    LogOutput::StdErr { message } => keep(&mut err, &message),
                     LogOutput::StdIn { .. } => {}
                 }
             }

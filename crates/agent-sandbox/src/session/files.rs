@@ -141,17 +141,46 @@ fn regular(op: &'static str, path: &str, fd: &OwnedFd) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn read(root: &Path, parts: &[String], path: &str) -> Result<Vec<u8>, Error> {
+/// Most entries a listing returns (a directory can hold millions).
+pub(crate) const MAX_LIST_ENTRIES: usize = 10_000;
+
+pub(crate) fn too_large(op: &'static str, path: &str, limit: usize) -> Error {
+    refuse(
+        op,
+        path,
+        format!("is larger than the file limit of {limit} bytes (raise it with file_limit)"),
+    )
+}
+
+pub(crate) fn read(
+    root: &Path,
+    parts: &[String],
+    path: &str,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
     const OP: &str = "read_file";
     let (dirs, name) = split_last(OP, path, parts)?;
     let dir = open_dir(root, dirs, false, OP, path)?;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rfs::openat(&dir, name, flags, Mode::empty()).map_err(|e| os(OP, path, e))?;
     regular(OP, path, &fd)?;
+    let size = rfs::fstat(&fd).map_err(|e| os(OP, path, e))?.st_size;
+    if u64::try_from(size).unwrap_or(0) > limit as u64 {
+        return Err(refuse(
+            OP,
+            path,
+            format!("is {size} bytes, larger than the file limit of {limit} bytes (raise it with file_limit)"),
+        ));
+    }
     let mut buf = Vec::new();
+    // Bounded even if the file grows while it is read.
     std::fs::File::from(fd)
+        .take(limit as u64 + 1)
         .read_to_end(&mut buf)
         .map_err(|e| refuse(OP, path, e.to_string()))?;
+    if buf.len() > limit {
+        return Err(too_large(OP, path, limit));
+    }
     Ok(buf)
 }
 
@@ -175,6 +204,9 @@ pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Vec<DirE
     let dir = open_dir(root, parts, false, OP, path)?;
     let mut out = Vec::new();
     for entry in rfs::Dir::read_from(&dir).map_err(|e| os(OP, path, e))? {
+        if out.len() >= MAX_LIST_ENTRIES {
+            break;
+        }
         let entry = entry.map_err(|e| os(OP, path, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == "." || name == ".." {

@@ -104,6 +104,7 @@ pub(crate) struct Parts {
     pub(crate) checked: Vec<CheckedDir>,
     pub(crate) subscribers: broadcast::Sender<AuditEvent>,
     pub(crate) output_limit: usize,
+    pub(crate) file_limit: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) user: String,
@@ -132,6 +133,7 @@ struct Inner {
     swept: Mutex<std::time::SystemTime>,
     subscribers: broadcast::Sender<AuditEvent>,
     output_limit: usize,
+    file_limit: usize,
     timeout: Option<Duration>,
     user: String,
     last_used: Mutex<Instant>,
@@ -176,6 +178,7 @@ impl Session {
             swept: Mutex::new(std::time::SystemTime::now()),
             subscribers: p.subscribers,
             output_limit: p.output_limit,
+            file_limit: p.file_limit,
             timeout: p.timeout,
             user: p.user,
             last_used: Mutex::new(Instant::now()),
@@ -287,14 +290,21 @@ impl Session {
         let (code, stdout, stderr) = self
             .inner
             .engine
-            .exec(&id, argv, &self.inner.user, "/workspace")
+            .exec(
+                &id,
+                argv,
+                &self.inner.user,
+                "/workspace",
+                self.inner.output_limit,
+            )
             .await?;
+        let cut = |b: &Vec<u8>| b.len() >= self.inner.output_limit;
         Ok(Output {
             exit_code: code,
+            stdout_truncated: cut(&stdout),
+            stderr_truncated: cut(&stderr),
             stdout,
             stderr,
-            stdout_truncated: false,
-            stderr_truncated: false,
             timed_out: false,
             oom_killed: false,
             duration: started.elapsed(),
@@ -383,16 +393,23 @@ impl Session {
     /// [`Error::File`].
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         match self.host_side("read_file", path)? {
-            Some((root, parts)) => files::read(&root, &parts, path),
+            Some((root, parts)) => files::read(&root, &parts, path, self.inner.file_limit),
             None => {
                 let target = in_sandbox_path("read_file", path)?;
-                self.in_sandbox(
-                    "read_file",
-                    path,
-                    vec!["cat".into(), "--".into(), target],
-                    None,
-                )
-                .await
+                let limit = self.inner.file_limit;
+                // `head` stops reading past the limit (a link to /dev/zero ends there).
+                let argv = vec![
+                    "head".into(),
+                    "-c".into(),
+                    (limit + 1).to_string(),
+                    "--".into(),
+                    target,
+                ];
+                let data = self.in_sandbox("read_file", path, argv, None).await?;
+                if data.len() > limit {
+                    return Err(files::too_large("read_file", path, limit));
+                }
+                Ok(data)
             }
         }
     }
@@ -434,6 +451,7 @@ impl Session {
                             size: size.parse().unwrap_or(0),
                         })
                     })
+                    .take(files::MAX_LIST_ENTRIES)
                     .collect();
                 entries.sort_by(|a, b| a.name.cmp(&b.name));
                 Ok(entries)
@@ -485,7 +503,10 @@ impl Session {
         argv: Vec<String>,
         stdin: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, Error> {
-        let mut opts = ExecOptions::new().output_limit(usize::MAX);
+        // Helper output is bounded like any read: the file limit plus room
+        // for a listing's lines.
+        let mut opts =
+            ExecOptions::new().output_limit(self.inner.file_limit.saturating_add(1 << 20));
         if let Some(data) = stdin {
             opts = opts.stdin(data);
         }
