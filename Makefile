@@ -10,12 +10,14 @@ BIN := $(CARGO_TARGET_DIR)/release/agent-sandbox
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: ## install what is missing, start Docker, build the base image
+setup: ## install what is missing, start Docker, build the base image, register gVisor (runsc)
 	scripts/setup.sh
 	scripts/docker.sh
+	scripts/runsc.sh
 
 image: ## build the local base image agent-sandbox/base:bookworm if absent
 	scripts/docker.sh
+	scripts/runsc.sh
 
 build: ## build the library and the CLI (release)
 	cargo build --release --workspace
@@ -43,6 +45,7 @@ demo: setup build ## a sandboxed run that shows the allowlist and the jail worki
 bench: ## criterion policy benchmark and the loopback proxy comparison
 	scripts/setup.sh --bench
 	scripts/docker.sh
+	scripts/runsc.sh
 	cargo bench -p agent-sandbox-benches --bench policy
 	cargo build --release -p agent-sandbox-benches -p agent-sandbox-cli
 	$(CARGO_TARGET_DIR)/release/proxy-compare --agent-sandbox $(BIN)

@@ -70,6 +70,14 @@ struct SandboxArgs {
     /// Process limit. Default 256.
     #[arg(long)]
     pids: Option<i64>,
+    /// Run as UID:GID (default: the caller; for a root caller, the
+    /// workspace's owner, never root unless asked with --user 0:0).
+    #[arg(long, value_name = "UID:GID")]
+    user: Option<String>,
+    /// The engine's OCI runtime: runsc runs the sandbox under gVisor
+    /// (default: $AGENT_SANDBOX_RUNTIME, else the engine's default).
+    #[arg(long, value_name = "NAME")]
+    runtime: Option<String>,
     /// Write audit events as JSON lines to FILE (appended), or - for stderr.
     #[arg(long, value_name = "FILE|-")]
     audit_log: Option<String>,
@@ -231,6 +239,12 @@ fn sandbox_builder(args: &SandboxArgs) -> Result<SandboxBuilder, agent_sandbox::
     }
     if let Some(p) = args.pids {
         b = b.pids(p);
+    }
+    if let Some(u) = &args.user {
+        b = b.user(u);
+    }
+    if let Some(r) = &args.runtime {
+        b = b.runtime(r);
     }
     if let Some(target) = &args.audit_log {
         let out: Box<dyn Write + Send> = if target == "-" {

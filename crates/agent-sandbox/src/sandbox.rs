@@ -735,9 +735,18 @@ impl SandboxBuilder {
             "--socket".into(),
             format!("{NET_DIR}/proxy.sock"),
         ];
-        for (target, dir) in &checked {
-            argv.push("--check-mount".into());
-            argv.push(format!("{target}={}:{}", dir.dev, dir.ino));
+        let runtime = self.runtime.clone().or_else(|| {
+            std::env::var("AGENT_SANDBOX_RUNTIME")
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
+        // gVisor shows made-up device and inode numbers inside, so init can
+        // compare mounts only under runc (see the README's limits).
+        if runtime.as_deref().is_none_or(|r| r == "runc") {
+            for (target, dir) in &checked {
+                argv.push("--check-mount".into());
+                argv.push(format!("{target}={}:{}", dir.dev, dir.ino));
+            }
         }
         match command {
             Some(cmd) => {
@@ -771,11 +780,7 @@ impl SandboxBuilder {
                 (labels::ID.to_owned(), id.clone()),
                 (labels::OWNER.to_owned(), owner_label_value()),
             ]),
-            runtime: self.runtime.clone().or_else(|| {
-                std::env::var("AGENT_SANDBOX_RUNTIME")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            }),
+            runtime,
         };
         let ctl_path = command_was_none.then(|| dir.0.join("exec.sock"));
         let custom_user = sandbox_ids != Some(caller);

@@ -287,10 +287,12 @@ pub(crate) fn strip_setid_bits(root: &Path, since: std::time::SystemTime) -> Vec
                         stack.push((sub, path));
                     }
                 }
-                FileType::RegularFile if st.st_mode & 0o6000 != 0 && st.st_ctime >= since => {
-                    if clear_setid(&dir, name) {
-                        stripped.push(path);
-                    }
+                FileType::RegularFile
+                    if st.st_mode & 0o6000 != 0
+                        && st.st_ctime >= since
+                        && clear_setid(&dir, name) =>
+                {
+                    stripped.push(path);
                 }
                 _ => {}
             }

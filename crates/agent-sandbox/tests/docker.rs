@@ -963,3 +963,87 @@ print(n, round(time.time() - t0, 2))
     assert!(denied.iter().all(|e| e.host.len() <= 256), "long host kept");
     assert_eq!(out.events_dropped, 0);
 }
+
+/// gVisor as a second wall: `make test` registers Debian's `runsc` with the
+/// engine (`--network=none --host-uds=all`). The jail's essentials hold
+/// under it: the runtime is really runsc, the proxy is the only way out (a
+/// control request through it reaches the canary, a direct one does not),
+/// the workspace is writable, and sessions work over the host's unix
+/// socket. gVisor does not apply the engine's seccomp profile (its own
+/// kernel is the wall: its io_uring never reaches the host's), so a setuid
+/// bit can be set inside, and the host-side sweep removes it before the run
+/// returns. (Debian's 2022 runsc fails coreutils' `statx` flags, so the
+/// probes use Python rather than `ls`/`stat`.)
+#[tokio::test]
+async fn the_jail_holds_under_gvisor() {
+    let (port, hits) = http_canary("through-gvisor");
+    let ws = tempdir("runsc");
+    let b = sandbox()
+        .runtime("runsc")
+        .workspace(&ws)
+        .allow(format!("canary.test:{port}"))
+        .resolve("canary.test", port, "127.0.0.1");
+    let probe = format!(
+        r#"
+import ctypes, os, socket, subprocess
+print("release", os.uname().release)
+print("proxied", subprocess.run(["curl", "-s", "http://canary.test:{port}/"], capture_output=True, text=True).stdout)
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3)
+    print("direct CONNECTED")
+except OSError as e:
+    print("direct", e.errno)
+open("/workspace/f", "w").write("x")
+try:
+    os.chmod("/workspace/f", 0o4755)
+    print("chmod OK")
+except OSError as e:
+    print("chmod", e.errno)
+"#
+    );
+    let out = run(b.clone(), &format!("python3 -c '{probe}'")).await;
+    let text = out.stdout_str();
+    assert!(
+        text.contains("proxied through-gvisor"),
+        "control: {text} {}",
+        out.stderr_str()
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the proxied request arrived"
+    );
+    assert!(
+        text.contains("direct 111") || text.contains("direct 101"),
+        "{text}"
+    );
+    assert!(text.contains("chmod OK"), "{text}");
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "x");
+    assert_eq!(out.setid_stripped, ["f"]);
+    assert_eq!(
+        std::fs::metadata(ws.join("f")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    // The runtime really was gVisor (its kernel reports its own release).
+    let session = b.start().await.unwrap();
+    let id = session.container().unwrap();
+    let info = docker()
+        .await
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(info.host_config.unwrap().runtime.as_deref(), Some("runsc"));
+    let out = session
+        .exec("python3 -c 'import os; print(os.uname().release)'")
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout_str().trim(),
+        text.lines().next().unwrap().trim_start_matches("release ")
+    );
+    assert_eq!(
+        session.exec("echo exec-ok").await.unwrap().stdout_str(),
+        "exec-ok\n"
+    );
+    session.close().await.unwrap();
+}
