@@ -17,7 +17,6 @@ setup: ## install what is missing, start Docker, build the base image, register 
 
 image: ## build the local base image agent-sandbox/base:bookworm if absent
 	scripts/docker.sh
-	scripts/runsc.sh
 
 build: ## build the library and the CLI (release)
 	cargo build --release --workspace
@@ -42,7 +41,7 @@ node-test: setup ## build the addon, npm pack, install the tarball fresh, node -
 demo: setup build ## a sandboxed run that shows the allowlist and the jail working
 	scripts/demo.sh $(BIN)
 
-bench: ## criterion policy benchmark and the loopback proxy comparison
+bench: ## criterion policy benchmark, proxy/run/session comparisons (runc and runsc), the load test
 	scripts/setup.sh --bench
 	scripts/docker.sh
 	scripts/runsc.sh
@@ -51,6 +50,7 @@ bench: ## criterion policy benchmark and the loopback proxy comparison
 	$(CARGO_TARGET_DIR)/release/proxy-compare --agent-sandbox $(BIN)
 	$(CARGO_TARGET_DIR)/release/run-compare
 	$(CARGO_TARGET_DIR)/release/session-compare
+	$(CARGO_TARGET_DIR)/release/load
 	scripts/python-test.sh -q -k the_installed_wheel  # builds and installs the wheel
 	v=$$(mktemp -d) && python3 -m venv $$v && $$v/bin/pip install -q $(CARGO_TARGET_DIR)/wheels/*.whl && $$v/bin/python benches/python_overhead.py; rm -rf $$v
 

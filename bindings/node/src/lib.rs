@@ -307,9 +307,14 @@ pub async fn run(
     command: Vec<String>,
     shell: bool,
     // Spelled out (not the aliases) so the generated .d.ts names real types.
+    // At most 1024 events wait for a busy JS thread: past it an event is not
+    // delivered to the callback (it is still in the result's `events`), so a
+    // flood from the sandbox never queues without bound in the host.
     on_stdout: Option<ThreadsafeFunction<String, (), String, Status, false>>,
     on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false>>,
-    on_event: Option<ThreadsafeFunction<SandboxEvent, (), SandboxEvent, Status, false>>,
+    on_event: Option<
+        ThreadsafeFunction<SandboxEvent, (), SandboxEvent, Status, false, false, 1024>,
+    >,
     cancel_id: Option<u32>,
 ) -> Result<RunResult> {
     let mut b = builder(options)?;

@@ -290,33 +290,14 @@ async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
     tokio::pin!(run);
     let out = tokio::select! {
         r = &mut run => r?,
-        () = wait_for_signal() => {
+        sig = wait_for_signal() => {
             cancel.cancel();
             let _ = run.await;
-            eprintln!("agent-sandbox: interrupted; the sandbox was removed");
-            return Ok(130);
+            eprintln!("agent-sandbox: interrupted (signal {sig}); the sandbox was removed");
+            return Ok(128 + sig);
         }
     };
-    let denied: Vec<_> = out
-        .events
-        .iter()
-        .filter(|e| e.verdict == Verdict::Deny)
-        .collect();
-    if !denied.is_empty() {
-        eprintln!(
-            "agent-sandbox: {} network request(s) refused by the policy:",
-            denied.len()
-        );
-        for e in denied {
-            eprintln!(
-                "  {} {}:{} ({})",
-                e.method,
-                e.host,
-                e.port,
-                e.reason.as_deref().unwrap_or("denied")
-            );
-        }
-    }
+    print_refusals(&out.events, out.events_dropped);
     if out.oom_killed {
         eprintln!("agent-sandbox: the command was killed for exceeding the memory limit");
     }
@@ -330,15 +311,62 @@ async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
     Ok(u8::try_from(out.exit_code.clamp(0, 255)).unwrap_or(1))
 }
 
+/// Most distinct refusals the summary lists.
+const SUMMARY_LINES: usize = 20;
+
+/// One line per distinct refusal (method, host, port, reason) with how many
+/// times it happened, so a retry loop is one line, not six, and a flood is
+/// a count; at most [`SUMMARY_LINES`] lines.
+fn print_refusals(events: &[AuditEvent], dropped: u64) {
+    /// Method, host, port, reason.
+    type Refusal<'a> = (&'a str, &'a str, u16, &'a str);
+    let mut seen: Vec<(Refusal<'_>, u64)> = Vec::new();
+    for e in events.iter().filter(|e| e.verdict == Verdict::Deny) {
+        let key = (
+            e.method.as_str(),
+            e.host.as_str(),
+            e.port,
+            e.reason.as_deref().unwrap_or("denied"),
+        );
+        match seen.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += e.count,
+            None => seen.push((key, e.count)),
+        }
+    }
+    if seen.is_empty() {
+        return;
+    }
+    let total: u64 = seen.iter().map(|(_, n)| n).sum();
+    eprintln!("agent-sandbox: {total} network request(s) refused by the policy:");
+    for ((method, host, port, reason), n) in seen.iter().take(SUMMARY_LINES) {
+        let times = if *n > 1 {
+            format!(" x{n}")
+        } else {
+            String::new()
+        };
+        eprintln!("  {method} {host}:{port} ({reason}){times}");
+    }
+    if seen.len() > SUMMARY_LINES {
+        eprintln!("  ... and {} more", seen.len() - SUMMARY_LINES);
+    }
+    if dropped > 0 {
+        eprintln!("  ({dropped} older event(s) were dropped: the log keeps the latest 4096)");
+    }
+}
+
 async fn gc_cmd() -> Result<u8, agent_sandbox::Error> {
     let engine = Engine::connect().await?;
     let report = gc(&engine).await?;
     for id in &report.removed {
         println!("removed {}", &id[..id.len().min(12)]);
     }
+    for dir in &report.dirs_removed {
+        println!("removed {}", dir.display());
+    }
     eprintln!(
-        "agent-sandbox gc: removed {}, kept {} (owner still running or on another host)",
+        "agent-sandbox gc: removed {} container(s) and {} host director(ies), kept {} (owner still running or on another host)",
         report.removed.len(),
+        report.dirs_removed.len(),
         report.kept
     );
     Ok(0)
@@ -366,24 +394,58 @@ async fn proxy(args: ProxyArgs) -> Result<(), agent_sandbox::Error> {
         "agent-sandbox proxy listening on {} (Ctrl-C to stop)",
         handle.local_addr()
     );
-    wait_for_signal().await;
+    let _ = wait_for_signal().await;
     handle.shutdown().await;
     eprintln!("agent-sandbox proxy stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// The signals every mode cleans up on. Registered once, first thing, so a
+/// signal that arrives while a sandbox is still starting is held for the
+/// mode's next look instead of ending the process with its sandbox running.
+struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+    quit: Option<tokio::signal::unix::Signal>,
+}
+
+static SIGNALS: std::sync::OnceLock<tokio::sync::Mutex<Signals>> = std::sync::OnceLock::new();
+
+/// Installs the handlers (inside the runtime, before anything starts).
+fn install_signals() {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let _ = SIGNALS.set(tokio::sync::Mutex::new(Signals {
+        int: signal(SignalKind::interrupt()).ok(),
+        term: signal(SignalKind::terminate()).ok(),
+        hup: signal(SignalKind::hangup()).ok(),
+        quit: signal(SignalKind::quit()).ok(),
+    }));
+}
+
+/// Resolves with the first of SIGINT, SIGTERM, SIGHUP or SIGQUIT since the
+/// handlers were installed (each would otherwise end the process without
+/// removing its sandbox): every mode cleans up on any of them and exits
+/// with 128 + the signal.
+pub(crate) async fn wait_for_signal() -> u8 {
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
             }
+            None => std::future::pending().await,
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    }
+    let Some(signals) = SIGNALS.get() else {
+        return std::future::pending().await;
+    };
+    let mut s = signals.lock().await;
+    let s = &mut *s;
+    tokio::select! {
+        () = recv(&mut s.int) => 2,
+        () = recv(&mut s.term) => 15,
+        () = recv(&mut s.hup) => 1,
+        () = recv(&mut s.quit) => 3,
     }
 }
 
@@ -400,6 +462,7 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        install_signals();
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Shell(args) => shell::shell(sandbox_builder(&args.sandbox)?).await,
@@ -410,6 +473,9 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy(args).await.map(|()| 0),
         }
     });
+    // A read of stdin may still sit in a blocking thread (serve, shell):
+    // exit without waiting for it. Every sandbox is closed by now.
+    rt.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

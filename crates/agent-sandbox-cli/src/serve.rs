@@ -14,8 +14,8 @@
 //!   `--pool N` sandboxes started ahead of time (default 1), created at
 //!   the first `run`.
 //! - `write_file`: `path`, `data` (text) or `data_base64`
-//! - `read_file`: `path` -> `data` (text, lossy) and `data_base64`
-//! - `list`: `path` -> `entries` [{name, kind, size}]
+//! - `read_file`: `path` -> `data` (UTF-8 text) or, for other bytes, `data_base64`
+//! - `list`: `path` -> `entries` [{name, kind, size}] (at most 10,000) and `truncated`
 //! - `remove`: `path`
 //! - `events` -> `events` (all so far)
 //! - `allow` / `deny` / `remove_rule`: `rule` (a policy change, new connections)
@@ -162,18 +162,24 @@ async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
             Ok(json!({}))
         }
         "read_file" => {
+            // One copy in the reply, never two: text as it is, anything
+            // else as base64 (the file limit bounds both).
             let data = session.read_file(field(req, "path")?).await?;
-            Ok(
-                json!({ "data": String::from_utf8_lossy(&data), "data_base64": base64::engine::general_purpose::STANDARD.encode(&data) }),
-            )
+            Ok(match String::from_utf8(data) {
+                Ok(text) => json!({ "data": text }),
+                Err(e) => json!({
+                    "data_base64": base64::engine::general_purpose::STANDARD.encode(e.as_bytes())
+                }),
+            })
         }
         "list" => {
-            let entries = session
-                .list(req.get("path").and_then(Value::as_str).unwrap_or("."))
+            let listing = session
+                .listing(req.get("path").and_then(Value::as_str).unwrap_or("."))
                 .await?;
-            Ok(
-                json!({ "entries": entries.iter().map(|e| json!({"name": e.name, "kind": e.kind, "size": e.size})).collect::<Vec<_>>() }),
-            )
+            Ok(json!({
+                "entries": listing.entries.iter().map(|e| json!({"name": e.name, "kind": e.kind, "size": e.size})).collect::<Vec<_>>(),
+                "truncated": listing.truncated,
+            }))
         }
         "remove" => {
             session.remove(field(req, "path")?).await?;
@@ -224,13 +230,41 @@ pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize) -> Result<u8, Err
         &out,
         &json!({"ready": true, "sandbox_id": served.session.id()}),
     );
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut input = BufReader::new(tokio::io::stdin());
     let mut tasks = tokio::task::JoinSet::new();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let read = tokio::select! {
+            r = input.read_until(b'\n', &mut raw) => r,
+            sig = crate::wait_for_signal() => {
+                // Killed by a signal: the sandboxes go too, before we exit.
+                tasks.abort_all();
+                let _ = close(&served).await;
+                return Ok(128 + sig);
+            }
+        };
+        if !matches!(read, Ok(n) if n > 0) {
+            break;
+        }
+        // One bad byte is a bad request, not the end of the session.
+        let line = match std::str::from_utf8(&raw) {
+            Ok(l) => l,
+            Err(e) => {
+                send(
+                    &out,
+                    &reply(
+                        &Value::Null,
+                        Err(Failure::Bad(BadRequest(format!("not UTF-8: {e}")))),
+                    ),
+                );
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let req: Value = match serde_json::from_str(&line) {
+        let req: Value = match serde_json::from_str(line) {
             Ok(v) => v,
             Err(e) => {
                 send(

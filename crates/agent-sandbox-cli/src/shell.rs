@@ -16,26 +16,40 @@ pub(crate) async fn shell(b: SandboxBuilder) -> Result<u8, Error> {
         session.id()
     );
     let interactive = std::io::stdin().is_terminal();
-    let code = match (interactive, session.container()) {
-        (true, Some(container)) if which_docker() => {
-            // A real terminal: the engine allocates the TTY (uid, env and
-            // limits are the container's own).
-            let status = tokio::process::Command::new("docker")
-                .args([
-                    "exec",
-                    "-it",
-                    "-w",
-                    "/workspace",
-                    &container,
-                    "/bin/sh",
-                    "-c",
-                    "command -v bash >/dev/null && exec bash || exec sh",
-                ])
-                .status()
-                .await;
-            status.ok().and_then(|s| s.code()).unwrap_or(1) as u8
+    let work = async {
+        match (interactive, session.container()) {
+            (true, Some(container)) if which_docker() => {
+                // A real terminal: the engine allocates the TTY (uid, env and
+                // limits are the container's own).
+                let status = tokio::process::Command::new("docker")
+                    .args([
+                        "exec",
+                        "-it",
+                        "-w",
+                        "/workspace",
+                        &container,
+                        "/bin/sh",
+                        "-c",
+                        "command -v bash >/dev/null && exec bash || exec sh",
+                    ])
+                    .status()
+                    .await;
+                Ok(status.ok().and_then(|s| s.code()).unwrap_or(1) as u8)
+            }
+            _ => lines(&session, interactive).await,
         }
-        _ => lines(&session, interactive).await?,
+    };
+    // A signal (the terminal closed, a kill) still removes the sandbox.
+    let code = tokio::select! {
+        c = work => c,
+        sig = crate::wait_for_signal() => Ok(128 + sig),
+    };
+    let code = match code {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = session.close().await;
+            return Err(e);
+        }
     };
     session.close().await?;
     Ok(code)

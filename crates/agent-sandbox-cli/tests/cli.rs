@@ -211,42 +211,148 @@ fn run_timeout_exits_124() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
 }
 
-#[test]
-fn ctrl_c_removes_the_container() {
-    let ws = workspace("sigint");
+/// This process's host directories (`agent-sandbox-ID-net-PID.START`).
+fn host_dirs_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("agent-sandbox-") && n.contains(&format!("-{pid}.")))
+        .collect()
+}
+
+/// Starts `agent-sandbox ARGS` and waits until its sandbox runs (control:
+/// the container and the host directory exist).
+fn started(args: &[&str]) -> std::process::Child {
     let mut child = bin()
-        .args([
-            "run",
-            "--image",
-            &image(),
-            "--workspace",
-            ws.to_str().unwrap(),
-            "--",
-            "sleep 60",
-        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut seen = false;
-    for _ in 0..100 {
-        if !containers_owned_by(pid).is_empty() {
-            seen = true;
-            break;
+    for _ in 0..200 {
+        if !containers_owned_by(pid).is_empty() && !host_dirs_of(pid).is_empty() {
+            return child;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(seen, "the sandbox container started");
-    Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the sandbox of {args:?} never started");
+}
+
+/// Finding: `run` on SIGHUP and `serve --stdio` on SIGTERM/SIGHUP left the
+/// container running, and host directories stayed behind. Every mode now
+/// cleans up on SIGINT, SIGTERM, SIGHUP and SIGQUIT and exits 128 + signal.
+#[test]
+fn every_mode_removes_its_sandbox_on_every_signal() {
+    let ws = workspace("signals");
+    let ws = ws.to_str().unwrap();
+    let img = image();
+    let modes: [(&str, Vec<&str>); 3] = [
+        (
+            "run",
+            vec!["run", "--image", &img, "--workspace", ws, "--", "sleep 60"],
+        ),
+        (
+            "serve",
+            vec!["serve", "--stdio", "--image", &img, "--workspace", ws],
+        ),
+        ("shell", vec!["shell", "--image", &img, "--workspace", ws]),
+    ];
+    for (mode, args) in &modes {
+        for (sig, n) in [("INT", 2), ("TERM", 15), ("HUP", 1), ("QUIT", 3)] {
+            let mut child = started(args);
+            let pid = child.id();
+            Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status()
+                .unwrap();
+            let status = child.wait().unwrap();
+            assert_eq!(status.code(), Some(128 + n), "{mode} on SIG{sig}");
+            assert!(
+                containers_owned_by(pid).is_empty(),
+                "{mode} on SIG{sig} left its container"
+            );
+            assert!(
+                host_dirs_of(pid).is_empty(),
+                "{mode} on SIG{sig} left {:?}",
+                host_dirs_of(pid)
+            );
+        }
+    }
+}
+
+/// SIGKILL cannot be caught: the container and the host directory outlive
+/// the process, and `gc` removes both.
+#[test]
+fn gc_removes_what_a_killed_process_left() {
+    let ws = workspace("sigkill");
+    let mut child = started(&[
+        "run",
+        "--image",
+        &image(),
+        "--workspace",
+        ws.to_str().unwrap(),
+        "--",
+        "sleep 60",
+    ]);
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = host_dirs_of(pid);
+    assert!(!left.is_empty(), "control: SIGKILL left a host directory");
     assert!(
-        containers_owned_by(pid).is_empty(),
-        "no container left behind after Ctrl-C"
+        !containers_owned_by(pid).is_empty(),
+        "control: SIGKILL left the container"
     );
+    let out = bin().arg("gc").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for dir in &left {
+        assert!(
+            printed.contains(dir.as_str()),
+            "gc did not report {dir}: {printed}"
+        );
+    }
+    assert!(
+        host_dirs_of(pid).is_empty(),
+        "gc left {:?}",
+        host_dirs_of(pid)
+    );
+    assert!(containers_owned_by(pid).is_empty(), "gc left the container");
+}
+
+/// Finding: one invalid UTF-8 byte ended `serve --stdio` silently. It is a
+/// bad request now, and the session goes on.
+#[test]
+fn serve_answers_invalid_utf8_and_goes_on() {
+    let ws = workspace("utf8");
+    let mut s = Served::start(&["--workspace", ws.to_str().unwrap()]);
+    assert_eq!(s.next()["ready"], true);
+    s.stdin
+        .write_all(b"{\"id\": 1, \"op\": \"exec\", \"cmd\": \"echo \xff\"}\n")
+        .unwrap();
+    s.stdin.flush().unwrap();
+    let bad = s.next();
+    assert_eq!(bad["ok"], false, "{bad}");
+    assert_eq!(bad["error"]["code"], "bad_request", "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{bad}"
+    );
+    let r = s.call(serde_json::json!({"id": 2, "op": "exec", "cmd": "echo still"}));
+    assert_eq!(r["stdout"], "still\n", "{r}");
+    s.close(3);
 }
 
 #[test]

@@ -40,7 +40,7 @@ pub mod session;
 mod workspace;
 
 pub use pool::Pool;
-pub use session::{DirEntry, ExecOptions, Session};
+pub use session::{DirEntry, ExecOptions, Listing, Session};
 
 pub use sandbox::{
     parse_size, CancelToken, Command, Output, Sandbox, SandboxBuilder, DEFAULT_IMAGE,

@@ -475,6 +475,7 @@ impl SandboxBuilder {
             workspace: p.workspace,
             events: p.events,
             checked: p.checked,
+            owner: if p.custom_user { p.sandbox_ids } else { None },
             subscribers: p.subscribers,
             output_limit: self.output_limit,
             file_limit: self.file_limit,
@@ -1069,12 +1070,20 @@ pub(crate) fn share_socket(path: &Path, ids: Option<(u32, u32)>) -> Result<(), E
 pub(crate) struct SandboxDir(pub(crate) PathBuf);
 
 impl SandboxDir {
+    /// `agent-sandbox-ID-WHAT-OWNER`: the owner part (pid and start time)
+    /// lets `gc` remove the directories of processes that died (SIGKILL).
     fn create(id: &str, what: &str) -> Result<SandboxDir, Error> {
-        let path = std::env::temp_dir().join(format!("agent-sandbox-{id}-{what}"));
+        let name = format!(
+            "agent-sandbox-{id}-{what}-{}",
+            crate::runtime::owner_dir_tag()
+        );
+        let path = std::env::temp_dir().join(name);
         std::fs::create_dir(&path)?;
-        // Traversable (not listable) by the sandbox user if it differs from the caller.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o711))?;
-        Ok(SandboxDir(path))
+        let dir = SandboxDir(path);
+        // Traversable (not listable) by the sandbox user if it differs from
+        // the caller. On failure `dir` is dropped, which removes it.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o711))?;
+        Ok(dir)
     }
 }
 

@@ -103,7 +103,13 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
     );
     assert!(
         !secopt.iter().any(|s| s.contains("unconfined")),
-        "default seccomp and apparmor kept: {secopt:?}"
+        "seccomp and apparmor kept: {secopt:?}"
+    );
+    assert!(
+        secopt
+            .iter()
+            .any(|s| s.strip_prefix("seccomp=") == Some(agent_sandbox::runtime::SECCOMP_PROFILE)),
+        "our seccomp profile, not the engine's default"
     );
     assert_eq!(hc.network_mode.as_deref(), Some("none"));
     assert_eq!(hc.pids_limit, Some(256));
@@ -263,6 +269,7 @@ async fn setuid_and_capabilities_give_nothing() {
         python3 -c 'import os; os.setuid(0)' 2>/dev/null && echo SETUID-OK
         su -c id root </dev/null 2>/dev/null && echo SU-OK
         cat /etc/shadow 2>/dev/null && echo SHADOW-READ
+        python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); print("io_uring", l.syscall(425, 1, ctypes.create_string_buffer(120)), ctypes.get_errno())'
         true
     "#;
     let out = run(sandbox().user("1000:1000"), script).await;
@@ -274,6 +281,8 @@ async fn setuid_and_capabilities_give_nothing() {
         text.contains("Seccomp:\t2"),
         "seccomp filter active: {text}"
     );
+    // Docker 20.10's default profile allows io_uring (fd 3 comes back); ours refuses it.
+    assert!(text.contains("io_uring -1 1"), "{text}");
     for bad in ["SETUID-OK", "SU-OK", "SHADOW-READ"] {
         assert!(!text.contains(bad), "{bad}: {text}");
     }

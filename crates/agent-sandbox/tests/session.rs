@@ -601,3 +601,29 @@ async fn file_reads_are_capped_by_the_file_limit() {
         .contains("6442450944 bytes"));
     s.close().await.unwrap();
 }
+
+/// Listings are bounded (10,000 entries) and say when they were cut, on
+/// the host side and inside the sandbox alike.
+#[tokio::test]
+async fn listings_are_bounded_and_say_so() {
+    let ws = tempdir("listcap");
+    let s = sandbox().workspace(&ws).start().await.unwrap();
+    let out = s
+        .exec("mkdir big /tmp/big && cd big && seq 10001 | xargs touch && cd /tmp/big && seq 10001 | xargs touch && echo made")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "made\n", "{}", out.stderr_str());
+    s.exec("mkdir small /tmp/small && touch small/a small/b /tmp/small/a")
+        .await
+        .unwrap();
+    for (path, small) in [("big", "small"), ("/tmp/big", "/tmp/small")] {
+        let big = s.listing(path).await.unwrap();
+        assert_eq!(big.entries.len(), 10_000, "{path}");
+        assert!(big.truncated, "{path}");
+        // Control: a small directory is whole and not marked.
+        let small = s.listing(small).await.unwrap();
+        assert!(!small.truncated && !small.entries.is_empty(), "{path}");
+    }
+    assert!(s.listing("/tmp/missing").await.is_err());
+    s.close().await.unwrap();
+}

@@ -15,6 +15,8 @@ pub struct GcReport {
     pub removed: Vec<String>,
     /// Sandbox containers left alone (owner alive, or on another host).
     pub kept: usize,
+    /// Host directories (proxy and exec sockets) of dead owners, removed.
+    pub dirs_removed: Vec<std::path::PathBuf>,
 }
 
 fn hostname() -> String {
@@ -38,6 +40,45 @@ pub fn owner_label_value() -> String {
     let pid = std::process::id().to_string();
     let start = start_time(&pid).unwrap_or_default();
     format!("{}:{pid}:{start}", hostname())
+}
+
+/// `PID.START` of this process, the owner part of its host directories'
+/// names (`agent-sandbox-ID-net-PID.START`).
+pub(crate) fn owner_dir_tag() -> String {
+    let pid = std::process::id().to_string();
+    format!("{pid}.{}", start_time(&pid).unwrap_or_default())
+}
+
+/// Removes `agent-sandbox-*` directories in `tmp` whose owner process is
+/// gone (the container and socket directory of a process killed with
+/// SIGKILL outlive it; containers are collected by label, these by name).
+fn collect_dirs(tmp: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("agent-sandbox-") else {
+            continue;
+        };
+        let Some((_, tag)) = rest.rsplit_once('-') else {
+            continue;
+        };
+        let Some((pid, start)) = tag.split_once('.') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() || start_time(pid).is_some_and(|s| s == start) {
+            continue;
+        }
+        // Never through a link: only a real directory of ours is removed.
+        if entry.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 fn owner_alive(owner: &str, this_host: &str) -> bool {
@@ -84,12 +125,34 @@ pub async fn gc(engine: &Engine) -> Result<GcReport, Error> {
             report.removed.push(id);
         }
     }
+    report.dirs_removed = collect_dirs(&std::env::temp_dir());
     Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_directories_of_dead_owners_are_removed_and_live_ones_kept() {
+        let tmp = std::env::temp_dir().join(format!("as-gc-dirs-{}", std::process::id()));
+        let live = tmp.join(format!("agent-sandbox-aaa-net-{}", owner_dir_tag()));
+        let dead = tmp.join(format!("agent-sandbox-bbb-net-{}.1", std::process::id()));
+        let gone = tmp.join("agent-sandbox-ccc-net-999999999.5");
+        let other = tmp.join("agent-sandbox-not-ours");
+        for d in [&live, &dead, &gone, &other] {
+            std::fs::create_dir_all(d.join("inner")).unwrap();
+        }
+        let mut removed = collect_dirs(&tmp);
+        removed.sort();
+        assert_eq!(removed, [dead.clone(), gone.clone()]);
+        assert!(
+            live.exists() && other.exists(),
+            "a live owner's directory was removed"
+        );
+        assert!(!dead.exists() && !gone.exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 
     #[test]
     fn this_process_is_alive_and_a_dead_pid_is_not() {

@@ -8,8 +8,9 @@ mod container;
 mod gc;
 mod image;
 
-pub use container::{ContainerSpec, Mount, Resources};
+pub use container::{ContainerSpec, Mount, Resources, SECCOMP_PROFILE};
 pub(crate) use container::{Exit, Stream};
+pub(crate) use gc::owner_dir_tag;
 pub use gc::{gc, owner_label_value, GcReport};
 pub use image::PullProgress;
 

@@ -98,24 +98,51 @@ const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::CLOEXEC)
     .union(OFlags::RDONLY);
 
+/// Whether missing directories are made, and who owns what is made: the
+/// sandbox user when it is not the caller (a root caller's sandbox runs
+/// as the workspace's owner, who must be able to write what the host made).
+#[derive(Clone, Copy)]
+pub(crate) enum Create {
+    No,
+    OwnedBy(Option<(u32, u32)>),
+}
+
+/// Gives a new file or directory to `owner`, when the caller may (root);
+/// a caller who may not keeps it, as before.
+fn give(fd: &OwnedFd, owner: Option<(u32, u32)>) {
+    if let Some((uid, gid)) = owner {
+        let _ = rfs::fchown(
+            fd,
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
+        );
+    }
+}
+
 /// Opens the directory `parts` below `root`, component by component.
 fn open_dir(
     root: &Path,
     parts: &[String],
-    create: bool,
+    create: Create,
     op: &'static str,
     path: &str,
 ) -> Result<OwnedFd, Error> {
     let mut fd =
         rfs::openat(rfs::CWD, root, DIR_FLAGS, Mode::empty()).map_err(|e| os(op, path, e))?;
     for part in parts {
-        let next = match rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty()) {
-            Err(rustix::io::Errno::NOENT) if create => {
+        let next = match (
+            rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty()),
+            create,
+        ) {
+            (Err(rustix::io::Errno::NOENT), Create::OwnedBy(owner)) => {
                 rfs::mkdirat(&fd, part.as_str(), Mode::from_raw_mode(0o755))
                     .map_err(|e| os(op, path, e))?;
-                rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty())
+                let made = rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty())
+                    .map_err(|e| os(op, path, e))?;
+                give(&made, owner);
+                Ok(made)
             }
-            other => other,
+            (other, _) => other,
         };
         fd = next.map_err(|e| os(op, path, e))?;
     }
@@ -160,7 +187,7 @@ pub(crate) fn read(
 ) -> Result<Vec<u8>, Error> {
     const OP: &str = "read_file";
     let (dirs, name) = split_last(OP, path, parts)?;
-    let dir = open_dir(root, dirs, false, OP, path)?;
+    let dir = open_dir(root, dirs, Create::No, OP, path)?;
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     let fd = rfs::openat(&dir, name, flags, Mode::empty()).map_err(|e| os(OP, path, e))?;
     regular(OP, path, &fd)?;
@@ -184,14 +211,28 @@ pub(crate) fn read(
     Ok(buf)
 }
 
-pub(crate) fn write(root: &Path, parts: &[String], path: &str, data: &[u8]) -> Result<(), Error> {
+pub(crate) fn write(
+    root: &Path,
+    parts: &[String],
+    path: &str,
+    data: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     const OP: &str = "write_file";
     let (dirs, name) = split_last(OP, path, parts)?;
-    let dir = open_dir(root, dirs, true, OP, path)?;
-    let flags =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-    let fd =
-        rfs::openat(&dir, name, flags, Mode::from_raw_mode(0o644)).map_err(|e| os(OP, path, e))?;
+    let dir = open_dir(root, dirs, Create::OwnedBy(owner), OP, path)?;
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let mode = Mode::from_raw_mode(0o644);
+    // A new file goes to the sandbox user; an existing one keeps its owner.
+    let fd = match rfs::openat(&dir, name, flags | OFlags::CREATE | OFlags::EXCL, mode) {
+        Ok(fd) => {
+            give(&fd, owner);
+            Ok(fd)
+        }
+        Err(rustix::io::Errno::EXIST) => rfs::openat(&dir, name, flags, mode),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| os(OP, path, e))?;
     regular(OP, path, &fd)?;
     rfs::ftruncate(&fd, 0).map_err(|e| os(OP, path, e))?;
     std::fs::File::from(fd)
@@ -199,15 +240,27 @@ pub(crate) fn write(root: &Path, parts: &[String], path: &str, data: &[u8]) -> R
         .map_err(|e| refuse(OP, path, e.to_string()))
 }
 
-pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Vec<DirEntry>, Error> {
+/// A directory listing, bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listing {
+    /// Entries sorted by name (at most 10,000).
+    pub entries: Vec<DirEntry>,
+    /// Whether the directory held more entries than were returned.
+    pub truncated: bool,
+}
+
+pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Listing, Error> {
     const OP: &str = "list";
-    let dir = open_dir(root, parts, false, OP, path)?;
+    let dir = open_dir(root, parts, Create::No, OP, path)?;
     let mut out = Vec::new();
+    let mut truncated = false;
     for entry in rfs::Dir::read_from(&dir).map_err(|e| os(OP, path, e))? {
-        if out.len() >= MAX_LIST_ENTRIES {
+        let entry = entry.map_err(|e| os(OP, path, e))?;
+        if out.len() >= MAX_LIST_ENTRIES && !matches!(entry.file_name().to_bytes(), b"." | b"..") {
+            truncated = true;
             break;
         }
-        let entry = entry.map_err(|e| os(OP, path, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == "." || name == ".." {
             continue;
@@ -228,13 +281,16 @@ pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Vec<DirE
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    Ok(Listing {
+        entries: out,
+        truncated,
+    })
 }
 
 pub(crate) fn remove(root: &Path, parts: &[String], path: &str) -> Result<(), Error> {
     const OP: &str = "remove";
     let (dirs, name) = split_last(OP, path, parts)?;
-    let dir = open_dir(root, dirs, false, OP, path)?;
+    let dir = open_dir(root, dirs, Create::No, OP, path)?;
     match rfs::unlinkat(&dir, name, AtFlags::empty()) {
         Err(rustix::io::Errno::ISDIR) => {
             rfs::unlinkat(&dir, name, AtFlags::REMOVEDIR).map_err(|e| os(OP, path, e))

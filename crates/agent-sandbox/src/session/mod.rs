@@ -9,7 +9,7 @@ mod channel;
 mod files;
 
 pub(crate) use channel::{ExecHub, READY_TIMEOUT};
-pub use files::DirEntry;
+pub use files::{DirEntry, Listing};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -102,6 +102,7 @@ pub(crate) struct Parts {
     pub(crate) workspace: Option<PathBuf>,
     pub(crate) events: Arc<EventLog>,
     pub(crate) checked: Vec<CheckedDir>,
+    pub(crate) owner: Option<(u32, u32)>,
     pub(crate) subscribers: broadcast::Sender<AuditEvent>,
     pub(crate) output_limit: usize,
     pub(crate) file_limit: usize,
@@ -129,6 +130,9 @@ struct Inner {
     events: Arc<EventLog>,
     /// The read-write bind sources, checked after each exec for setuid bits.
     checked: Vec<CheckedDir>,
+    /// Who owns files the host side creates in the workspace: the sandbox
+    /// user, when it is not the caller.
+    owner: Option<(u32, u32)>,
     /// When the last setuid sweep began: the next one looks at files changed since.
     swept: Mutex<std::time::SystemTime>,
     subscribers: broadcast::Sender<AuditEvent>,
@@ -176,6 +180,7 @@ impl Session {
             events: p.events,
             checked: p.checked,
             swept: Mutex::new(std::time::SystemTime::now()),
+            owner: p.owner,
             subscribers: p.subscribers,
             output_limit: p.output_limit,
             file_limit: p.file_limit,
@@ -375,7 +380,7 @@ impl Session {
     pub async fn write_file(&self, path: &str, data: impl Into<Vec<u8>>) -> Result<(), Error> {
         let data = data.into();
         match self.host_side("write_file", path)? {
-            Some((root, parts)) => files::write(&root, &parts, path, &data),
+            Some((root, parts)) => files::write(&root, &parts, path, &data, self.inner.owner),
             None => {
                 let target = in_sandbox_path("write_file", path)?;
                 let script = "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"";
@@ -414,26 +419,47 @@ impl Session {
         }
     }
 
-    /// Lists a directory.
+    /// Lists a directory (at most 10,000 entries; see
+    /// [`listing`](Session::listing) to learn whether there were more).
     ///
     /// # Errors
     /// [`Error::File`].
     pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
+        self.listing(path).await.map(|l| l.entries)
+    }
+
+    /// Lists a directory: at most 10,000 entries, sorted by name, and
+    /// whether the directory held more (a sandbox can create millions).
+    ///
+    /// # Errors
+    /// [`Error::File`].
+    pub async fn listing(&self, path: &str) -> Result<Listing, Error> {
         match self.host_side("list", path)? {
             Some((root, parts)) => files::list(&root, &parts, path),
             None => {
                 let target = in_sandbox_path("list", path)?;
+                // `head` ends `find` at one entry past the bound.
+                let script = format!(
+                    "find \"$1\" -mindepth 1 -maxdepth 1 -printf '%y %s %f\\n' | head -n {}",
+                    files::MAX_LIST_ENTRIES + 1
+                );
                 let argv = vec![
-                    "find".into(),
-                    target,
-                    "-mindepth".into(),
-                    "1".into(),
-                    "-maxdepth".into(),
-                    "1".into(),
-                    "-printf".into(),
-                    "%y %s %f\\n".into(),
+                    "sh".into(),
+                    "-c".into(),
+                    script,
+                    "sh".into(),
+                    target.clone(),
                 ];
                 let text = self.in_sandbox("list", path, argv, None).await?;
+                if text.is_empty() {
+                    // find printed nothing: empty, or not a directory at all.
+                    let probe = vec!["test".into(), "-d".into(), target];
+                    self.in_sandbox("list", path, probe, None)
+                        .await
+                        .map_err(|_| {
+                            files::refuse("list", path, "not a directory or no such directory")
+                        })?;
+                }
                 let mut entries: Vec<DirEntry> = String::from_utf8_lossy(&text)
                     .lines()
                     .filter_map(|l| {
@@ -451,10 +477,11 @@ impl Session {
                             size: size.parse().unwrap_or(0),
                         })
                     })
-                    .take(files::MAX_LIST_ENTRIES)
                     .collect();
+                let truncated = entries.len() > files::MAX_LIST_ENTRIES;
+                entries.truncate(files::MAX_LIST_ENTRIES);
                 entries.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(entries)
+                Ok(Listing { entries, truncated })
             }
         }
     }
