@@ -13,7 +13,7 @@ const PROPOSED = [
   'node --version 2>/dev/null || echo "no node in this image"',
   'echo "console.log(1 + 1)" > sum.js && ls -l /workspace',
   'curl -sS -o /dev/null https://registry.npmjs.org/', // not allowed: the proxy refuses it
-  'touch /etc/passwd 2>&1', // read-only root
+  'rm -rf /usr 2>&1 | tail -1', // harmless: the root is read-only
 ]
 
 const workspace = process.argv[2] ?? mkdtempSync(join(tmpdir(), 'agent-ws-'))

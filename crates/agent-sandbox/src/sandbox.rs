@@ -689,7 +689,7 @@ impl SandboxBuilder {
         let user_sink = self.on_event.clone();
         let proxy = Proxy::builder(policy)
             .sandbox_id(id.clone())
-            .limits(self.proxy_limits.clone())
+            .limits(fair_limits(self.proxy_limits.clone()))
             .on_event(move |e| {
                 if let Some(f) = &user_sink {
                     f(e);
@@ -1138,6 +1138,21 @@ fn raise_fd_limit_once() {
             );
         }
     });
+}
+
+/// The proxy limits, with the connection cap cut to a thirty-second of the
+/// open-files limit (each connection holds two descriptors, so at most a
+/// sixteenth of them, never fewer than 8 connections): however low
+/// the limit, one sandbox's connections cannot starve the others or the
+/// caller. With the usual hard limit (tens of thousands and more) the
+/// configured cap (1024 by default) stands.
+fn fair_limits(mut limits: Limits) -> Limits {
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let share = usize::try_from(files / 32).unwrap_or(usize::MAX).max(8);
+    limits.max_connections = limits.max_connections.min(share);
+    limits
 }
 
 /// The first sandbox of a process removes, in the background, containers

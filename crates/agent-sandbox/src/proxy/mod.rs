@@ -57,7 +57,8 @@ pub struct Limits {
     /// A tunnel or forwarded exchange with no bytes either way for this long
     /// is closed. Default 300 s.
     pub idle_timeout: Duration,
-    /// Connections served at once; more get 503. Default 1024.
+    /// Connections served at once; more get 503. Default 1024 (a sandbox
+    /// also caps it at a thirty-second of the process's open-files limit).
     pub max_connections: usize,
     /// New connections accepted per second, with a burst of as many; past
     /// it the proxy stops accepting for a moment (clients wait in the

@@ -396,4 +396,68 @@ mod tests {
         hub.stop();
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Finding: the hub's accept loop ended at its first error, so one
+    /// moment of descriptor exhaustion (`EMFILE`, another sandbox holding
+    /// connections) failed the session for good. Run in a child process of
+    /// this test binary, which uses up every descriptor it has.
+    #[test]
+    fn the_accept_loop_survives_running_out_of_descriptors() {
+        const CHILD: &str = "AGENT_SANDBOX_EMFILE_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "session::channel::tests::the_accept_loop_survives_running_out_of_descriptors",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            // Control: the child really ran the scenario and met EMFILE.
+            assert!(
+                text.contains("accept failed with EMFILE, then served"),
+                "{text}"
+            );
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = std::env::temp_dir().join(format!("as-hub-emfile-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("exec.sock");
+            let (hub, ready) = ExecHub::listen(&path).unwrap();
+            // Use up every descriptor but one, which the client takes: the
+            // hub's accept then has none for the connection.
+            let mut hoard = Vec::new();
+            while let Ok(f) = std::fs::File::open("/dev/null") {
+                hoard.push(f);
+            }
+            hoard.pop();
+            let std_client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(
+                std::fs::File::open("/dev/null").is_err(),
+                "control: no descriptor left while the hub accepts"
+            );
+            drop(hoard);
+            drop(std_client);
+            // The same hub serves the next connection.
+            let mut control = UnixStream::connect(&path).await.unwrap();
+            send(&mut control, b'C', &[]).await;
+            tokio::time::timeout(Duration::from_secs(5), ready)
+                .await
+                .expect("the hub stopped accepting after EMFILE")
+                .unwrap();
+            println!("accept failed with EMFILE, then served");
+            hub.stop();
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+    }
 }
