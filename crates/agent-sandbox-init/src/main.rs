@@ -90,6 +90,9 @@ struct Args {
     exec_socket: Option<PathBuf>,
     /// `(target, dev, ino)`: what the host checked and expects mounted there.
     mounts: Vec<(PathBuf, u64, u64)>,
+    /// A file the host creates once it has checked the mounts itself (under
+    /// gVisor, whose inode numbers inside are its own): nothing runs before.
+    wait_go: Option<PathBuf>,
     command: Vec<String>,
 }
 
@@ -146,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
         socket: None,
         exec_socket: None,
         mounts: Vec::new(),
+        wait_go: None,
         command: Vec::new(),
     };
     while let Some(a) = args.next() {
@@ -169,6 +173,7 @@ fn parse_args() -> Result<Args, String> {
                     ino.parse().map_err(|_| bad())?,
                 ));
             }
+            "--wait-go" => out.wait_go = Some(args.next().ok_or("--wait-go needs a path")?.into()),
             "--pause" => loop {
                 // A child that never exits, so PID 1's waitpid always has one to block on.
                 thread::park();
@@ -265,6 +270,20 @@ fn main() -> ExitCode {
     if let Err(e) = check_mounts(&args.mounts) {
         eprintln!("agent-sandbox-init: mount check failed: {e}");
         return ExitCode::from(MOUNT_MISMATCH_EXIT);
+    }
+    if let Some(go) = &args.wait_go {
+        // The host checks the mounts from outside and then creates `go`;
+        // if it finds another directory it kills the container instead.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !go.exists() {
+            if std::time::Instant::now() > deadline {
+                eprintln!(
+                    "agent-sandbox-init: mount check failed: the host never confirmed the mounts"
+                );
+                return ExitCode::from(MOUNT_MISMATCH_EXIT);
+            }
+            thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
     if let (Some(port), Some(socket)) = (args.port, args.socket.clone()) {
         if let Err(e) = start_bridge(port, socket) {

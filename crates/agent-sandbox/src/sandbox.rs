@@ -447,6 +447,7 @@ impl SandboxBuilder {
             id: Some(p.engine.create(&p.spec).await?),
         };
         p.engine.start(container.id()).await?;
+        p.confirm_mounts(container.id()).await?;
         let ready = tokio::time::Instant::now() + crate::session::READY_TIMEOUT;
         tokio::pin!(control);
         loop {
@@ -588,7 +589,7 @@ impl SandboxBuilder {
             engine: engine.clone(),
             id: Some(engine.create(&prepared.spec).await?),
         };
-        let result = self.supervise(&engine, container.id(), started).await;
+        let result = self.supervise(&prepared, container.id(), started).await;
         container.remove().await;
         let Prepared {
             id,
@@ -741,9 +742,15 @@ impl SandboxBuilder {
                 .ok()
                 .filter(|s| !s.is_empty())
         });
-        // gVisor shows made-up device and inode numbers inside, so init can
-        // compare mounts only under runc (see the README's limits).
-        if runtime.as_deref().is_none_or(|r| r == "runc") {
+        // Under runc init compares each mount with the checked directory.
+        // Other runtimes (gVisor) show their own device and inode numbers
+        // inside: the host compares from outside, through the runtime's
+        // view, and init waits for its word before anything runs.
+        let host_checks = runtime.as_deref().is_some_and(|r| r != "runc") && !checked.is_empty();
+        if host_checks {
+            argv.push("--wait-go".into());
+            argv.push(format!("{NET_DIR}/go"));
+        } else {
             for (target, dir) in &checked {
                 argv.push("--check-mount".into());
                 argv.push(format!("{target}={}:{}", dir.dev, dir.ino));
@@ -784,6 +791,7 @@ impl SandboxBuilder {
             runtime,
         };
         let ctl_path = command_was_none.then(|| dir.0.join("exec.sock"));
+        let go = host_checks.then(|| dir.0.join("go"));
         let custom_user = sandbox_ids != Some(caller);
         let dirs = vec![dir];
         let user_ids = spec.user.clone();
@@ -801,7 +809,14 @@ impl SandboxBuilder {
             rules,
             user: user_ids,
             sandbox_ids,
-            checked: checked.into_iter().map(|(_, d)| d).collect(),
+            checked: checked
+                .into_iter()
+                .map(|(target, mut d)| {
+                    d.target = target;
+                    d
+                })
+                .collect(),
+            go,
         })
     }
 
@@ -809,10 +824,11 @@ impl SandboxBuilder {
     /// timeout and the cancel token.
     async fn supervise(
         &self,
-        engine: &Engine,
+        prepared: &Prepared,
         id: &str,
         started: Instant,
     ) -> Result<(crate::runtime::Exit, bool, Capture, Capture), Error> {
+        let engine = &prepared.engine;
         let out = Arc::new(Mutex::new(Capture::new(self.output_limit)));
         let err = Arc::new(Mutex::new(Capture::new(self.output_limit)));
         let (o, e) = (out.clone(), err.clone());
@@ -832,6 +848,10 @@ impl SandboxBuilder {
             })
             .await?;
         let drain = tokio::spawn(drain);
+        if let Err(e) = prepared.confirm_mounts(id).await {
+            drain.abort();
+            return Err(e);
+        }
         let deadline = self
             .timeout
             .map(|t| tokio::time::Instant::from_std(started) + t);
@@ -982,6 +1002,37 @@ fn mount_mismatch_error(checked: &[CheckedDir], message: &[u8]) -> Error {
 }
 
 impl Prepared {
+    /// For runtimes whose inode numbers inside are their own (gVisor):
+    /// compares each mount, seen from the host through the runtime, with
+    /// the checked directory, then lets init go on. A mismatch, or a mount
+    /// that cannot be seen, kills the container first: nothing ran in it.
+    async fn confirm_mounts(&self, container: &str) -> Result<(), Error> {
+        let Some(go) = &self.go else { return Ok(()) };
+        for dir in &self.checked {
+            let seen = crate::runtime::mounted_identity(container, &dir.target);
+            if seen != Ok((dir.dev, dir.ino)) {
+                self.engine.kill(container).await;
+                let why = match seen {
+                    Ok((dev, ino)) => format!(
+                        "{} is not the directory that was checked (device:inode {dev}:{ino} mounted, {}:{} expected); the path was changed while the sandbox started",
+                        dir.target, dir.dev, dir.ino
+                    ),
+                    Err(e) => format!("its mount at {} cannot be verified under this runtime: {e}", dir.target),
+                };
+                return Err(mount_mismatch_error(
+                    &self.checked,
+                    format!(
+                        "{}{why}",
+                        std::str::from_utf8(MOUNT_MISMATCH_TEXT).unwrap_or_default()
+                    )
+                    .as_bytes(),
+                ));
+            }
+        }
+        std::fs::File::create(go)?;
+        Ok(())
+    }
+
     /// The error for a session whose init refused its mounts (exit code
     /// [`MOUNT_MISMATCH_EXIT`]); `None` for any other end.
     fn mount_mismatch(&self, code: &Option<i64>) -> Option<Error> {
@@ -1015,6 +1066,9 @@ pub(crate) struct Prepared {
     /// The checked bind sources, held open until init has compared them
     /// with what is mounted.
     pub(crate) checked: Vec<CheckedDir>,
+    /// Where the host says "mounts confirmed" to an init that waits for it
+    /// (runtimes other than runc; see `confirm_mounts`).
+    pub(crate) go: Option<PathBuf>,
 }
 
 /// Who the sandbox runs as when the caller does not say: the caller, or,

@@ -50,6 +50,8 @@ pub(crate) struct CheckedDir {
     pub(crate) gid: u32,
     /// Mounted read-write (set by the caller): swept for setuid bits.
     pub(crate) writable: bool,
+    /// Where it is mounted in the container (set by the caller).
+    pub(crate) target: String,
     _fd: OwnedFd,
 }
 
@@ -235,6 +237,7 @@ pub(crate) fn check_dir(path: &Path, engine_socket: Option<&Path>) -> Result<Che
         uid: st.st_uid,
         gid: st.st_gid,
         writable: false,
+        target: String::new(),
         _fd: fd,
     })
 }

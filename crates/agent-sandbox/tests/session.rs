@@ -477,10 +477,9 @@ open("/workspace/bomb", "a").write("released\n")
 
 /// Finding: `kill -TERM 1` from inside ended a session. Signals sent to
 /// PID 1 from inside the sandbox are ignored (the engine's still stop it:
-/// every close and timeout test covers that); PID 1 is not dumpable, so no
-/// process inside can read its memory or environment or ptrace it.
+/// every close and timeout test covers that).
 #[tokio::test]
-async fn processes_inside_cannot_signal_or_trace_init() {
+async fn processes_inside_cannot_signal_init() {
     let s = sandbox().start().await.unwrap();
     let out = s
         .exec("for sig in TERM HUP INT QUIT USR1; do kill -s $sig 1; echo sent-$sig=$?; done; sleep 0.3; echo alive")
@@ -494,6 +493,14 @@ async fn processes_inside_cannot_signal_or_trace_init() {
     assert!(text.contains("alive"), "{text}");
     // ...and the session still serves.
     assert_eq!(s.exec("echo still").await.unwrap().stdout_str(), "still\n");
+    s.close().await.unwrap();
+}
+
+/// PID 1 is not dumpable: no process inside can read its memory or
+/// environment or ptrace it. (runc; gVisor's /proc keeps its own rules.)
+#[tokio::test]
+async fn processes_inside_cannot_trace_init() {
+    let s = sandbox().start().await.unwrap();
     let probe = r#"
 import ctypes, os
 print("self-environ", len(open("/proc/self/environ", "rb").read()) > 0)

@@ -6,12 +6,14 @@
 
 mod container;
 mod gc;
+mod gvisor;
 mod image;
 
 pub use container::{ContainerSpec, Mount, Resources, SECCOMP_PROFILE};
 pub(crate) use container::{Exit, Stream};
 pub(crate) use gc::owner_dir_tag;
 pub use gc::{gc, owner_label_value, GcReport};
+pub(crate) use gvisor::mounted_identity;
 pub use image::PullProgress;
 
 use bollard::Docker;
