@@ -87,6 +87,39 @@ fn main() {
         time("one-shot run(\"true\")", &mut t);
         s.close().await.unwrap();
 
+        // The setuid sweep after each exec reads every inode of the
+        // workspace: exec latency against the workspace's size.
+        let mut sweep_rows = Vec::new();
+        for files in [0usize, 10_000, 100_000] {
+            let ws = std::env::temp_dir().join(format!("as-sweep-{}-{files}", std::process::id()));
+            std::fs::create_dir_all(&ws).unwrap();
+            for d in 0..files.div_ceil(1000) {
+                let dir = ws.join(format!("d{d}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for f in 0..1000.min(files - d * 1000) {
+                    std::fs::write(dir.join(format!("f{f}")), b"").unwrap();
+                }
+            }
+            // A root caller's sandbox runs as the workspace's owner.
+            std::process::Command::new("chown")
+                .args(["-R", "1000:1000"])
+                .arg(&ws)
+                .status()
+                .unwrap();
+            let s = b.clone().workspace(&ws).start().await.unwrap();
+            s.exec("true").await.unwrap();
+            let mut t = Vec::new();
+            for _ in 0..n.min(50) {
+                let start = Instant::now();
+                assert!(s.exec(["true"]).await.unwrap().success());
+                t.push(start.elapsed());
+            }
+            s.close().await.unwrap();
+            t.sort();
+            sweep_rows.push((files, pct(&t, 0.5), pct(&t, 0.95)));
+            std::fs::remove_dir_all(&ws).unwrap();
+        }
+
         let before = rss_kib();
         let mut open = Vec::new();
         for _ in 0..20 {
@@ -109,5 +142,11 @@ fn main() {
             "\nhost-side memory per open session (20 open, RSS delta / 20): {:.2} MiB",
             (after.saturating_sub(before)) as f64 / 20.0 / 1024.0
         );
+        println!("\nsession exec with the setuid sweep, by workspace size\n");
+        println!("| files in the workspace | p50 ms | p95 ms |");
+        println!("|---|---|---|");
+        for (files, p50, p95) in sweep_rows {
+            println!("| {files} | {p50:.2} | {p95:.2} |");
+        }
     });
 }
