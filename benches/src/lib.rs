@@ -34,3 +34,16 @@ pub fn iterations_and_image(iterations: usize) -> (usize, String) {
     }
     (n, image)
 }
+
+/// This process's resident memory, in KiB (0 if unreadable).
+#[must_use]
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

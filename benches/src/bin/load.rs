@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_sandbox::{ExecOptions, Sandbox, SandboxBuilder, Session};
-use agent_sandbox_benches::{iterations_and_image, pct_ms};
+use agent_sandbox_benches::{iterations_and_image, pct_ms, rss_kib};
 use tokio::io::AsyncReadExt;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -25,15 +25,7 @@ fn env_or(name: &str, default: usize) -> usize {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    rss_kib() as f64 / 1024.0
 }
 
 fn open_fds() -> usize {

@@ -8,18 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_sandbox::Sandbox;
-use agent_sandbox_benches::{iterations_and_image, pct_ms as pct};
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use agent_sandbox_benches::{iterations_and_image, pct_ms as pct, rss_kib};
 
 fn main() {
     let (n, image) = iterations_and_image(200);

@@ -247,32 +247,13 @@ pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize) -> Result<u8, Err
         if !matches!(read, Ok(n) if n > 0) {
             break;
         }
-        // One bad byte is a bad request, not the end of the session.
-        let line = match std::str::from_utf8(&raw) {
-            Ok(l) => l,
-            Err(e) => {
+        let req = match parse_line(&raw) {
+            Ok(Some(req)) => req,
+            Ok(None) => continue,
+            Err(why) => {
                 send(
                     &out,
-                    &reply(
-                        &Value::Null,
-                        Err(Failure::Bad(BadRequest(format!("not UTF-8: {e}")))),
-                    ),
-                );
-                continue;
-            }
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let req: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => {
-                send(
-                    &out,
-                    &reply(
-                        &Value::Null,
-                        Err(Failure::Bad(BadRequest(format!("not JSON: {e}")))),
-                    ),
+                    &reply(&Value::Null, Err(Failure::Bad(BadRequest(why)))),
                 );
                 continue;
             }
@@ -296,6 +277,18 @@ pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize) -> Result<u8, Err
     while tasks.join_next().await.is_some() {}
     close(&served).await?;
     Ok(0)
+}
+
+/// One request line: `None` for a blank line; a bad byte or bad JSON is a
+/// bad request (answered), never the end of the session.
+fn parse_line(raw: &[u8]) -> Result<Option<Value>, String> {
+    let line = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(line)
+        .map(Some)
+        .map_err(|e| format!("not JSON: {e}"))
 }
 
 async fn close(served: &Served) -> Result<(), Error> {
