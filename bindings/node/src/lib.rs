@@ -113,7 +113,7 @@ pub struct RunResult {
     pub sandbox_id: String,
 }
 
-pub(crate) type TextCallback = ThreadsafeFunction<String, (), String, Status, false>;
+pub(crate) type TextCallback = ThreadsafeFunction<String, (), String, Status, false, false, 1024>;
 
 /// Feeds output chunks to a JS callback as text (never blocking the runtime).
 pub(crate) fn text_sink(cb: TextCallback) -> impl Fn(&[u8]) + Send + Sync + 'static {
@@ -307,11 +307,12 @@ pub async fn run(
     command: Vec<String>,
     shell: bool,
     // Spelled out (not the aliases) so the generated .d.ts names real types.
-    // At most 1024 events wait for a busy JS thread: past it an event is not
-    // delivered to the callback (it is still in the result's `events`), so a
-    // flood from the sandbox never queues without bound in the host.
-    on_stdout: Option<ThreadsafeFunction<String, (), String, Status, false>>,
-    on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false>>,
+    // At most 1024 events (and 1024 output chunks) wait for a busy JS
+    // thread: past it the callback misses them (they are still in the
+    // result, up to its limits), so a flood from the sandbox never queues
+    // without bound in the host.
+    on_stdout: Option<ThreadsafeFunction<String, (), String, Status, false, false, 1024>>,
+    on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false, false, 1024>>,
     on_event: Option<
         ThreadsafeFunction<SandboxEvent, (), SandboxEvent, Status, false, false, 1024>,
     >,

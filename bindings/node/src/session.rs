@@ -54,8 +54,8 @@ pub async fn session_exec(
     workdir: Option<String>,
     timeout_ms: Option<f64>,
     stdin: Option<Uint8Array>,
-    on_stdout: Option<ThreadsafeFunction<String, (), String, Status, false>>,
-    on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false>>,
+    on_stdout: Option<ThreadsafeFunction<String, (), String, Status, false, false, 1024>>,
+    on_stderr: Option<ThreadsafeFunction<String, (), String, Status, false, false, 1024>>,
 ) -> Result<RunResult> {
     let session = get(id)?;
     let o = exec_options(env, workdir, timeout_ms, stdin, on_stdout, on_stderr)?;

@@ -45,6 +45,9 @@ extern "C" {
 const FORWARDED: [i32; 7] = [1, 2, 3, 10, 12, 15, 28];
 /// The command's process group id (its pid), once started.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// Set when the engine sent a stopping signal: a session's pause child that
+/// dies then is not replaced, and init exits.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Linux's `struct sigaction` (glibc and musl agree on it).
 #[repr(C)]
@@ -66,14 +69,23 @@ const PR_SET_DUMPABLE: i32 = 4;
 /// cannot end a session.
 extern "C" fn forward(sig: i32, info: *const u8, _ctx: *const u8) {
     // siginfo_t: si_signo, si_errno, si_code (i32 each), padding on 64-bit,
-    // then si_pid at byte 16 for signals sent by kill(2).
-    let sender = if info.is_null() {
-        0
-    } else {
-        unsafe { std::ptr::read_unaligned(info.add(16).cast::<i32>()) }
-    };
-    if sender != 0 {
+    // then si_pid at byte 16 for signals sent by kill(2). Only kill(2)'s
+    // own codes count (SI_USER 0, SI_KERNEL 0x80): rt_sigqueueinfo lets a
+    // sender write any si_pid, 0 included, but not these codes.
+    if info.is_null() {
         return;
+    }
+    let (code, sender) = unsafe {
+        (
+            std::ptr::read_unaligned(info.add(8).cast::<i32>()),
+            std::ptr::read_unaligned(info.add(16).cast::<i32>()),
+        )
+    };
+    if !(code == 0 || code == 0x80) || sender != 0 {
+        return;
+    }
+    if matches!(sig, 1 | 2 | 3 | 15) {
+        STOPPING.store(true, Ordering::SeqCst);
     }
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
@@ -312,7 +324,8 @@ fn main() -> ExitCode {
             return ExitCode::from(125);
         }
     }
-    let command = if args.command.is_empty() {
+    let session = args.command.is_empty();
+    let command = if session {
         match std::env::current_exe() {
             Ok(me) => vec![me.to_string_lossy().into_owned(), "--pause".to_owned()],
             Err(e) => {
@@ -339,7 +352,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    let pid = child.id() as i32;
+    let mut pid = child.id() as i32;
     CHILD.store(pid, Ordering::SeqCst);
     const P_ALL: i32 = 0;
     const WNOHANG: i32 = 1;
@@ -352,10 +365,15 @@ fn main() -> ExitCode {
         // under the spawn lock.
         let mut info = [0u8; 128];
         if unsafe { waitid(P_ALL, 0, info.as_mut_ptr(), WEXITED | WNOWAIT) } < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
+            match io::Error::last_os_error().raw_os_error() {
+                Some(4) => continue, // EINTR
+                // ECHILD: a session whose pause child could not be restarted.
+                Some(10) if session => {
+                    thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                _ => return ExitCode::from(125),
             }
-            return ExitCode::from(125);
         }
         let _spawning = exec::SPAWN_LOCK.lock();
         loop {
@@ -365,7 +383,20 @@ fn main() -> ExitCode {
                 break;
             }
             if reaped_pid == pid {
-                return ExitCode::from(exit_code(status));
+                if !session || STOPPING.load(Ordering::SeqCst) {
+                    return ExitCode::from(exit_code(status));
+                }
+                // A session ends only when the engine or the host ends it:
+                // a process inside that kills the pause child gets a new one.
+                if let Ok(c) = Command::new(&command[0])
+                    .args(&command[1..])
+                    .process_group(0)
+                    .spawn()
+                {
+                    pid = c.id() as i32;
+                    CHILD.store(pid, Ordering::SeqCst);
+                }
+                continue;
             }
             reaped.record(reaped_pid, status);
         }

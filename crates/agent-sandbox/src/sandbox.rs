@@ -473,7 +473,6 @@ impl SandboxBuilder {
             rules: p.rules,
             dirs: p.dirs,
             hub,
-            workspace: p.workspace,
             events: p.events,
             checked: p.checked,
             owner: if p.custom_user { p.sandbox_ids } else { None },
@@ -636,7 +635,7 @@ impl SandboxBuilder {
         let workspace = match &self.workspace {
             Some(p) => {
                 let mut dir = check_dir(p, socket.as_deref())?;
-                dir.writable = true;
+                dir.mark_writable();
                 Some(dir)
             }
             None => None,
@@ -645,7 +644,9 @@ impl SandboxBuilder {
         let mut checked = Vec::new();
         for (host, target, ro) in &self.mounts {
             let mut dir = check_dir(host, socket.as_deref())?;
-            dir.writable = !*ro;
+            if !*ro {
+                dir.mark_writable();
+            }
             extra.push(Mount {
                 host: dir.path.clone(),
                 container: target.clone(),
@@ -717,7 +718,6 @@ impl SandboxBuilder {
             },
         ];
         let mut extra_tmpfs = Vec::new();
-        let workspace_host = workspace.as_ref().map(|w| w.path.clone());
         match workspace {
             Some(ws) => {
                 mounts.push(Mount {
@@ -742,11 +742,16 @@ impl SandboxBuilder {
                 .ok()
                 .filter(|s| !s.is_empty())
         });
-        // Under runc init compares each mount with the checked directory.
-        // Other runtimes (gVisor) show their own device and inode numbers
-        // inside: the host compares from outside, through the runtime's
-        // view, and init waits for its word before anything runs.
-        let host_checks = runtime.as_deref().is_some_and(|r| r != "runc") && !checked.is_empty();
+        let effective = match &runtime {
+            Some(r) => r.clone(),
+            None => engine.default_runtime().await,
+        };
+        // Under runc (and crun) init compares each mount with the checked
+        // directory. gVisor shows its own device and inode numbers inside:
+        // the host compares from outside, through gVisor's gofer, and init
+        // waits for its word before anything runs. The runtime is the one
+        // asked for, else the engine's default.
+        let host_checks = is_gvisor(&effective) && !checked.is_empty();
         if host_checks {
             argv.push("--wait-go".into());
             argv.push(format!("{NET_DIR}/go"));
@@ -805,7 +810,6 @@ impl SandboxBuilder {
             spec,
             ctl: ctl_path,
             custom_user,
-            workspace: workspace_host,
             rules,
             user: user_ids,
             sandbox_ids,
@@ -981,6 +985,13 @@ fn new_id() -> String {
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
+/// Whether an engine runtime name is gVisor's (`runsc`, or a name with
+/// `runsc` or `gvisor` in it, as people register variants).
+fn is_gvisor(runtime: &str) -> bool {
+    let r = runtime.to_ascii_lowercase();
+    r.contains("runsc") || r.contains("gvisor")
+}
+
 /// Init's exit code and the start of its message when a bind mount is not
 /// the directory that was checked (see `agent-sandbox-init`'s `check_mounts`).
 const MOUNT_MISMATCH_EXIT: u8 = 120;
@@ -1055,8 +1066,6 @@ pub(crate) struct Prepared {
     pub(crate) ctl: Option<PathBuf>,
     /// Whether the sandbox runs as another uid than the caller (sockets then need 0666).
     pub(crate) custom_user: bool,
-    /// The canonical host workspace, if any.
-    pub(crate) workspace: Option<PathBuf>,
     /// The validated rules, for sessions to update later.
     pub(crate) rules: PolicyBuilder,
     /// `uid:gid` of the sandbox user.
@@ -1098,7 +1107,8 @@ pub(crate) fn strip_setid(checked: &[CheckedDir], since: std::time::SystemTime) 
     checked
         .iter()
         .filter(|c| c.writable)
-        .flat_map(|c| strip_setid_bits(&c.path, since))
+        .filter_map(|c| Some((c.open().ok()?, c)))
+        .flat_map(|(root, c)| strip_setid_bits(&root, &c.setid_baseline, since))
         .collect()
 }
 

@@ -27,6 +27,20 @@ const SOCKET_SCAN_DEPTH: usize = 3;
 const SOCKET_SCAN_ENTRIES: usize = 20_000;
 /// System links followed on one path at most (the kernel's own limit).
 const MAX_LINKS: usize = 40;
+/// The only links a path may go through: the distributions' own (merged
+/// `/usr`, `/var/run`), and only while they are root's, in a root-owned
+/// directory no one else can write. A link anywhere else is refused even if
+/// root owns it: a sandbox the caller ran as root could have planted it.
+const SYSTEM_LINKS: &[&str] = &[
+    "/var/run",
+    "/var/lock",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+];
 
 fn refuse(path: &Path, reason: impl Into<String>) -> Error {
     Error::Workspace {
@@ -50,6 +64,9 @@ pub(crate) struct CheckedDir {
     pub(crate) gid: u32,
     /// Mounted read-write (set by the caller): swept for setuid bits.
     pub(crate) writable: bool,
+    /// Inodes of the setuid/setgid files it held before the sandbox (see
+    /// [`setid_baseline`]; set by the caller for writable mounts).
+    pub(crate) setid_baseline: std::collections::HashSet<u64>,
     /// Where it is mounted in the container (set by the caller).
     pub(crate) target: String,
     _fd: OwnedFd,
@@ -118,7 +135,10 @@ fn walk(path: &Path) -> Result<(PathBuf, OwnedFd), Error> {
                 rfs::readlinkat(&fd, name.as_os_str(), Vec::new()).map_err(|e| os_err(&next, e))?;
             let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
             let dir = rfs::fstat(&fd).map_err(|e| os_err(&here, e))?;
-            let system = st.st_uid == 0 && dir.st_uid == 0 && dir.st_mode & 0o022 == 0;
+            let system = SYSTEM_LINKS.iter().any(|l| next == Path::new(l))
+                && st.st_uid == 0
+                && dir.st_uid == 0
+                && dir.st_mode & 0o022 == 0;
             if !system {
                 let real = next
                     .canonicalize()
@@ -151,8 +171,21 @@ fn walk(path: &Path) -> Result<(PathBuf, OwnedFd), Error> {
             }
             continue;
         }
-        fd = rfs::openat(&fd, name.as_os_str(), WALK_FLAGS, Mode::empty())
-            .map_err(|e| os_err(&next, e))?;
+        fd = rfs::openat(&fd, name.as_os_str(), WALK_FLAGS, Mode::empty()).map_err(|e| {
+            // It was a directory a moment ago: something swapped it.
+            let dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if dir && matches!(e, rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) {
+                refuse(
+                    path,
+                    format!(
+                        "changed while it was being checked ({} stopped being a directory)",
+                        next.display()
+                    ),
+                )
+            } else {
+                os_err(&next, e)
+            }
+        })?;
         here = next;
     }
     Ok((here, fd))
@@ -237,35 +270,27 @@ pub(crate) fn check_dir(path: &Path, engine_socket: Option<&Path>) -> Result<Che
         uid: st.st_uid,
         gid: st.st_gid,
         writable: false,
+        setid_baseline: std::collections::HashSet::new(),
         target: String::new(),
         _fd: fd,
     })
 }
 
-/// Removes the setuid and setgid bits of every regular file below `root`
-/// whose inode changed at or after `since` (files the sandbox created or
-/// changed; others keep their bits), and returns their paths relative to
-/// `root`. Walks with `O_NOFOLLOW` descriptors from `root`, never through a
-/// symlink, and changes the mode through the opened file itself
-/// (`/proc/self/fd`), so a file swapped for a link meanwhile is not touched.
-/// The sandbox's seccomp profile already refuses to set these bits; this
-/// sweep is the wall for runtimes that do not apply it.
-pub(crate) fn strip_setid_bits(root: &Path, since: std::time::SystemTime) -> Vec<String> {
-    let since = since
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs().saturating_sub(1))
-        .unwrap_or(0) as i64;
-    let mut stripped = Vec::new();
-    let Ok(fd) = rfs::openat(
-        rfs::CWD,
-        root,
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
-        Mode::empty(),
-    ) else {
-        return stripped;
-    };
-    let mut stack = vec![(fd, String::new())];
-    while let Some((dir, rel)) = stack.pop() {
+/// Calls `f(dir, name, stat, path)` for every regular file with a setuid
+/// or setgid bit below the directory `root` (an open descriptor: the path is
+/// never looked up again). Never through a symlink: each directory is
+/// opened beneath `root` with symlinks refused, one at a time (a tree wider
+/// than the open-files limit cannot make it skip any), and a directory its
+/// owner made unreadable is given `u+rx` first, so it cannot hide a file.
+fn each_setid_file(
+    root: &OwnedFd,
+    mut f: impl FnMut(&OwnedFd, &std::ffi::CStr, &rfs::Stat, String),
+) {
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let Some(dir) = open_beneath(root, &rel) else {
+            continue;
+        };
         let Ok(entries) = rfs::Dir::read_from(&dir) else {
             continue;
         };
@@ -283,26 +308,84 @@ pub(crate) fn strip_setid_bits(root: &Path, since: std::time::SystemTime) -> Vec
                 continue;
             };
             match FileType::from_raw_mode(st.st_mode) {
-                FileType::Directory => {
-                    let flags =
-                        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
-                    if let Ok(sub) = rfs::openat(&dir, name, flags, Mode::empty()) {
-                        stack.push((sub, path));
-                    }
-                }
-                FileType::RegularFile
-                    if st.st_mode & 0o6000 != 0
-                        && st.st_ctime >= since
-                        && clear_setid(&dir, name) =>
-                {
-                    stripped.push(path);
-                }
+                FileType::Directory => stack.push(path),
+                FileType::RegularFile if st.st_mode & 0o6000 != 0 => f(&dir, name, &st, path),
                 _ => {}
             }
         }
     }
+}
+
+/// The setuid/setgid files already in a directory before a sandbox gets
+/// it (by inode): they keep their bits unless the sandbox changes them.
+pub(crate) fn setid_baseline(root: &OwnedFd) -> std::collections::HashSet<u64> {
+    let mut found = std::collections::HashSet::new();
+    each_setid_file(root, |_, _, st, _| {
+        found.insert(st.st_ino);
+    });
+    found
+}
+
+/// Removes the setuid and setgid bits of every regular file below `root`
+/// that the sandbox may have made or changed: any not in `baseline`, and
+/// any in it whose inode changed at or after `since`. However a file got
+/// there (created, copied, moved in with its directory), it loses the bits;
+/// files that had them before the sandbox keep them. A bit is removed
+/// through the opened file itself (`/proc/self/fd`), never through a path
+/// that could have become a symlink. Returns the paths relative to `root`.
+/// The sandbox's seccomp profile already refuses to set these bits; this
+/// sweep is the wall for runtimes that do not apply it.
+pub(crate) fn strip_setid_bits(
+    root: &OwnedFd,
+    baseline: &std::collections::HashSet<u64>,
+    since: std::time::SystemTime,
+) -> Vec<String> {
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(1))
+        .unwrap_or(0) as i64;
+    let mut stripped = Vec::new();
+    each_setid_file(root, |dir, name, st, path| {
+        let ours = !baseline.contains(&st.st_ino) || st.st_ctime >= since;
+        if ours && clear_setid(dir, name) {
+            stripped.push(path);
+        }
+    });
     stripped.sort();
     stripped
+}
+
+/// Opens the directory `rel` below `root` for reading, never through a
+/// symlink and never above `root`; a directory that refuses its owner is
+/// given `u+rx` and opened again.
+fn open_beneath(root: &OwnedFd, rel: &str) -> Option<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    let path = if rel.is_empty() { "." } else { rel };
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY;
+    let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rfs::openat2(root, path, flags, Mode::empty(), how) {
+        Ok(fd) => Some(fd),
+        Err(rustix::io::Errno::ACCESS) => {
+            let handle = rfs::openat2(
+                root,
+                path,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                how,
+            )
+            .ok()?;
+            let st = rfs::fstat(&handle).ok()?;
+            use std::os::fd::AsRawFd;
+            let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
+            rfs::chmod(
+                proc_path.as_str(),
+                Mode::from_raw_mode((st.st_mode | 0o500) & 0o7777),
+            )
+            .ok()?;
+            rfs::openat2(root, path, flags, Mode::empty(), how).ok()
+        }
+        Err(_) => None,
+    }
 }
 
 fn clear_setid(dir: &OwnedFd, name: &std::ffi::CStr) -> bool {
@@ -323,6 +406,28 @@ fn clear_setid(dir: &OwnedFd, name: &std::ffi::CStr) -> bool {
     use std::os::fd::AsRawFd;
     let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
     rfs::chmod(proc_path.as_str(), Mode::from_raw_mode(st.st_mode & 0o1777)).is_ok()
+}
+
+impl CheckedDir {
+    /// Marks it as mounted read-write: it is swept for setuid bits after
+    /// every command, against the setuid files it holds now.
+    pub(crate) fn mark_writable(&mut self) {
+        self.writable = true;
+        if let Ok(root) = self.open() {
+            self.setid_baseline = setid_baseline(&root);
+        }
+    }
+
+    /// A readable descriptor of the checked directory itself (never its
+    /// path again: a component of the path may have been swapped since).
+    pub(crate) fn open(&self) -> Result<OwnedFd, rustix::io::Errno> {
+        rfs::openat(
+            &self._fd,
+            ".",
+            OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY,
+            Mode::empty(),
+        )
+    }
 }
 
 fn find_docker_socket(dir: &Path, depth: usize, budget: &mut usize) -> Option<PathBuf> {
@@ -450,12 +555,18 @@ mod tests {
         }
         std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let root = rfs::open(&dir, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
         // Changed before the sweep's window: left alone.
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
-        assert!(strip_setid_bits(&dir, later).is_empty());
+        // Files that had their bits before the sandbox keep them...
+        let before = setid_baseline(&root);
+        assert_eq!(before.len(), 2);
+        assert!(strip_setid_bits(&root, &before, later).is_empty());
         assert_eq!(mode(&dir.join("a")), 0o4755);
+        // ...unless changed since; any other file loses them, whatever its time.
         let stripped = strip_setid_bits(
-            &dir,
+            &root,
+            &before,
             std::time::SystemTime::now() - std::time::Duration::from_secs(60),
         );
         assert_eq!(stripped, ["a", "deep/er/b"]);
@@ -469,5 +580,69 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_file(&outside).unwrap();
+    }
+
+    /// A file the sandbox made loses its bits however old its change time
+    /// (`mv` of a directory keeps its files' times), and a directory its
+    /// owner made unreadable cannot hide one.
+    #[test]
+    fn the_sweep_sees_moved_and_unreadable_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("as-ws-sweep2-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("keep")).unwrap();
+        std::fs::write(dir.join("keep/own"), b"k").unwrap();
+        std::fs::set_permissions(
+            dir.join("keep/own"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        let root = rfs::open(&dir, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap();
+        let baseline = setid_baseline(&root);
+        // The sandbox's doing, all before the window: a setuid file in a
+        // directory that is then moved, and one behind a locked directory.
+        std::fs::create_dir_all(dir.join("old/inner")).unwrap();
+        std::fs::write(dir.join("old/inner/x"), b"x").unwrap();
+        std::fs::set_permissions(
+            dir.join("old/inner/x"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
+        std::fs::rename(dir.join("old"), dir.join("moved")).unwrap();
+        std::fs::create_dir_all(dir.join("locked")).unwrap();
+        std::fs::write(dir.join("locked/y"), b"y").unwrap();
+        std::fs::set_permissions(
+            dir.join("locked/y"),
+            std::fs::Permissions::from_mode(0o2755),
+        )
+        .unwrap();
+        std::fs::set_permissions(dir.join("locked"), std::fs::Permissions::from_mode(0o111))
+            .unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        let stripped = strip_setid_bits(&root, &baseline, later);
+        assert_eq!(stripped, ["locked/y", "moved/inner/x"]);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode(&dir.join("keep/own")),
+            0o4755,
+            "a file from before keeps its bit"
+        );
+        std::fs::set_permissions(dir.join("locked"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A link owned by root in a root-owned directory no one else can write
+    /// is still refused unless it is one of the distributions' own: a
+    /// sandbox run as root could have planted it.
+    #[test]
+    fn only_the_distributions_links_pass() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("as-ws-rootlink-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("sub")).unwrap();
+        let err = check_dir(&dir.join("sub"), None).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

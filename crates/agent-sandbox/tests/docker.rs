@@ -840,7 +840,12 @@ async fn a_workspace_swapped_during_start_never_mounts_the_other_directory() {
                     );
                     mounted += 1;
                 }
-                Err(e) if e.to_string().contains("symbolic link") => refused += 1,
+                Err(e)
+                    if e.to_string().contains("symbolic link")
+                        || e.to_string().contains("changed while it was being checked") =>
+                {
+                    refused += 1
+                }
                 Err(e)
                     if e.to_string()
                         .contains("was replaced while the sandbox started") =>

@@ -493,6 +493,28 @@ async fn processes_inside_cannot_signal_init() {
     assert!(text.contains("alive"), "{text}");
     // ...and the session still serves.
     assert_eq!(s.exec("echo still").await.unwrap().stdout_str(), "still\n");
+    // rt_sigqueueinfo lets a sender forge si_pid 0 (the engine's), but not
+    // kill(2)'s si_code; and killing the pause child does not end init.
+    let forge = r#"
+import ctypes, struct
+b = ctypes.create_string_buffer(128)
+struct.pack_into("iii", b, 0, 15, 0, -1)
+libc = ctypes.CDLL(None, use_errno=True)
+print("queued", libc.syscall(129, 1, 15, b), ctypes.get_errno())
+"#;
+    let out = s.exec(["python3", "-c", forge]).await.unwrap();
+    assert_eq!(
+        out.stdout_str(),
+        "queued 0 0\n",
+        "control: delivered {}",
+        out.stderr_str()
+    );
+    let out = s
+        .exec("pkill -9 -f 'init --paus[e]' && echo killed; sleep 0.3; echo alive")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_str(), "killed\nalive\n", "{}", out.stderr_str());
+    assert_eq!(s.exec("echo still").await.unwrap().stdout_str(), "still\n");
     s.close().await.unwrap();
 }
 

@@ -10,13 +10,21 @@
 
 use std::os::unix::fs::MetadataExt;
 
-/// The gofer process of container `id` (its command line names both).
+/// The gofer process of container `id`: root's, running the runsc binary,
+/// with a command line that names the container. (Any local user can start
+/// a process whose command line says the same; only root's runsc counts.)
 fn gofer(id: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let cmd = String::from_utf8_lossy(&cmd);
-        (cmd.starts_with("runsc-gofer") && cmd.contains(id)).then_some(pid)
+        if !(cmd.starts_with("runsc-gofer") && cmd.contains(id)) {
+            return None;
+        }
+        let owner = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        let runsc = exe.file_name().is_some_and(|n| n == "runsc");
+        (owner == 0 && runsc).then_some(pid)
     })
 }
 

@@ -47,6 +47,23 @@ fn engine_host() -> String {
 }
 
 impl Engine {
+    /// The engine's default OCI runtime (`runc` unless configured), asked
+    /// once per process.
+    pub(crate) async fn default_runtime(&self) -> String {
+        static DEFAULT: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+        DEFAULT
+            .get_or_init(|| async {
+                self.docker
+                    .info()
+                    .await
+                    .ok()
+                    .and_then(|i| i.default_runtime)
+                    .unwrap_or_else(|| "runc".to_owned())
+            })
+            .await
+            .clone()
+    }
+
     /// Connects to the engine named by `DOCKER_HOST` (default: the local
     /// unix socket), negotiates the API version and checks the engine is
     /// recent enough.

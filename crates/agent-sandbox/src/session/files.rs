@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 
@@ -108,8 +107,19 @@ pub(crate) enum Create {
 }
 
 /// Gives a new file or directory to `owner`, when the caller may (root);
-/// a caller who may not keeps it, as before.
+/// a caller who may not keeps it, as before. Only what this process made
+/// (owned by it, still empty): a directory swapped in by name between
+/// `mkdirat` and the open is left as it is.
 fn give(fd: &OwnedFd, owner: Option<(u32, u32)>) {
+    let Ok(st) = rfs::fstat(fd) else { return };
+    let ours = st.st_uid == rustix::process::geteuid().as_raw()
+        && match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => st.st_nlink == 2 && st.st_size <= 4096 && is_empty_dir(fd),
+            _ => st.st_size == 0,
+        };
+    if !ours {
+        return;
+    }
     if let Some((uid, gid)) = owner {
         let _ = rfs::fchown(
             fd,
@@ -119,16 +129,27 @@ fn give(fd: &OwnedFd, owner: Option<(u32, u32)>) {
     }
 }
 
+fn is_empty_dir(fd: &OwnedFd) -> bool {
+    let Ok(dir) = rfs::openat(fd, ".", DIR_FLAGS, Mode::empty()) else {
+        return false;
+    };
+    let Ok(entries) = rfs::Dir::read_from(&dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .all(|e| matches!(e.file_name().to_bytes(), b"." | b".."))
+}
+
 /// Opens the directory `parts` below `root`, component by component.
 fn open_dir(
-    root: &Path,
+    root: &OwnedFd,
     parts: &[String],
     create: Create,
     op: &'static str,
     path: &str,
 ) -> Result<OwnedFd, Error> {
-    let mut fd =
-        rfs::openat(rfs::CWD, root, DIR_FLAGS, Mode::empty()).map_err(|e| os(op, path, e))?;
+    let mut fd = rfs::openat(root, ".", DIR_FLAGS, Mode::empty()).map_err(|e| os(op, path, e))?;
     for part in parts {
         let next = match (
             rfs::openat(&fd, part.as_str(), DIR_FLAGS, Mode::empty()),
@@ -180,7 +201,7 @@ pub(crate) fn too_large(op: &'static str, path: &str, limit: usize) -> Error {
 }
 
 pub(crate) fn read(
-    root: &Path,
+    root: &OwnedFd,
     parts: &[String],
     path: &str,
     limit: usize,
@@ -212,7 +233,7 @@ pub(crate) fn read(
 }
 
 pub(crate) fn write(
-    root: &Path,
+    root: &OwnedFd,
     parts: &[String],
     path: &str,
     data: &[u8],
@@ -250,7 +271,7 @@ pub struct Listing {
     pub truncated: bool,
 }
 
-pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Listing, Error> {
+pub(crate) fn list(root: &OwnedFd, parts: &[String], path: &str) -> Result<Listing, Error> {
     const OP: &str = "list";
     let dir = open_dir(root, parts, Create::No, OP, path)?;
     let mut out = Vec::new();
@@ -287,7 +308,7 @@ pub(crate) fn list(root: &Path, parts: &[String], path: &str) -> Result<Listing,
     })
 }
 
-pub(crate) fn remove(root: &Path, parts: &[String], path: &str) -> Result<(), Error> {
+pub(crate) fn remove(root: &OwnedFd, parts: &[String], path: &str) -> Result<(), Error> {
     const OP: &str = "remove";
     let (dirs, name) = split_last(OP, path, parts)?;
     let dir = open_dir(root, dirs, Create::No, OP, path)?;

@@ -11,7 +11,6 @@ mod files;
 pub(crate) use channel::{ExecHub, READY_TIMEOUT};
 pub use files::{DirEntry, Listing};
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -99,7 +98,6 @@ pub(crate) struct Parts {
     pub(crate) rules: PolicyBuilder,
     pub(crate) dirs: Vec<SandboxDir>,
     pub(crate) hub: Arc<ExecHub>,
-    pub(crate) workspace: Option<PathBuf>,
     pub(crate) events: Arc<EventLog>,
     pub(crate) checked: Vec<CheckedDir>,
     pub(crate) owner: Option<(u32, u32)>,
@@ -126,7 +124,6 @@ struct Inner {
     rules: Mutex<PolicyBuilder>,
     dirs: Mutex<Vec<SandboxDir>>,
     hub: Arc<ExecHub>,
-    workspace: Option<PathBuf>,
     events: Arc<EventLog>,
     /// The read-write bind sources, checked after each exec for setuid bits.
     checked: Vec<CheckedDir>,
@@ -176,7 +173,6 @@ impl Session {
             rules: Mutex::new(p.rules),
             dirs: Mutex::new(p.dirs),
             hub: p.hub,
-            workspace: p.workspace,
             events: p.events,
             checked: p.checked,
             swept: Mutex::new(std::time::SystemTime::now()),
@@ -508,17 +504,32 @@ impl Session {
         }
     }
 
-    /// `Some((root, parts))` when the path is in a host-mounted workspace.
+    /// `Some((root, parts))` when the path is in a host-mounted workspace:
+    /// `root` is a descriptor of the workspace.
     fn host_side(
         &self,
         op: &'static str,
         path: &str,
-    ) -> Result<Option<(PathBuf, Vec<String>)>, Error> {
+    ) -> Result<Option<(std::os::fd::OwnedFd, Vec<String>)>, Error> {
         if self.is_closed() {
             return Err(Error::SessionClosed);
         }
-        match (files::locate(op, path)?, &self.inner.workspace) {
-            (Location::Workspace(parts), Some(root)) => Ok(Some((root.clone(), parts))),
+        let workspace = self.inner.checked.iter().find(|c| c.target == "/workspace");
+        match (files::locate(op, path)?, workspace) {
+            // The checked directory itself, never its path again: another
+            // sandbox may have swapped a component of it since.
+            (Location::Workspace(parts), Some(ws)) => {
+                ws.open().map(|root| Some((root, parts))).map_err(|e| {
+                    files::refuse(
+                        op,
+                        path,
+                        format!(
+                            "the workspace cannot be opened: {}",
+                            std::io::Error::from(e)
+                        ),
+                    )
+                })
+            }
             _ => Ok(None),
         }
     }
