@@ -217,16 +217,34 @@ def test_ctrl_c_removes_the_container_and_raises_keyboard_interrupt():
     assert f":{proc.pid}:" not in left, "no container left behind"
 
 
+def _host_addresses():
+    """Every IPv4 address of this host but loopback (the kernel's local routes)."""
+    lines = open("/proc/net/fib_trie").read().splitlines()
+    found = {a.split()[-1] for a, b in zip(lines, lines[1:]) if "/32 host LOCAL" in b}
+    return sorted(a for a in found if not a.startswith("127."))
+
+
 def test_no_network_but_the_proxy():
-    port = socket.socket()
-    port.bind(("0.0.0.0", 0))
-    port.listen()
-    p = port.getsockname()[1]
-    port.settimeout(0.5)
-    r = sandbox().run(["python3", "-c", f"import socket; socket.create_connection(('127.0.0.1', {p}), timeout=2)"])
-    assert r.exit_code != 0
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    hosts = _host_addresses()
+    assert hosts, "this host has an address besides loopback"
+    probe = "import socket\nfor h in %r:\n    try:\n        socket.create_connection((h, %d), timeout=3).close(); print(h, 0)\n    except OSError as e:\n        print(h, e.errno)\n" % (hosts, port)
+    # Control: a container with a network reaches every address.
+    control = subprocess.run(["docker", "run", "--rm", "--network", "bridge", IMAGE, "python3", "-c", probe], capture_output=True, text=True)
+    assert control.returncode == 0, control.stderr
+    assert control.stdout == "".join(f"{h} 0\n" for h in hosts), control.stdout
+    listener.settimeout(2)
+    for _ in hosts:
+        listener.accept()[0].close()
+    # The sandbox reaches none of them: no route at all (ENETUNREACH).
+    r = sandbox().run(["python3", "-c", probe])
+    assert r.stdout == "".join(f"{h} 101\n" for h in hosts), r.stdout + r.stderr
+    listener.settimeout(0.5)
     with pytest.raises(socket.timeout):
-        port.accept()
+        listener.accept()
 
 
 def test_the_agent_loop_example_runs(tmp_path):

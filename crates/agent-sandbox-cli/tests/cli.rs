@@ -5,8 +5,12 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// The CLI, with its automatic orphan collection off, so only the tests
+/// that exercise a collection remove orphans (see `orphans_are_removed...`).
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_agent-sandbox"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_agent-sandbox"));
+    c.env("AGENT_SANDBOX_GC", "off");
+    c
 }
 
 #[test]
@@ -146,6 +150,11 @@ fn containers_owned_by(pid: u32) -> Vec<String> {
         ])
         .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "docker ps: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.contains(&format!(":{pid}:")))
@@ -412,13 +421,17 @@ fn orphan() -> String {
 
 fn eventually_removed(id: &str) -> bool {
     for _ in 0..50 {
-        let exists = Command::new("docker")
+        let out = Command::new("docker")
             .args(["inspect", id])
             .output()
-            .unwrap()
-            .status
-            .success();
-        if !exists {
+            .unwrap();
+        // Gone means the engine says so, not any failure of the command.
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("No such object") || err.contains("No such container"),
+                "docker inspect: {err}"
+            );
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -433,6 +446,7 @@ fn eventually_removed(id: &str) -> bool {
 fn orphans_are_removed_by_a_later_run_and_by_gc() {
     let id = orphan();
     let out = bin()
+        .env_remove("AGENT_SANDBOX_GC")
         .args(["run", "--image", &image(), "--workspace"])
         .arg(workspace("orphans"))
         .args(["--", "true"])
@@ -455,7 +469,12 @@ fn orphans_are_removed_by_a_later_run_and_by_gc() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("agent-sandbox gc: removed"));
+    // No other process collects (see `bin`): this gc removed it and says so.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("removed {}", &id[..12])),
+        "{printed}"
+    );
     assert!(eventually_removed(&id), "gc left the orphan {id}");
 }
 

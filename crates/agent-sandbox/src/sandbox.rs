@@ -1221,9 +1221,14 @@ fn fair_limits(mut limits: Limits) -> Limits {
 
 /// The first sandbox of a process removes, in the background, containers
 /// left by processes that died without cleaning up (SIGKILL, a crash, power
-/// loss): the same as `agent-sandbox gc`.
+/// loss): the same as `agent-sandbox gc`. `AGENT_SANDBOX_GC=off` turns it
+/// off (for a process that runs `gc` itself, and for tests that must know
+/// which collection removed what).
 fn collect_orphans_once(engine: &Engine) {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var("AGENT_SANDBOX_GC").is_ok_and(|v| v == "off") {
+        return;
+    }
     ONCE.call_once(|| {
         let engine = engine.clone();
         tokio::spawn(async move {

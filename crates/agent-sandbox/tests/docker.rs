@@ -17,9 +17,22 @@ use bollard::query_parameters::InspectContainerOptions;
 
 mod docker_support;
 use docker_support::{
-    assert_oom_killed, containers_with_label, docker, http_canary, image, sandbox, tempdir,
-    MEMORY_BOMB,
+    assert_oom_killed, containers_with_label, docker, host_canary, http_canary, image, sandbox,
+    tempdir, MEMORY_BOMB,
 };
+
+/// Whether the engine answers "no such container" (404) for `id`; any
+/// other answer (it exists, or another error) is `false`.
+async fn is_not_found(d: &bollard::Docker, id: &str) -> bool {
+    matches!(
+        d.inspect_container(id, None::<InspectContainerOptions>)
+            .await,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        })
+    )
+}
 
 /// Asserts the run's container is gone.
 async fn assert_removed(out: &Output) {
@@ -38,22 +51,6 @@ async fn run(b: SandboxBuilder, cmd: &str) -> Output {
         .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert_removed(&out).await;
     out
-}
-
-/// A TCP listener on the host that counts connections.
-fn host_canary(bind: &str) -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind(bind).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            if s.is_ok() {
-                c.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
-    (port, count)
 }
 
 #[tokio::test]
@@ -170,11 +167,15 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
     cancel.cancel();
     let r = task.await.unwrap();
     assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let gone = d
-        .inspect_container(&id, None::<InspectContainerOptions>)
-        .await;
-    assert!(gone.is_err(), "a cancelled run removes its container");
+    let mut gone = false;
+    for _ in 0..100 {
+        if is_not_found(&d, &id).await {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "a cancelled run removes its container");
 }
 
 #[tokio::test]
@@ -288,22 +289,14 @@ async fn setuid_and_capabilities_give_nothing() {
     }
 }
 
-async fn bridge_gateway() -> Option<String> {
-    let n = docker()
-        .await
-        .inspect_network(
-            "bridge",
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .ok()?;
-    n.ipam?.config?.into_iter().find_map(|c| c.gateway)
-}
-
+/// A program that ignores the proxy has nowhere to go: the host's real
+/// addresses (every interface, the bridge gateway) and another container are
+/// reachable from a control container on the default bridge (it connects,
+/// and the host listener counts it), and unreachable from the sandbox
+/// (ENETUNREACH: it has no interface but `lo`), which adds nothing to the
+/// listener's count.
 #[tokio::test]
 async fn direct_connections_cannot_leave_the_sandbox() {
-    // A host listener on every interface, and another container on the
-    // default bridge, both made by this test.
     let (port, hits) = host_canary("0.0.0.0:0");
     let d = docker().await;
     let other = d
@@ -331,63 +324,53 @@ async fn direct_connections_cannot_leave_the_sandbox() {
     )
     .await
     .unwrap();
-    let peer_ip = d
+    let bridge = d
         .inspect_container(&other.id, None::<InspectContainerOptions>)
         .await
         .unwrap()
         .network_settings
         .and_then(|n| n.networks)
-        .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
-        .unwrap();
-    let gw = bridge_gateway()
-        .await
-        .unwrap_or_else(|| "172.17.0.1".into());
-    let targets = [
-        ("127.0.0.1", port),
-        (gw.as_str(), port),
-        (peer_ip.as_str(), 8080),
-    ];
-    let mut script = String::from("import socket\nfor host, port in [");
-    for (h, p) in &targets {
-        script.push_str(&format!("('{h}', {p}),"));
+        .and_then(|n| n.get("bridge").cloned())
+        .expect("the peer is on the default bridge");
+    let peer_ip = bridge.ip_address.expect("the peer's address");
+    let gw = bridge.gateway.expect("the bridge's gateway");
+    let mut hosts = docker_support::host_addresses();
+    if !hosts.contains(&gw) {
+        hosts.push(gw);
     }
-    script.push_str("]:\n    try:\n        socket.create_connection((host, port), timeout=3); print('CONNECTED', host)\n    except OSError as e:\n        print('refused', host, e.errno)\n");
-    script.push_str("print(open('/proc/net/dev').read())\n");
+    let mut targets: Vec<(String, u16)> = hosts.iter().map(|h| (h.clone(), port)).collect();
+    targets.push((peer_ip.clone(), 8080));
+    // Control: a container with a network reaches every target.
+    let control = docker_support::control_probe(&targets);
+    for (h, p) in &targets {
+        assert!(
+            control.contains(&format!("{h} {p} 0\n")),
+            "control could not reach {h}:{p}: {control}"
+        );
+    }
+    let reached = hits.load(Ordering::SeqCst);
+    assert_eq!(
+        reached,
+        hosts.len(),
+        "control: the host listener saw each host address"
+    );
+    let script = docker_support::connect_probe(&targets) + "print(open('/proc/net/dev').read())\n";
     let out = sandbox().run(["python3", "-c", &script]).await.unwrap();
     assert_removed(&out).await;
     let text = out.stdout_str();
-    assert!(!text.contains("CONNECTED"), "{text}");
-    assert_eq!(
-        text.matches("refused").count(),
-        3,
-        "{text}{}",
-        out.stderr_str()
-    );
+    for (h, p) in &targets {
+        assert!(
+            text.contains(&format!("{h} {p} 101\n")),
+            "{h}:{p} not ENETUNREACH: {text}{}",
+            out.stderr_str()
+        );
+    }
     let ifaces: Vec<&str> = text
         .lines()
         .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim()))
         .filter(|n| !n.contains('|'))
         .collect();
     assert_eq!(ifaces, vec!["lo"], "loopback only: {text}");
-    // Prove the peer was reachable at all, from outside the sandbox.
-    let probe = d
-        .create_exec(
-            &other.id,
-            bollard::models::ExecConfig {
-                cmd: Some(vec![
-                    "nc".into(),
-                    "-z".into(),
-                    "127.0.0.1".into(),
-                    "8080".into(),
-                ]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let _ = d
-        .start_exec(&probe.id, None::<bollard::exec::StartExecOptions>)
-        .await;
     d.remove_container(
         &other.id,
         Some(bollard::query_parameters::RemoveContainerOptions {
@@ -399,8 +382,8 @@ async fn direct_connections_cannot_leave_the_sandbox() {
     .unwrap();
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        0,
-        "the host listener saw nothing"
+        reached,
+        "the host listener saw nothing from the sandbox"
     );
 }
 
@@ -685,6 +668,24 @@ async fn gc_removes_containers_whose_owner_is_gone() {
         ])),
         ..Default::default()
     };
+    // This process's first sandbox collects orphans in the background,
+    // once. Make sure that collection is over (it removes a marker orphan
+    // made before it, or ran before the marker existed), so `dead` below can
+    // only be removed by the `gc` call under test.
+    let marker = d
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            mk(format!("{host}:999999998:1")),
+        )
+        .await
+        .unwrap();
+    run(sandbox(), "true").await;
+    for _ in 0..50 {
+        if is_not_found(&d, &marker.id).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let dead = d
         .create_container(
             None::<bollard::query_parameters::CreateContainerOptions>,
@@ -700,13 +701,20 @@ async fn gc_removes_containers_whose_owner_is_gone() {
         .await
         .unwrap();
     let report = gc(&Engine::connect().await.unwrap()).await.unwrap();
-    // This process's first sandbox also collects orphans in the background,
-    // and may have got to `dead` first; either way it must be gone.
+    assert!(
+        report.removed.contains(&dead.id),
+        "gc did not report {}: {report:?}",
+        dead.id
+    );
     assert!(!report.removed.contains(&alive.id));
-    assert!(d
-        .inspect_container(&dead.id, None::<InspectContainerOptions>)
-        .await
-        .is_err());
+    assert!(
+        is_not_found(&d, &dead.id).await,
+        "the dead owner's container is still there"
+    );
+    assert!(
+        is_not_found(&d, &marker.id).await,
+        "the marker orphan is still there"
+    );
     assert!(d
         .inspect_container(&alive.id, None::<InspectContainerOptions>)
         .await
@@ -1068,4 +1076,53 @@ except OSError as e:
         "exec-ok\n"
     );
     session.close().await.unwrap();
+}
+
+/// The privilege attacks again as uid 0 inside (a caller who asked for
+/// root): file permissions no longer stop anything, so each failure below
+/// is the hardening's (read-only root: EROFS; no capabilities: EPERM).
+#[tokio::test]
+async fn privileged_attacks_fail_even_as_root_inside() {
+    let script = r#"
+import ctypes, os
+def t(name, f):
+    try:
+        f()
+        print(name, "OK")
+    except OSError as e:
+        print(name, e.errno)
+print("uid", os.getuid())
+t("etc", lambda: open("/etc/agent-sandbox-x", "w"))
+t("usr", lambda: open("/usr/agent-sandbox-x", "w"))
+t("vartmp", lambda: open("/var/tmp/agent-sandbox-x", "w"))
+t("chroot", lambda: os.chroot("/tmp"))
+t("mknod", lambda: os.mknod("/tmp/null", 0o20666, os.makedev(1, 3)))
+t("chown", lambda: os.chown("/tmp", 1000, 1000))
+libc = ctypes.CDLL(None, use_errno=True)
+print("mount", libc.mount(b"none", b"/mnt", b"tmpfs", 0, None), ctypes.get_errno())
+print("unshare", libc.unshare(0x20000), ctypes.get_errno())
+t("tmp", lambda: open("/tmp/ok", "w"))
+"#;
+    let out = run(sandbox().user("0:0"), &format!("python3 -c '{script}'")).await;
+    let text = out.stdout_str();
+    let want = [
+        "uid 0",
+        "etc 30",
+        "usr 30",
+        "vartmp 30",
+        "chroot 1",
+        "mknod 1",
+        "chown 1",
+        "mount -1 1",
+        "unshare -1 1",
+        // Control: root can still write where the sandbox may.
+        "tmp OK",
+    ];
+    for w in want {
+        assert!(
+            text.lines().any(|l| l == w),
+            "{w:?} missing: {text}{}",
+            out.stderr_str()
+        );
+    }
 }

@@ -132,3 +132,112 @@ pub fn assert_oom_killed(out: &agent_sandbox::Output) {
     );
     assert_eq!(out.exit_code, 137);
 }
+
+/// Every IPv4 address of this host but loopback (the kernel's local routes,
+/// Docker's bridge gateway among them).
+pub fn host_addresses() -> Vec<String> {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap();
+    let lines: Vec<&str> = trie.lines().collect();
+    let mut out: Vec<String> = lines
+        .windows(2)
+        .filter(|w| w[1].contains("/32 host LOCAL"))
+        .filter_map(|w| w[0].rsplit(' ').next().map(str::to_owned))
+        .filter(|a| !a.starts_with("127."))
+        .collect();
+    out.sort();
+    out.dedup();
+    assert!(!out.is_empty(), "this host has no address but loopback");
+    out
+}
+
+/// The Python that tries each `(host, port)` and prints `host port errno`
+/// (errno 0: connected).
+pub fn connect_probe(targets: &[(String, u16)]) -> String {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|(h, p)| format!("('{h}', {p})"))
+        .collect();
+    format!(
+        "import socket\nfor h, p in [{}]:\n    try:\n        socket.create_connection((h, p), timeout=3).close(); print(h, p, 0)\n    except OSError as e:\n        print(h, p, e.errno or -1)\n",
+        list.join(", ")
+    )
+}
+
+/// Runs [`connect_probe`] in a plain container on the default bridge
+/// network (the positive control: what a container with a network
+/// reaches) and returns its output.
+pub fn control_probe(targets: &[(String, u16)]) -> String {
+    let out = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "bridge",
+            &image(),
+            "python3",
+            "-c",
+        ])
+        .arg(connect_probe(targets))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP listener on the host (`bind`, e.g. `0.0.0.0:0`) that counts
+/// connections.
+pub fn host_canary(bind: &str) -> (u16, Arc<AtomicUsize>) {
+    let l = TcpListener::bind(bind).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            if s.is_ok() {
+                c.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    (port, count)
+}
+
+/// Asserts that a direct connection from a sandbox (`run` gets the probe
+/// script and returns its stdout) reaches none of this host's addresses,
+/// after a control container on the default bridge reached every one.
+pub async fn assert_no_direct_route<F, Fut>(run: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let (port, hits) = host_canary("0.0.0.0:0");
+    let targets: Vec<(String, u16)> = host_addresses().into_iter().map(|h| (h, port)).collect();
+    let control = control_probe(&targets);
+    for (h, p) in &targets {
+        assert!(
+            control.contains(&format!("{h} {p} 0\n")),
+            "control could not reach {h}:{p}: {control}"
+        );
+    }
+    let reached = hits.load(Ordering::SeqCst);
+    assert_eq!(
+        reached,
+        targets.len(),
+        "control: the listener saw each address"
+    );
+    let text = run(connect_probe(&targets)).await;
+    for (h, p) in &targets {
+        assert!(
+            text.contains(&format!("{h} {p} 101\n")),
+            "{h}:{p} not ENETUNREACH: {text}"
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        reached,
+        "the sandbox reached the host"
+    );
+}
