@@ -303,7 +303,7 @@ def test_ctrl_c_during_a_session_exec_stops_the_command():
         with Sandbox(image={IMAGE!r}).session() as s:
             print("ready", s.id, flush=True)
             try:
-                s.exec("sleep 60")
+                s.exec("echo started; exec sleep 60", on_stdout=lambda t: print("cmd", t.strip(), flush=True))
             except KeyboardInterrupt:
                 for _ in range(50):
                     left = s.exec("pgrep -x sleep || echo none").stdout.strip()
@@ -317,7 +317,11 @@ def test_ctrl_c_during_a_session_exec_stops_the_command():
     first = proc.stdout.readline()
     assert first.startswith("ready"), proc.stderr.read()
     sid = first.split()[1]
-    time.sleep(1.0)
+    # Control: the command runs before the cut (it said so, and the
+    # container has a sleep in it).
+    assert proc.stdout.readline().strip() == "cmd started", proc.stderr.read()
+    cid = subprocess.run(["docker", "ps", "-q", "--filter", f"label=agent-sandbox.id={sid}"], capture_output=True, text=True, check=True).stdout.strip()
+    assert subprocess.run(["docker", "exec", cid, "pgrep", "-x", "sleep"], capture_output=True).returncode == 0
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert "interrupted none" in out, (out, err)

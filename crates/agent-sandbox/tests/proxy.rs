@@ -139,6 +139,7 @@ async fn rebinding_reaches_only_the_first_checked_address() {
 
 #[tokio::test]
 async fn denied_names_are_never_resolved_nor_dialled() {
+    let started = std::time::SystemTime::now();
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
     let policy = Policy::builder()
@@ -199,10 +200,12 @@ async fn denied_names_are_never_resolved_nor_dialled() {
     assert!(p.dialer.dialled().is_empty());
     assert_eq!(echo.connections(), 0, "the canary saw nothing");
     let events = p.wait_events(cases.len() + 1).await;
+    assert_eq!(events.len(), cases.len() + 1, "one event per request");
     assert!(events
         .iter()
         .all(|e| e.verdict == Verdict::Deny && e.status == 403));
     assert_eq!(events[4].rule.as_deref(), Some("secret.corp.test"));
+    assert_times(&events, started);
 }
 
 #[tokio::test]
@@ -219,8 +222,12 @@ async fn special_addresses_after_resolution_are_refused_before_dialling() {
         .answer("lo.sneaky.test", &["127.0.0.2"])
         .answer("mapped.sneaky.test", &["::ffff:10.0.0.1"])
         .answer("mixed.sneaky.test", &["127.0.0.1", "10.1.2.3"])
-        .answer("nat64.sneaky.test", &["64:ff9b::a9fe:a9fe"]);
+        .answer("nat64.sneaky.test", &["64:ff9b::a9fe:a9fe"])
+        .answer("ok.sneaky.test", &["127.0.0.1"]);
+    let started = std::time::SystemTime::now();
     let p = TestProxy::start(policy, resolver).await;
+    // Control: the same rules let an allowed address through to the canary.
+    drop(p.tunnel(&format!("ok.sneaky.test:{port}")).await);
     let cases = [
         (
             "meta.sneaky.test",
@@ -250,17 +257,39 @@ async fn special_addresses_after_resolution_are_refused_before_dialling() {
         assert_eq!(status_of(&resp), 403, "{name}: {resp}");
         assert_eq!(header_of(&resp, DENIED_HEADER), Some(reason), "{name}");
     }
-    assert_eq!(p.resolver.lookups(), cases.len());
-    assert!(
-        p.dialer.dialled().is_empty(),
-        "nothing dialled: {:?}",
+    assert_eq!(p.resolver.lookups(), cases.len() + 1);
+    assert_eq!(
+        p.dialer.dialled().len(),
+        1,
+        "only the control was dialled: {:?}",
         p.dialer.dialled()
     );
-    assert_eq!(echo.connections(), 0);
+    assert_eq!(echo.connections(), 1, "only the control reached the canary");
+    let events = p.wait_events(cases.len() + 1).await;
+    assert_eq!(events.len(), cases.len() + 1, "{events:#?}");
+    let allowed: Vec<_> = events
+        .iter()
+        .filter(|e| e.verdict == Verdict::Allow)
+        .collect();
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(allowed[0].host, "ok.sneaky.test");
+    for (name, reason) in cases {
+        let e = events
+            .iter()
+            .find(|e| e.host == name)
+            .unwrap_or_else(|| panic!("no event for {name}"));
+        assert_eq!(
+            (e.verdict, e.status, e.reason.as_deref()),
+            (Verdict::Deny, 403, Some(reason)),
+            "{name}"
+        );
+    }
+    assert_times(&events, started);
 }
 
 #[tokio::test]
 async fn malformed_targets_are_400_and_touch_nothing() {
+    let started = std::time::SystemTime::now();
     let echo = EchoCanary::start().await;
     let port = echo.addr.port();
     let policy = Policy::builder()
@@ -308,6 +337,39 @@ async fn malformed_targets_are_400_and_touch_nothing() {
     assert_eq!(p.resolver.lookups(), 0);
     assert!(p.dialer.dialled().is_empty());
     assert_eq!(echo.connections(), 0);
+    // One event per refused request, hyper's own refusals included.
+    let events = p.wait_events(raws.len()).await;
+    assert_eq!(events.len(), raws.len(), "{events:#?}");
+    for e in &events {
+        assert_eq!(e.verdict, Verdict::Deny);
+        let reason = e.reason.as_deref().unwrap_or_default();
+        assert!(
+            (e.status == 400 && reason.starts_with("malformed; error="))
+                || (e.status == 431 && reason == "head-too-large"),
+            "{e:?}"
+        );
+    }
+    assert_times(&events, started);
+}
+
+/// Every event's time lies between `started` and now, and its duration is
+/// no longer than that span.
+fn assert_times(events: &[agent_sandbox::proxy::AuditEvent], started: std::time::SystemTime) {
+    let now = std::time::SystemTime::now();
+    let span = now.duration_since(started).unwrap().as_millis() as u64;
+    for e in events {
+        assert!(
+            e.time >= started && e.time <= now,
+            "time {:?} outside the test: {e:?}",
+            e.time
+        );
+        assert!(
+            e.duration_ms <= span,
+            "duration {} ms over the test's {span} ms",
+            e.duration_ms
+        );
+        assert_eq!(e.count, 1, "the proxy emits one event per decision");
+    }
 }
 
 #[tokio::test]
@@ -450,11 +512,24 @@ async fn smuggling_attempts_never_reach_the_canary_as_a_second_request() {
         format!("POST http://allowed.test:{port}/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"),
         format!("POST http://allowed.test:{port}/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
     ];
-    for raw in &attacks {
+    // The two CL/TE mixes are forwarded once (chunked wins, then close);
+    // every other ambiguity is refused. One answer each, never a second.
+    let expected = [200, 200, 400, 400, 400, 400];
+    for (raw, want) in attacks.iter().zip(expected) {
         let resp = p.exchange(raw.as_bytes()).await;
-        assert!(!resp.is_empty(), "no answer to {raw:.60}");
+        assert_eq!(status_of(&resp), want, "{raw:.60}: {resp}");
+        assert_eq!(
+            resp.matches("HTTP/1.1 ").count(),
+            1,
+            "a second answer to {raw:.60}: {resp}"
+        );
     }
     let seen = http.requests();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the canary saw exactly the two forwarded requests: {seen:?}"
+    );
     assert!(
         seen.iter().all(|r| r.uri != "/smuggled"),
         "smuggled request reached the canary: {seen:?}"
@@ -566,7 +641,18 @@ async fn slow_request_heads_are_cut_off() {
         .await
         .unwrap();
     let resp = read_to_close(&mut s).await;
-    assert!(!resp.contains("200"), "{resp}");
+    // Closed without an answer once the head is late, and reported.
+    assert_eq!(resp, "", "{resp}");
+    let events = p.wait_events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            events[0].verdict,
+            events[0].reason.as_deref(),
+            events[0].status
+        ),
+        (Verdict::Deny, Some("header-read-timeout"), 0)
+    );
 }
 
 #[tokio::test]

@@ -336,8 +336,35 @@ async fn fifty_sessions_at_once_all_close_cleanly() {
 #[tokio::test]
 async fn dropping_an_exec_future_stops_its_command() {
     let s = sandbox().start().await.unwrap();
-    let cut = tokio::time::timeout(Duration::from_millis(500), s.exec("sleep 61")).await;
-    assert!(cut.is_err(), "the exec was still running");
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = started.clone();
+    let exec = s.exec_with(
+        "echo started; exec sleep 61",
+        ExecOptions::new().on_stdout(move |b| {
+            if String::from_utf8_lossy(b).contains("started") {
+                seen.store(true, Ordering::SeqCst);
+            }
+        }),
+    );
+    tokio::pin!(exec);
+    // Control: the command really runs before the cut.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        tokio::select! {
+            r = &mut exec => panic!("the exec ended on its own: {r:?}"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let running = s.exec("pgrep -x sleep").await.unwrap();
+    assert_eq!(
+        running.exit_code, 0,
+        "control: sleep is running before the cut"
+    );
+    drop(exec);
     let mut left = String::new();
     for _ in 0..50 {
         left = s

@@ -366,7 +366,26 @@ where
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
-        _ = conn.as_mut() => {}
+        r = conn.as_mut() => {
+            // A request hyper refused before the proxy saw it (bytes no
+            // request line may hold, a head over the limit: hyper answers
+            // 400 or 431; a head not sent in time: hyper just closes, status
+            // 0) is a decision too: one event.
+            if let Err(e) = r {
+                let reason = if e.is_parse_too_large() {
+                    Some(("head-too-large", 431))
+                } else if e.is_parse() {
+                    Some(("malformed; error=unparsable-request", 400))
+                } else if e.is_timeout() {
+                    Some(("header-read-timeout", 0))
+                } else {
+                    None
+                };
+                if let Some((reason, status)) = reason {
+                    shared.emit_now(Verdict::Deny, "", "", 0, None, reason, status);
+                }
+            }
+        }
         _ = shutdown.changed() => {}
     }
 }
