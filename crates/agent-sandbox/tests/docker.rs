@@ -85,11 +85,20 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
     let cfg = info.config.unwrap();
     assert_eq!(hc.readonly_rootfs, Some(true), "read-only root");
     let tmpfs = hc.tmpfs.unwrap();
-    for (path, opts) in [("/tmp", &tmpfs["/tmp"]), ("/run", &tmpfs["/run"])] {
-        for want in ["size=", "nosuid", "nodev"] {
-            assert!(opts.contains(want), "{path} tmpfs has {want}: {opts}");
-        }
-    }
+    assert_eq!(
+        tmpfs,
+        HashMap::from([
+            (
+                "/tmp".to_owned(),
+                "rw,nosuid,nodev,size=536870912,mode=1777".to_owned()
+            ),
+            (
+                "/run".to_owned(),
+                "rw,nosuid,nodev,noexec,size=16777216,mode=755".to_owned()
+            ),
+        ]),
+        "exactly these tmpfs mounts, at their documented sizes"
+    );
     assert_eq!(hc.shm_size, Some(64 << 20), "bounded /dev/shm");
     assert_eq!(hc.cap_drop, Some(vec!["ALL".to_owned()]));
     assert!(hc.cap_add.unwrap_or_default().is_empty());
@@ -149,10 +158,23 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         binds.contains(&format!("{}:/workspace:rw", ws_c.display())),
         "{binds:?}"
     );
+    let mut targets: Vec<(&str, &str)> = binds
+        .iter()
+        .map(|b| {
+            let mut it = b.rsplitn(3, ':');
+            let mode = it.next().unwrap();
+            (it.next().unwrap(), mode)
+        })
+        .collect();
+    targets.sort();
     assert_eq!(
-        binds.iter().filter(|b| b.ends_with(":rw")).count(),
-        1,
-        "exactly one read-write mount: {binds:?}"
+        targets,
+        [
+            ("/.agent-sandbox/init", "ro"),
+            ("/.agent-sandbox/net", "ro"),
+            ("/workspace", "rw")
+        ],
+        "exactly these binds: {binds:?}"
     );
     assert!(
         binds.iter().all(|b| !b.contains("docker.sock")),
@@ -257,6 +279,8 @@ async fn only_workspace_and_tmp_are_writable() {
     let text = out.stdout_str();
     assert!(!text.contains("WROTE"), "{text}");
     assert!(!text.contains("MOUNTED"), "{text}");
+    // The engine mounts every tmpfs noexec (the README says so).
+    assert!(!text.contains("tmp-exec"), "{text}");
     for want in ["bin-intact", "tmp-ok", "ws-ok"] {
         assert!(text.contains(want), "{want} missing: {text}");
     }
@@ -1124,5 +1148,82 @@ t("tmp", lambda: open("/tmp/ok", "w"))
             "{w:?} missing: {text}{}",
             out.stderr_str()
         );
+    }
+}
+
+/// The mount table seen from inside is exactly the expected one: of the
+/// host's files only the workspace (read-write), init and the socket
+/// directory (read-only), and the engine's three read-only `/etc` files;
+/// the root read-only; `/tmp`, `/run` and `/dev/shm` at their documented
+/// sizes with `nosuid,nodev`. Read from `/proc/self/mountinfo` (runc).
+#[tokio::test]
+async fn the_mount_table_is_exactly_the_expected_one() {
+    let ws = tempdir("mounts");
+    let out = run(sandbox().workspace(&ws), "cat /proc/self/mountinfo").await;
+    let text = out.stdout_str();
+    let virtual_fs = [
+        "proc", "tmpfs", "devpts", "sysfs", "cgroup", "cgroup2", "mqueue", "overlay",
+    ];
+    let mut host_mounts = Vec::new();
+    let mut tmpfs = std::collections::BTreeMap::new();
+    let mut root = None;
+    for line in text.lines() {
+        let (left, right) = line.split_once(" - ").expect("mountinfo line");
+        let f: Vec<&str> = left.split(' ').collect();
+        let r: Vec<&str> = right.split(' ').collect();
+        let (point, opts, fstype, super_opts) = (f[4], f[5], r[0], r[2]);
+        if point == "/" {
+            root = Some((
+                fstype,
+                opts.split(',').next().unwrap_or_default().to_owned(),
+            ));
+        } else if !virtual_fs.contains(&fstype) && fstype != "shm" {
+            host_mounts.push((
+                point.to_owned(),
+                opts.split(',').next().unwrap_or_default().to_owned(),
+            ));
+        }
+        if ["/tmp", "/run", "/dev/shm"].contains(&point) {
+            let size = super_opts
+                .split(',')
+                .find(|o| o.starts_with("size="))
+                .unwrap_or_default()
+                .to_owned();
+            tmpfs.insert(point.to_owned(), (size, opts.to_owned()));
+        }
+    }
+    assert_eq!(
+        root,
+        Some(("overlay", "ro".to_owned())),
+        "read-only root: {text}"
+    );
+    host_mounts.sort();
+    let expected: Vec<(String, String)> = [
+        ("/.agent-sandbox/init", "ro"),
+        ("/.agent-sandbox/net", "ro"),
+        ("/etc/hostname", "ro"),
+        ("/etc/hosts", "ro"),
+        ("/etc/resolv.conf", "ro"),
+        ("/workspace", "rw"),
+    ]
+    .iter()
+    .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+    .collect();
+    assert_eq!(host_mounts, expected, "{text}");
+    for (point, size) in [
+        ("/tmp", "size=524288k"),
+        ("/run", "size=16384k"),
+        ("/dev/shm", "size=65536k"),
+    ] {
+        let (got, opts) = tmpfs
+            .get(point)
+            .unwrap_or_else(|| panic!("no {point}: {text}"));
+        assert_eq!(got, size, "{point}");
+        for flag in ["nosuid", "nodev"] {
+            assert!(
+                opts.split(',').any(|o| o == flag),
+                "{point} lacks {flag}: {opts}"
+            );
+        }
     }
 }

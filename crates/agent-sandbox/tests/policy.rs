@@ -226,7 +226,11 @@ fn malformed_rules_are_errors_naming_the_rule() {
     ];
     for p in bad_pins {
         let built = Policy::builder().resolve_spec(p).and_then(|b| b.build());
-        assert!(built.is_err(), "pin {p:?} accepted");
+        let err = built.expect_err(&format!("pin {p:?} accepted"));
+        assert!(
+            err.to_string().contains(p.split(':').next().unwrap_or(p)),
+            "the error names the pin: {err}"
+        );
     }
 }
 

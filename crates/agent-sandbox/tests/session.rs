@@ -42,12 +42,12 @@ async fn a_session_runs_many_commands_with_per_exec_options() {
     let out = s.exec(["/no/such/program"]).await.unwrap();
     assert_eq!(out.exit_code, 127);
     assert!(out.stderr_str().contains("/no/such/program"));
-    assert!(
-        s.exec_with("true", ExecOptions::new().workdir("/etc"))
-            .await
-            .is_err(),
-        "workdir must be inside /workspace"
-    );
+    let err = s
+        .exec_with("true", ExecOptions::new().workdir("/etc"))
+        .await
+        .expect_err("workdir must be inside /workspace");
+    assert_eq!(err.code(), "invalid_argument", "{err}");
+    assert!(err.to_string().contains("not inside /workspace"), "{err}");
     let out = s.exec("id -u").await.unwrap();
     let me = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&ws).unwrap());
     assert_eq!(
@@ -249,19 +249,25 @@ async fn host_side_file_access_never_leaves_the_workspace() {
         "/etc/x",
         "../x",
     ] {
-        assert!(s.write_file(path, b"x".to_vec()).await.is_err(), "{path}");
+        let e = s.write_file(path, b"x".to_vec()).await.expect_err(path);
+        assert_eq!(e.code(), "file", "{path}: {e}");
     }
+    // Control: a plain write in the same session works.
+    s.write_file("plain", b"x".to_vec()).await.unwrap();
+    assert_eq!(std::fs::read(ws.join("plain")).unwrap(), b"x");
     assert_eq!(
         std::fs::read(outside.join("id_rsa")).unwrap(),
         b"SECRET KEY",
         "the target was not touched"
     );
     assert!(!outside.join("planted").exists());
-    assert!(s.list("link").await.is_err());
+    let e = s.list("link").await.expect_err("a listing through a link");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
     // The channel's host directory is read-only inside: nothing to fill, no link to plant.
     let ro = s.exec("touch /.agent-sandbox/net/x 2>/dev/null || ln -s / /.agent-sandbox/net/exec.sock 2>/dev/null || echo read-only").await.unwrap();
     assert_eq!(ro.stdout_str(), "read-only\n");
-    assert!(s.list("d/up").await.is_err());
+    let e = s.list("d/up").await.expect_err("a listing through a link");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
     s.remove("key").await.unwrap();
     assert!(
         outside.join("id_rsa").exists(),
@@ -338,15 +344,15 @@ async fn dropping_an_exec_future_stops_its_command() {
     let s = sandbox().start().await.unwrap();
     let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = started.clone();
-    let exec = s.exec_with(
+    // Boxed, so that `drop` below really drops the future.
+    let mut exec = Box::pin(s.exec_with(
         "echo started; exec sleep 61",
         ExecOptions::new().on_stdout(move |b| {
             if String::from_utf8_lossy(b).contains("started") {
                 seen.store(true, Ordering::SeqCst);
             }
         }),
-    );
-    tokio::pin!(exec);
+    ));
     // Control: the command really runs before the cut.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !started.load(Ordering::SeqCst) {
@@ -355,7 +361,7 @@ async fn dropping_an_exec_future_stops_its_command() {
             "the command never started"
         );
         tokio::select! {
-            r = &mut exec => panic!("the exec ended on its own: {r:?}"),
+            r = exec.as_mut() => panic!("the exec ended on its own: {r:?}"),
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
