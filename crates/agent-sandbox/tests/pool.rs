@@ -80,7 +80,7 @@ async fn nothing_a_run_started_outlives_it() {
     // A detached writer in its own session and process group: the command
     // returns at once, the writer would go on for a minute.
     let out = pool
-        .run("setsid sh -c 'for i in $(seq 600); do echo $i >> /workspace/beat; sleep 0.1; done' </dev/null >/dev/null 2>&1 & sleep 0.5")
+        .run("setsid sh -c 'for i in $(seq 600); do echo $i >> /workspace/beat; sleep 0.1; done' </dev/null >/dev/null 2>&1 & while [ ! -s /workspace/beat ]; do sleep 0.05; done")
         .await
         .unwrap();
     assert_eq!(out.exit_code, 0);

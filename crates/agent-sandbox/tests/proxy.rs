@@ -617,18 +617,37 @@ async fn connections_over_the_cap_get_503() {
     let p = TestProxy::start_with(Policy::deny_all(), CountingResolver::default(), limits).await;
     let _a = p.connect().await;
     let _b = p.connect().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut c = p.connect().await;
-    let resp = read_to_close(&mut c).await;
+    // Once both are accepted, a third is answered 503 at once (before that
+    // it would wait for a request head): poll until it is, generously.
+    let mut resp = String::new();
+    for _ in 0..100 {
+        let mut c = p.connect().await;
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(100), c.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                resp = String::from_utf8_lossy(&buf[..n]).into_owned();
+                break;
+            }
+            _ => {}
+        }
+    }
     assert_eq!(status_of(&resp), 503, "{resp}");
     assert_eq!(
         header_of(&resp, DENIED_HEADER),
         Some("too-many-connections")
     );
     drop((_a, _b));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let resp = p.exchange(b"CONNECT x.test:443 HTTP/1.1\r\n\r\n").await;
-    assert_eq!(status_of(&resp), 403, "a slot is free again");
+    // The slots come back as the two close: polled, not slept.
+    let mut status = 0;
+    for _ in 0..100 {
+        let resp = p.exchange(b"CONNECT x.test:443 HTTP/1.1\r\n\r\n").await;
+        status = status_of(&resp);
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 403, "a slot is free again");
 }
 
 #[tokio::test]

@@ -61,6 +61,7 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = shared.limits.idle_timeout;
     let shutdown = shared.shutdown.clone();
+    let live = shared.live.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
             // Bytes the client pipelined behind the CONNECT head are still in
@@ -94,6 +95,10 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
                 sanitize(&e.to_string())
             )),
         }
+        // The event goes out when the guard drops; only then may the
+        // proxy's shutdown consider this tunnel done.
+        drop(guard);
+        drop(live);
     });
     Response::new(empty())
 }

@@ -163,6 +163,7 @@ impl ProxyBuilder {
         let host_addrs = self.host_addrs.unwrap_or_else(own_addrs);
         let (tx, rx) = watch::channel(false);
         let policy = Arc::new(RwLock::new(Arc::new(self.policy)));
+        let live = Arc::new(());
         let shared = Arc::new(Shared {
             policy: policy.clone(),
             resolver: self.resolver,
@@ -173,6 +174,7 @@ impl ProxyBuilder {
             sandbox_id: self.sandbox_id,
             host_addrs,
             shutdown: rx,
+            live: live.clone(),
         });
         let task = tokio::spawn(accept_loop(listener, shared));
         Ok(ProxyHandle {
@@ -180,6 +182,7 @@ impl ProxyBuilder {
             shutdown: tx,
             task: Some(task),
             policy,
+            live,
         })
     }
 }
@@ -191,6 +194,9 @@ pub struct ProxyHandle {
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     policy: Arc<RwLock<Arc<Policy>>>,
+    /// Held by every connection and tunnel (through `Shared` or a clone):
+    /// shutdown waits until this is the last one, so every event is out.
+    live: Arc<()>,
 }
 
 impl ProxyHandle {
@@ -224,6 +230,14 @@ impl ProxyHandle {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        // Open connections and tunnels close on the same signal; wait (up
+        // to 5 s) until they have, so each has delivered its event.
+        for _ in 0..1000 {
+            if Arc::strong_count(&self.live) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         self.local_addr.cleanup();
     }
 }
@@ -253,6 +267,8 @@ pub(crate) struct Shared {
     sandbox_id: Option<String>,
     host_addrs: HashSet<IpAddr>,
     shutdown: watch::Receiver<bool>,
+    /// See `ProxyHandle::live`.
+    pub(crate) live: Arc<()>,
 }
 
 /// A token bucket: `rate` tokens a second, holding at most `rate`.
