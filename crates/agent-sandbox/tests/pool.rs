@@ -167,13 +167,16 @@ async fn each_run_has_its_own_proxy_and_events() {
     // A direct connection still has nowhere to go (control: a container
     // with a network reaches the same addresses).
     let probe = &pool;
-    docker_support::assert_no_direct_route(|script| async move {
-        probe
-            .run(["python3", "-c", &script])
-            .await
-            .unwrap()
-            .stdout_str()
-    })
+    docker_support::assert_no_direct_route(
+        docker_support::unreachable_errno(),
+        |script| async move {
+            probe
+                .run(["python3", "-c", &script])
+                .await
+                .unwrap()
+                .stdout_str()
+        },
+    )
     .await;
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     pool.close().await.unwrap();

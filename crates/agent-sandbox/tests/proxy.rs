@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_sandbox::policy::Policy;
@@ -430,6 +431,10 @@ async fn allowed_get_is_forwarded_with_a_rebuilt_host_and_no_hop_by_hop_headers(
         "response hop-by-hop stripped"
     );
     assert_eq!(header_of(&resp, "keep-alive"), None);
+    // Response `Proxy-*` headers are stripped too (control: a plain one stays).
+    assert_eq!(header_of(&resp, "proxy-authenticate"), None, "{resp}");
+    assert_eq!(header_of(&resp, "proxy-x-upstream"), None, "{resp}");
+    assert_eq!(header_of(&resp, "x-plain"), Some("kept"), "{resp}");
     let seen = http.requests();
     assert_eq!(seen.len(), 1);
     let r = &seen[0];
@@ -733,4 +738,111 @@ async fn shutdown_closes_open_tunnels() {
     let mut s = p.tunnel(&format!("allowed.test:{port}")).await;
     p.handle.shutdown().await;
     assert_eq!(read_to_close(&mut s).await, "");
+}
+
+/// A dialer whose connections never complete (a destination that drops
+/// SYNs), so the connect timeout is what answers.
+#[derive(Clone, Default)]
+struct HangingDialer;
+
+impl agent_sandbox::proxy::Dialer for HangingDialer {
+    fn dial(
+        &self,
+        _addr: std::net::SocketAddr,
+    ) -> futures_util::future::BoxFuture<'_, std::io::Result<tokio::net::TcpStream>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_connect_that_hangs_is_cut_at_the_connect_timeout_with_its_reason() {
+    let echo = EchoCanary::start().await;
+    let port = echo.addr.port();
+    let mut limits = Limits::default();
+    limits.connect_timeout = Duration::from_millis(300);
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let handle = Proxy::builder(pinned("allowed.test", port))
+        .dialer(HangingDialer)
+        .limits(limits)
+        .on_event(move |e| ev.lock().unwrap().push(e.clone()))
+        .start(&Listen::parse("127.0.0.1:0").unwrap())
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(handle.local_addr().tcp().unwrap())
+        .await
+        .unwrap();
+    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
+        .await
+        .unwrap();
+    let resp = read_to_close(&mut s).await;
+    assert_eq!(status_of(&resp), 504, "{resp}");
+    assert_eq!(header_of(&resp, DENIED_HEADER), Some("connect-timeout"));
+    assert_eq!(echo.connections(), 0);
+    handle.shutdown().await;
+    let events = events.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].status, events[0].reason.as_deref()),
+        (504, Some("connect-timeout"))
+    );
+}
+
+/// The real system resolver (no test seam): `localhost` resolves through
+/// the machine's own files to loopback, which a CIDR rule allows here, and
+/// the tunnel reaches the local canary. Without the CIDR rule the same name
+/// is refused as a special address after resolution.
+#[tokio::test]
+async fn the_system_resolver_path_works_for_a_name_the_machine_resolves() {
+    let echo = EchoCanary::start().await;
+    let port = echo.addr.port();
+    for (cidr, expect) in [(true, 200), (false, 403)] {
+        let mut b = Policy::builder().allow(format!("localhost:{port}"));
+        if cidr {
+            b = b.allow_cidr(format!("127.0.0.1/32:{port}"));
+        }
+        let handle = Proxy::builder(b.build().unwrap())
+            .start(&Listen::parse("127.0.0.1:0").unwrap())
+            .await
+            .unwrap();
+        let mut s = tokio::net::TcpStream::connect(handle.local_addr().tcp().unwrap())
+            .await
+            .unwrap();
+        s.write_all(connect_req(&format!("localhost:{port}")).as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert_eq!(status_of(&head), expect, "{head}");
+        if expect == 403 {
+            assert!(
+                header_of(&head, DENIED_HEADER)
+                    .unwrap()
+                    .starts_with("special-address; range=loopback"),
+                "{head}"
+            );
+        }
+        drop(s);
+        handle.shutdown().await;
+    }
+    assert_eq!(
+        echo.connections(),
+        1,
+        "only the allowed tunnel reached the canary"
+    );
+}
+
+/// The listener speaks HTTP/1.1 only: an HTTP/2 prior-knowledge preface
+/// gets the connection closed without a byte (no HTTP/2 frame, no
+/// settings) and is reported.
+#[tokio::test]
+async fn http2_prior_knowledge_is_refused() {
+    let p = TestProxy::start(Policy::deny_all(), CountingResolver::default()).await;
+    let resp = p.exchange(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert_eq!(resp, "", "{resp:?}");
+    let events = p.wait_events(1).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].status, events[0].reason.as_deref()),
+        (0, Some("malformed; error=http2-not-served"))
+    );
 }

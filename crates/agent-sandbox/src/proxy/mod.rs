@@ -390,6 +390,9 @@ where
             if let Err(e) = r {
                 let reason = if e.is_parse_too_large() {
                     Some(("head-too-large", 431))
+                } else if e.is_parse_version_h2() {
+                    // HTTP/2 prior knowledge: hyper closes without a word.
+                    Some(("malformed; error=http2-not-served", 0))
                 } else if e.is_parse() {
                     Some(("malformed; error=unparsable-request", 400))
                 } else if e.is_timeout() {
@@ -633,4 +636,30 @@ pub(crate) fn full(s: impl Into<Bytes>) -> ProxyBody {
 
 pub(crate) fn empty() -> ProxyBody {
     full(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host-address check uses the real interface list: every local
+    /// address the kernel routes to this host is in it.
+    #[test]
+    fn the_host_addresses_are_the_interfaces_addresses() {
+        let ours = own_addrs();
+        let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap();
+        let lines: Vec<&str> = trie.lines().collect();
+        let local: HashSet<IpAddr> = lines
+            .windows(2)
+            .filter(|w| w[1].contains("/32 host LOCAL"))
+            .filter_map(|w| w[0].rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert!(
+            local.len() >= 2,
+            "loopback and at least one more: {local:?}"
+        );
+        for a in &local {
+            assert!(ours.contains(a), "{a} missing from {ours:?}");
+        }
+    }
 }

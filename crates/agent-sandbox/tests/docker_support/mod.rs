@@ -208,7 +208,7 @@ pub fn host_canary(bind: &str) -> (u16, Arc<AtomicUsize>) {
 /// Asserts that a direct connection from a sandbox (`run` gets the probe
 /// script and returns its stdout) reaches none of this host's addresses,
 /// after a control container on the default bridge reached every one.
-pub async fn assert_no_direct_route<F, Fut>(run: F)
+pub async fn assert_no_direct_route<F, Fut>(errno: i32, run: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = String>,
@@ -231,8 +231,8 @@ where
     let text = run(connect_probe(&targets)).await;
     for (h, p) in &targets {
         assert!(
-            text.contains(&format!("{h} {p} 101\n")),
-            "{h}:{p} not ENETUNREACH: {text}"
+            text.contains(&format!("{h} {p} {errno}\n")),
+            "{h}:{p} not unreachable ({errno}): {text}"
         );
     }
     assert_eq!(
@@ -240,4 +240,19 @@ where
         reached,
         "the sandbox reached the host"
     );
+}
+
+/// The errno a sandbox gets for a direct connection out under the runtime
+/// the tests use (`AGENT_SANDBOX_RUNTIME`): see [`unreachable_errno_under`].
+pub fn unreachable_errno() -> i32 {
+    unreachable_errno_under(&std::env::var("AGENT_SANDBOX_RUNTIME").unwrap_or_default())
+}
+
+/// It has no route: runc says ENETUNREACH, gVisor's netstack EHOSTUNREACH.
+pub fn unreachable_errno_under(runtime: &str) -> i32 {
+    if runtime.contains("runsc") {
+        113
+    } else {
+        101
+    }
 }

@@ -212,6 +212,9 @@ async fn answer(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<Seen>>>) -> Resp
         .header("connection", "keep-alive, x-upstream-hop")
         .header("x-upstream-hop", "secret")
         .header("keep-alive", "timeout=5")
+        .header("proxy-authenticate", "Basic realm=\"upstream\"")
+        .header("proxy-x-upstream", "leak")
+        .header("x-plain", "kept")
         .body(Full::new(Bytes::from_static(b"hello from canary")))
         .unwrap()
 }
