@@ -132,11 +132,64 @@ fn read_request(p: &[u8]) -> Option<Request> {
     Some(Request { argv, env, cwd })
 }
 
-fn pump_output(mut from: impl Read, to: Arc<Mutex<UnixStream>>, tag: u8) {
+extern "C" {
+    fn poll(fds: *mut PollFd, nfds: u64, timeout: i32) -> i32;
+}
+
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+/// How long a pipe may stay quiet after the command exited before its pump
+/// stops (a background process may keep it open), and how long output may
+/// keep coming after the exit at most.
+const QUIET_AFTER_EXIT: Duration = Duration::from_millis(100);
+const MAX_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// Forwards a pipe until EOF, or, once the command has exited (`exited`
+/// holds the moment), until the pipe has been quiet for a moment. The pump
+/// itself decides, after it has written everything it read, so the exit
+/// frame that follows can never overtake output (a host under load once
+/// lost an exec's whole output to a fixed grace period).
+fn pump_output(
+    mut from: impl Read + std::os::fd::AsRawFd,
+    to: Arc<Mutex<UnixStream>>,
+    tag: u8,
+    exited: Arc<Mutex<Option<std::time::Instant>>>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
-    while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || write_frame(&to, tag, &buf[..n]).is_err() {
-            break;
+    let fd = from.as_raw_fd();
+    loop {
+        let mut p = PollFd {
+            fd,
+            events: 1, // POLLIN
+            revents: 0,
+        };
+        let ready = unsafe { poll(&mut p, 1, QUIET_AFTER_EXIT.as_millis() as i32) };
+        if ready == 0 {
+            let since = exited.lock().ok().and_then(|e| *e);
+            if since.is_some() {
+                return; // quiet after the exit: done
+            }
+            continue;
+        }
+        if ready < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                if write_frame(&to, tag, &buf[..n]).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+        let since = exited.lock().ok().and_then(|e| *e);
+        if since.is_some_and(|t| t.elapsed() > MAX_AFTER_EXIT) {
+            return; // a background process that never stops writing
         }
     }
 }
@@ -203,31 +256,25 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     };
     let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
-    for (pipe, tag) in [
-        (
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            b'O',
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            b'E',
-        ),
-    ] {
-        if let Some(pipe) = pipe {
-            let (w, done) = (writer.clone(), pumped.clone());
-            pumps += 1;
-            if let Err(e) = thread::Builder::new().spawn(move || {
-                pump_output(pipe, w, tag);
-                let _ = done.send(());
-            }) {
-                return no_thread(e);
-            }
+    let exited = Arc::new(Mutex::new(None));
+    if let Some(pipe) = child.stdout.take() {
+        let (w, done, exited) = (writer.clone(), pumped.clone(), exited.clone());
+        pumps += 1;
+        if let Err(e) = thread::Builder::new().spawn(move || {
+            pump_output(pipe, w, b'O', exited);
+            let _ = done.send(());
+        }) {
+            return no_thread(e);
+        }
+    }
+    if let Some(pipe) = child.stderr.take() {
+        let (w, done, exited) = (writer.clone(), pumped.clone(), exited.clone());
+        pumps += 1;
+        if let Err(e) = thread::Builder::new().spawn(move || {
+            pump_output(pipe, w, b'E', exited);
+            let _ = done.send(());
+        }) {
+            return no_thread(e);
         }
     }
     let mut stdin = child.stdin.take();
@@ -266,12 +313,16 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     }
     let status = reaped.wait_for(pid);
     done.store(true, Ordering::SeqCst);
-    // Output still buffered in the pipes; a background process that kept
-    // them open does not hold the exit back for more than a moment.
-    let grace = std::time::Instant::now() + Duration::from_millis(100);
+    if let Ok(mut e) = exited.lock() {
+        *e = Some(std::time::Instant::now());
+    }
+    // The pumps forward what is still in the pipes and stop once they are
+    // quiet (see `pump_output`); the exit frame waits for them.
     for _ in 0..pumps {
-        let left = grace.saturating_duration_since(std::time::Instant::now());
-        if pumps_done.recv_timeout(left).is_err() {
+        if pumps_done
+            .recv_timeout(MAX_AFTER_EXIT + Duration::from_secs(1))
+            .is_err()
+        {
             break;
         }
     }

@@ -335,7 +335,14 @@ async fn fifty_sessions_at_once_all_close_cleanly() {
     )
     .await;
     for (i, o) in outs.iter().enumerate() {
-        assert_eq!(o.stdout_str(), format!("{i}\n"));
+        assert_eq!(
+            o.stdout_str(),
+            format!("{i}\n"),
+            "exit {} oom {} {}",
+            o.exit_code,
+            o.oom_killed,
+            o.stderr_str()
+        );
     }
     futures_util::future::join_all(sessions.iter().map(|s| s.close()))
         .await

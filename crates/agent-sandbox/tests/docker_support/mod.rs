@@ -242,6 +242,11 @@ where
     );
 }
 
+/// Whether the tests run under gVisor (`AGENT_SANDBOX_RUNTIME=runsc`).
+pub fn gvisor() -> bool {
+    std::env::var("AGENT_SANDBOX_RUNTIME").is_ok_and(|r| r.contains("runsc"))
+}
+
 /// The errno a sandbox gets for a direct connection out under the runtime
 /// the tests use (`AGENT_SANDBOX_RUNTIME`): see [`unreachable_errno_under`].
 pub fn unreachable_errno() -> i32 {
