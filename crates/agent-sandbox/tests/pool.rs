@@ -169,6 +169,7 @@ async fn each_run_has_its_own_proxy_and_events() {
     let probe = &pool;
     docker_support::assert_no_direct_route(
         docker_support::unreachable_errno(),
+        &[],
         |script| async move {
             probe
                 .run(["python3", "-c", &script])

@@ -105,6 +105,19 @@ async fn background_processes_live_until_close_and_not_after() {
     );
 }
 
+/// Whether no `sleep` runs in the session, polled for up to 10 s (a kill
+/// is at once; the deadline is for a busy machine).
+async fn no_sleep_left(s: &Session) -> bool {
+    for _ in 0..100 {
+        let left = s.exec("pgrep -x sleep || echo none").await.unwrap();
+        if left.stdout_str() == "none\n" {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn exec_timeout_kills_the_whole_process_group() {
     let s = sandbox().start().await.unwrap();
@@ -117,20 +130,10 @@ async fn exec_timeout_kills_the_whole_process_group() {
         .unwrap();
     assert!(out.timed_out);
     assert!(!out.stdout_str().contains("NOT"));
-    // Killed at once; polled with a generous deadline for a busy machine.
-    let mut left = String::new();
-    for _ in 0..100 {
-        left = s
-            .exec("pgrep -x sleep || echo none")
-            .await
-            .unwrap()
-            .stdout_str();
-        if left == "none\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, "none\n", "nothing of the timed-out exec is left");
+    assert!(
+        no_sleep_left(&s).await,
+        "nothing of the timed-out exec is left"
+    );
     s.close().await.unwrap();
 }
 
@@ -385,19 +388,7 @@ async fn dropping_an_exec_future_stops_its_command() {
         "control: sleep is running before the cut"
     );
     drop(exec);
-    let mut left = String::new();
-    for _ in 0..50 {
-        left = s
-            .exec("pgrep -x sleep || echo none")
-            .await
-            .unwrap()
-            .stdout_str();
-        if left == "none\n" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(left, "none\n", "the abandoned command was killed");
+    assert!(no_sleep_left(&s).await, "the abandoned command was killed");
     s.close().await.unwrap();
 }
 

@@ -206,15 +206,19 @@ pub fn host_canary(bind: &str) -> (u16, Arc<AtomicUsize>) {
 }
 
 /// Asserts that a direct connection from a sandbox (`run` gets the probe
-/// script and returns its stdout) reaches none of this host's addresses,
+/// script and returns its stdout) reaches none of this host's addresses nor
+/// the `extra` targets (another container, say), failing with `errno`,
 /// after a control container on the default bridge reached every one.
-pub async fn assert_no_direct_route<F, Fut>(errno: i32, run: F)
+pub async fn assert_no_direct_route<F, Fut>(errno: i32, extra: &[(String, u16)], run: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = String>,
 {
     let (port, hits) = host_canary("0.0.0.0:0");
-    let targets: Vec<(String, u16)> = host_addresses().into_iter().map(|h| (h, port)).collect();
+    let hosts = host_addresses();
+    let host_count = hosts.len();
+    let mut targets: Vec<(String, u16)> = hosts.into_iter().map(|h| (h, port)).collect();
+    targets.extend_from_slice(extra);
     let control = control_probe(&targets);
     for (h, p) in &targets {
         assert!(
@@ -224,8 +228,7 @@ where
     }
     let reached = hits.load(Ordering::SeqCst);
     assert_eq!(
-        reached,
-        targets.len(),
+        reached, host_count,
         "control: the listener saw each address"
     );
     let text = run(connect_probe(&targets)).await;
