@@ -131,8 +131,20 @@ fn walk(path: &Path) -> Result<(PathBuf, OwnedFd), Error> {
         let st = rfs::statat(&fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| os_err(&next, e))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-            let target =
-                rfs::readlinkat(&fd, name.as_os_str(), Vec::new()).map_err(|e| os_err(&next, e))?;
+            let target = rfs::readlinkat(&fd, name.as_os_str(), Vec::new()).map_err(|e| {
+                if e == rustix::io::Errno::INVAL {
+                    // A link a moment ago, not any more: something swapped it.
+                    refuse(
+                        path,
+                        format!(
+                            "changed while it was being checked ({} stopped being a symbolic link)",
+                            next.display()
+                        ),
+                    )
+                } else {
+                    os_err(&next, e)
+                }
+            })?;
             let target = PathBuf::from(std::ffi::OsStr::from_bytes(target.as_bytes()));
             let dir = rfs::fstat(&fd).map_err(|e| os_err(&here, e))?;
             let system = SYSTEM_LINKS.iter().any(|l| next == Path::new(l))

@@ -79,9 +79,10 @@ pub async fn container_count(id: &str) -> usize {
         .len()
 }
 
-/// Waits up to 5 s for every container carrying `label` to be removed.
+/// Waits up to 30 s (generous, for a busy machine; it returns as soon as it
+/// holds) for every container carrying `label` to be removed.
 pub async fn eventually_none_with_label(label: &str) -> bool {
-    for _ in 0..100 {
+    for _ in 0..600 {
         if containers_with_label(label).await.is_empty() {
             return true;
         }
@@ -90,7 +91,7 @@ pub async fn eventually_none_with_label(label: &str) -> bool {
     false
 }
 
-/// Waits up to 5 s for the sandbox `id`'s container to be removed.
+/// Waits up to 30 s for the sandbox `id`'s container to be removed.
 pub async fn eventually_gone(id: &str) -> bool {
     eventually_none_with_label(&format!("{}={id}", labels::ID)).await
 }
