@@ -257,21 +257,16 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
     let exited = Arc::new(Mutex::new(None));
-    if let Some(pipe) = child.stdout.take() {
+    let pipes = [
+        (child.stdout.take().map(std::os::fd::OwnedFd::from), b'O'),
+        (child.stderr.take().map(std::os::fd::OwnedFd::from), b'E'),
+    ];
+    for (pipe, tag) in pipes {
+        let Some(pipe) = pipe else { continue };
         let (w, done, exited) = (writer.clone(), pumped.clone(), exited.clone());
         pumps += 1;
         if let Err(e) = thread::Builder::new().spawn(move || {
-            pump_output(pipe, w, b'O', exited);
-            let _ = done.send(());
-        }) {
-            return no_thread(e);
-        }
-    }
-    if let Some(pipe) = child.stderr.take() {
-        let (w, done, exited) = (writer.clone(), pumped.clone(), exited.clone());
-        pumps += 1;
-        if let Err(e) = thread::Builder::new().spawn(move || {
-            pump_output(pipe, w, b'E', exited);
+            pump_output(std::fs::File::from(pipe), w, tag, exited);
             let _ = done.send(());
         }) {
             return no_thread(e);

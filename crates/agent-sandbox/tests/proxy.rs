@@ -740,6 +740,21 @@ async fn shutdown_closes_open_tunnels() {
     assert_eq!(read_to_close(&mut s).await, "");
 }
 
+/// Connects to a proxy started here (not a `TestProxy`) and sends a
+/// CONNECT for `authority`.
+async fn send_connect(
+    handle: &agent_sandbox::proxy::ProxyHandle,
+    authority: &str,
+) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(handle.local_addr().tcp().unwrap())
+        .await
+        .unwrap();
+    s.write_all(connect_req(authority).as_bytes())
+        .await
+        .unwrap();
+    s
+}
+
 /// A dialer whose connections never complete (a destination that drops
 /// SYNs), so the connect timeout is what answers.
 #[derive(Clone, Default)]
@@ -769,12 +784,7 @@ async fn a_connect_that_hangs_is_cut_at_the_connect_timeout_with_its_reason() {
         .start(&Listen::parse("127.0.0.1:0").unwrap())
         .await
         .unwrap();
-    let mut s = tokio::net::TcpStream::connect(handle.local_addr().tcp().unwrap())
-        .await
-        .unwrap();
-    s.write_all(connect_req(&format!("allowed.test:{port}")).as_bytes())
-        .await
-        .unwrap();
+    let mut s = send_connect(&handle, &format!("allowed.test:{port}")).await;
     let resp = read_to_close(&mut s).await;
     assert_eq!(status_of(&resp), 504, "{resp}");
     assert_eq!(header_of(&resp, DENIED_HEADER), Some("connect-timeout"));
@@ -805,12 +815,7 @@ async fn the_system_resolver_path_works_for_a_name_the_machine_resolves() {
             .start(&Listen::parse("127.0.0.1:0").unwrap())
             .await
             .unwrap();
-        let mut s = tokio::net::TcpStream::connect(handle.local_addr().tcp().unwrap())
-            .await
-            .unwrap();
-        s.write_all(connect_req(&format!("localhost:{port}")).as_bytes())
-            .await
-            .unwrap();
+        let mut s = send_connect(&handle, &format!("localhost:{port}")).await;
         let head = read_head(&mut s).await;
         assert_eq!(status_of(&head), expect, "{head}");
         if expect == 403 {
