@@ -10,7 +10,9 @@ use std::time::Duration;
 use agent_sandbox::policy::{Policy, PolicyBuilder};
 use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy, Verdict};
 use agent_sandbox::runtime::{gc, Engine, PullProgress};
-use agent_sandbox::{parse_size, CancelToken, Command as SandboxCommand, Sandbox, SandboxBuilder};
+use agent_sandbox::{
+    CancelToken, Command as SandboxCommand, Sandbox, SandboxBuilder, SandboxOptions,
+};
 
 mod serve;
 mod shell;
@@ -45,39 +47,12 @@ enum Command {
     Proxy(ProxyArgs),
 }
 
+/// The sandbox options (every one of them: the same names as the
+/// library's, Python's and Node's; see `SandboxOptions`), plus the audit log.
 #[derive(Args)]
 struct SandboxArgs {
-    /// Image (default: $AGENT_SANDBOX_IMAGE, else debian:bookworm-slim).
-    #[arg(long)]
-    image: Option<String>,
-    /// The read-write directory, mounted at /workspace (default: the current directory).
-    #[arg(long, value_name = "DIR")]
-    workspace: Option<String>,
     #[command(flatten)]
-    policy: PolicyArgs,
-    /// Set an environment variable in the sandbox. Repeatable.
-    #[arg(long = "env", short = 'e', value_name = "K=V")]
-    env: Vec<String>,
-    /// Kill the command after SECS seconds (exit status 124).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
-    /// Memory limit, swap included (e.g. 512m, 2g). Default 1g.
-    #[arg(long, value_name = "SIZE")]
-    memory: Option<String>,
-    /// CPU limit. Default 1.
-    #[arg(long)]
-    cpus: Option<f64>,
-    /// Process limit. Default 256.
-    #[arg(long)]
-    pids: Option<i64>,
-    /// Run as UID:GID (default: the caller; for a root caller, the
-    /// workspace's owner, never root unless asked with --user 0:0).
-    #[arg(long, value_name = "UID:GID")]
-    user: Option<String>,
-    /// The engine's OCI runtime: runsc runs the sandbox under gVisor
-    /// (default: $AGENT_SANDBOX_RUNTIME, else the engine's default).
-    #[arg(long, value_name = "NAME")]
-    runtime: Option<String>,
+    options: SandboxOptions,
     /// Write audit events as JSON lines to FILE (appended), or - for stderr.
     #[arg(long, value_name = "FILE|-")]
     audit_log: Option<String>,
@@ -178,13 +153,17 @@ struct ProxyArgs {
     idle_timeout: u64,
 }
 
-fn audit_writer(target: &str) -> std::io::Result<Box<dyn Write + Send>> {
+fn audit_writer(target: &str) -> Result<Box<dyn Write + Send>, agent_sandbox::Error> {
     if target == "-" {
         return Ok(Box::new(std::io::stdout()));
     }
-    Ok(Box::new(
-        OpenOptions::new().create(true).append(true).open(target)?,
-    ))
+    let file = OpenOptions::new().create(true).append(true).open(target);
+    file.map(|f| Box::new(f) as Box<dyn Write + Send>)
+        .map_err(|source| agent_sandbox::Error::Io {
+            op: "open the audit log",
+            path: target.into(),
+            source,
+        })
 }
 
 pub(crate) fn pull_progress(p: &PullProgress) {
@@ -206,46 +185,12 @@ pub(crate) fn pull_progress(p: &PullProgress) {
     }
 }
 
-/// The sandbox the flags describe (shared by run, shell and serve).
+/// The sandbox the flags describe (shared by run, shell and serve); the
+/// workspace defaults to the current directory.
 fn sandbox_builder(args: &SandboxArgs) -> Result<SandboxBuilder, agent_sandbox::Error> {
     let mut b = Sandbox::builder()
-        .workspace(args.workspace.clone().unwrap_or_else(|| ".".into()))
-        .policy(args.policy.builder()?);
-    if let Some(image) = &args.image {
-        b = b.image(image);
-    }
-    for kv in &args.env {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| agent_sandbox::Error::InvalidArgument {
-                what: "--env".into(),
-                reason: format!("{kv:?} is not K=V"),
-            })?;
-        b = b.env(k, v);
-    }
-    if let Some(t) = args.timeout {
-        let t =
-            Duration::try_from_secs_f64(t).map_err(|_| agent_sandbox::Error::InvalidArgument {
-                what: "--timeout".into(),
-                reason: format!("{t} is not a number of seconds"),
-            })?;
-        b = b.timeout(t);
-    }
-    if let Some(m) = &args.memory {
-        b = b.memory(parse_size(m)?);
-    }
-    if let Some(c) = args.cpus {
-        b = b.cpus(c);
-    }
-    if let Some(p) = args.pids {
-        b = b.pids(p);
-    }
-    if let Some(u) = &args.user {
-        b = b.user(u);
-    }
-    if let Some(r) = &args.runtime {
-        b = b.runtime(r);
-    }
+        .workspace(".")
+        .options(args.options.clone());
     if let Some(target) = &args.audit_log {
         let out: Box<dyn Write + Send> = if target == "-" {
             Box::new(std::io::stderr())
@@ -260,6 +205,7 @@ fn sandbox_builder(args: &SandboxArgs) -> Result<SandboxBuilder, agent_sandbox::
             }
         });
     }
+    b.check()?;
     Ok(b)
 }
 
@@ -304,7 +250,10 @@ async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
     if out.timed_out {
         eprintln!(
             "agent-sandbox: the command timed out after {:.1}s and was killed",
-            args.timeout.unwrap_or_default()
+            args.options
+                .timeout
+                .map(|t| t.0.as_secs_f64())
+                .unwrap_or_default()
         );
         return Ok(124);
     }

@@ -4,10 +4,12 @@
 //! replies may come out of order.
 //!
 //! Requests (`op`, then its fields):
-//! - `exec`: `cmd` (string: through `sh -c`; array: as given), `env`
-//!   (object), `workdir`, `timeout` (seconds), `stdin` (text) or
-//!   `stdin_base64` -> `exit_code`, `stdout`, `stderr`, `timed_out`,
-//!   `stdout_truncated`, `stderr_truncated`, `oom_killed`, `duration_ms`, `events`
+//! - `exec`: `cmd` (string: through `sh -c`; array: as given) and the exec
+//!   options `env` (object), `workdir`, `timeout` (seconds, or text such as
+//!   `"500ms"`), `stdin` (text) or `stdin_base64`, `output_limit`; any other
+//!   field is refused (`invalid_argument`) -> `exit_code`, `stdout`, `stderr`,
+//!   `timed_out`, `stdout_truncated`, `stderr_truncated`, `oom_killed`,
+//!   `duration_ms`, `events`
 //! - `run`: the same fields and reply as `exec`, plus `sandbox_id`, but in a
 //!   fresh sandbox of its own, ended when the command ends (nothing it
 //!   started survives; `/tmp` starts empty). Served from a pool of
@@ -26,8 +28,8 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use agent_sandbox::options::{Naming, RuleChange};
 use agent_sandbox::proxy::AuditEvent;
 use agent_sandbox::{Command, Error, ExecOptions, Output, Pool, SandboxBuilder, Session};
 use base64::Engine as _;
@@ -85,13 +87,15 @@ fn bytes(req: &Value, text: &str, b64: &str) -> Result<Option<Vec<u8>>, Failure>
     }
 }
 
-/// The command and options of an `exec` or `run` request.
+/// The command and options of an `exec` or `run` request: every field but
+/// `op`, `id` and `cmd` is an exec option (`stdin_base64` is `stdin` as
+/// bytes), so an unknown or mistyped one is refused like in every binding.
 fn command_request(req: &Value) -> Result<(Command, ExecOptions), Failure> {
     let cmd = match req.get("cmd") {
         Some(Value::String(s)) => Command::Shell(s.clone()),
-        Some(Value::Array(a)) => Command::Argv(
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => Command::Argv(
             a.iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
+                .filter_map(|v| v.as_str().map(str::to_owned))
                 .collect(),
         ),
         _ => {
@@ -100,22 +104,15 @@ fn command_request(req: &Value) -> Result<(Command, ExecOptions), Failure> {
             )))
         }
     };
-    let mut opts = ExecOptions::new();
-    if let Some(env) = req.get("env").and_then(Value::as_object) {
-        for (k, v) in env {
-            opts = opts.env(k.clone(), v.as_str().unwrap_or_default());
+    let mut fields = req.as_object().cloned().unwrap_or_default();
+    for key in ["op", "id", "cmd", "stdin_base64"] {
+        fields.remove(key);
+    }
+    let mut opts = ExecOptions::from_json(&Value::Object(fields).to_string(), Naming::Snake)?;
+    if req.get("stdin").is_none() {
+        if let Some(data) = bytes(req, "stdin", "stdin_base64")? {
+            opts = opts.stdin(data);
         }
-    }
-    if let Some(dir) = req.get("workdir").and_then(Value::as_str) {
-        opts = opts.workdir(dir);
-    }
-    if let Some(t) = req.get("timeout").and_then(Value::as_f64) {
-        let t = Duration::try_from_secs_f64(t)
-            .map_err(|_| Failure::Bad(BadRequest("timeout must be seconds >= 0".into())))?;
-        opts = opts.timeout(t);
-    }
-    if let Some(data) = bytes(req, "stdin", "stdin_base64")? {
-        opts = opts.stdin(data);
     }
     Ok((cmd, opts))
 }
@@ -187,12 +184,7 @@ async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
         }
         "events" => Ok(json!({ "events": events_json(&session.events()) })),
         "allow" | "deny" | "remove_rule" => {
-            let rule = field(req, "rule")?.to_owned();
-            session.update_policy(|p| match op {
-                "allow" => p.allow(rule.clone()),
-                "deny" => p.deny(rule.clone()),
-                _ => p.remove(&rule),
-            })?;
+            session.change_rules(RuleChange::new(op, field(req, "rule")?)?)?;
             Ok(json!({}))
         }
         other => Err(Failure::Bad(BadRequest(format!("unknown op {other:?}")))),

@@ -4,11 +4,7 @@
 //! back. Much faster than `docker exec` (no engine round trips). See
 //! `connect` for how connections are set up.
 //!
-//! Frames both ways: `[tag: u8][len: u32 big-endian][payload]`.
-//! Host to init: `R` request (argv, env, cwd; see `read_request`) once,
-//! then `I` stdin chunks (empty = EOF) and `K` signal (`i32`, to the group).
-//! Init to host: `O` stdout, `E` stderr, `F` failure text, `M` (empty: the
-//! memory limit killed the command), `X` exit (`i32`).
+//! The frames and the request are defined in `wire` (shared with the host).
 //! If the host hangs up, the command's process group gets SIGKILL.
 
 use std::collections::HashMap;
@@ -21,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
+
+use crate::wire::{self, tag, Request};
 
 /// Held while spawning: PID 1 reaps only when no spawn is in flight.
 pub static SPAWN_LOCK: Mutex<()> = Mutex::new(());
@@ -65,71 +63,11 @@ impl Reaped {
 
 fn write_frame(w: &Mutex<UnixStream>, tag: u8, payload: &[u8]) -> io::Result<()> {
     let mut w = w.lock().map_err(|_| io::Error::other("poisoned"))?;
-    write_frame_to(&mut *w, tag, payload)
-}
-
-fn write_frame_to(w: &mut impl Write, tag: u8, payload: &[u8]) -> io::Result<()> {
-    let mut head = [0u8; 5];
-    head[0] = tag;
-    head[1..].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    w.write_all(&head)?;
-    w.write_all(payload)
+    wire::write_frame(&mut *w, tag, payload)
 }
 
 fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head)?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > 16 << 20 {
-        return Err(io::Error::other("frame too large"));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
-    Ok((head[0], payload))
-}
-
-struct Request {
-    argv: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: String,
-}
-
-/// Payload of `R`: u32 argc, argc strings; u32 envc, envc `K=V` strings;
-/// one cwd string. A string is u32 length + UTF-8 bytes.
-fn read_request(p: &[u8]) -> Option<Request> {
-    let mut at = 0usize;
-    let u32_at = |at: &mut usize| -> Option<u32> {
-        let b = p.get(*at..*at + 4)?;
-        *at += 4;
-        Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
-    let strings = |n: u32, at: &mut usize| -> Option<Vec<String>> {
-        let mut out = Vec::new();
-        for _ in 0..n {
-            let len = u32_at(at)? as usize;
-            let s = std::str::from_utf8(p.get(*at..*at + len)?).ok()?.to_owned();
-            *at += len;
-            out.push(s);
-        }
-        Some(out)
-    };
-    let argc = u32::from_be_bytes(p.get(0..4)?.try_into().ok()?);
-    at += 4;
-    let argv = strings(argc, &mut at)?;
-    let envc = u32::from_be_bytes(p.get(at..at + 4)?.try_into().ok()?);
-    at += 4;
-    let env = strings(envc, &mut at)?
-        .into_iter()
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect();
-    let cwd = strings(1, &mut at)?.pop()?;
-    if argv.is_empty() {
-        return None;
-    }
-    Some(Request { argv, env, cwd })
+    wire::read_frame(r, wire::MAX_FRAME_TO_INIT)
 }
 
 extern "C" {
@@ -208,9 +146,12 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     let mut reader = conn.try_clone()?;
     let writer = Arc::new(Mutex::new(conn));
     let (tag, payload) = read_frame(&mut reader)?;
-    let Some(req) = (tag == b'R').then(|| read_request(&payload)).flatten() else {
-        write_frame(&writer, b'F', b"malformed exec request")?;
-        write_frame(&writer, b'X', &125i32.to_be_bytes())?;
+    let Some(req) = (tag == tag::REQUEST)
+        .then(|| Request::decode(&payload))
+        .flatten()
+    else {
+        write_frame(&writer, tag::FAILURE, b"malformed exec request")?;
+        write_frame(&writer, tag::EXIT, &125i32.to_be_bytes())?;
         return drain(reader);
     };
     let ooms_before = oom_kills();
@@ -235,10 +176,10 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
             };
             write_frame(
                 &writer,
-                b'F',
+                tag::FAILURE,
                 format!("cannot run {:?} in {:?}: {e}", req.argv[0], req.cwd).as_bytes(),
             )?;
-            write_frame(&writer, b'X', &code.to_be_bytes())?;
+            write_frame(&writer, tag::EXIT, &code.to_be_bytes())?;
             return drain(reader);
         }
     };
@@ -249,17 +190,23 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
         crate::signal_group(pid, 9);
         let _ = write_frame(
             &writer,
-            b'F',
+            tag::FAILURE,
             format!("agent-sandbox-init: cannot start a thread for this exec (the sandbox's process limit?): {e}").as_bytes(),
         );
-        write_frame(&writer, b'X', &125i32.to_be_bytes())
+        write_frame(&writer, tag::EXIT, &125i32.to_be_bytes())
     };
     let (pumped, pumps_done) = std::sync::mpsc::channel::<()>();
     let mut pumps = 0;
     let exited = Arc::new(Mutex::new(None));
     let pipes = [
-        (child.stdout.take().map(std::os::fd::OwnedFd::from), b'O'),
-        (child.stderr.take().map(std::os::fd::OwnedFd::from), b'E'),
+        (
+            child.stdout.take().map(std::os::fd::OwnedFd::from),
+            tag::STDOUT,
+        ),
+        (
+            child.stderr.take().map(std::os::fd::OwnedFd::from),
+            tag::STDERR,
+        ),
     ];
     for (pipe, tag) in pipes {
         let Some(pipe) = pipe else { continue };
@@ -278,15 +225,15 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     let feeder = thread::Builder::new().spawn(move || {
         loop {
             match read_frame(&mut reader) {
-                Ok((b'I', data)) if data.is_empty() => stdin = None,
-                Ok((b'I', data)) => {
+                Ok((tag::STDIN, data)) if data.is_empty() => stdin = None,
+                Ok((tag::STDIN, data)) => {
                     if let Some(s) = stdin.as_mut() {
                         if s.write_all(&data).is_err() {
                             stdin = None;
                         }
                     }
                 }
-                Ok((b'K', sig)) if sig.len() == 4 => {
+                Ok((tag::SIGNAL, sig)) if sig.len() == 4 => {
                     let sig = i32::from_be_bytes([sig[0], sig[1], sig[2], sig[3]]);
                     crate::signal_group(pid, sig);
                 }
@@ -324,11 +271,11 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     // Killed by SIGKILL while the cgroup's OOM-kill count went up: the
     // memory limit did it (concurrent execs could blur this; rare).
     if status & 0x7f == 9 && oom_kills() > ooms_before {
-        write_frame(&writer, b'M', &[])?;
+        write_frame(&writer, tag::OOM, &[])?;
     }
     write_frame(
         &writer,
-        b'X',
+        tag::EXIT,
         &i32::from(crate::exit_code(status)).to_be_bytes(),
     )
 }
@@ -369,19 +316,19 @@ pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
     }
     let mut control =
         control.ok_or_else(|| last.unwrap_or_else(|| io::Error::other("no exec socket")))?;
-    write_frame_to(&mut control, b'C', &[])?;
+    wire::write_frame(&mut control, tag::CONNECTED, &[])?;
     thread::Builder::new().spawn(move || {
         while let Ok((tag, id)) = read_frame(&mut control) {
-            if tag == b'T' {
+            if tag == tag::TERMINATE {
                 crate::end_all();
             }
-            if tag != b'N' || id.len() != 8 {
+            if tag != tag::NEW || id.len() != 8 {
                 continue;
             }
             let Ok(mut conn) = UnixStream::connect(&path) else {
                 continue;
             };
-            if write_frame_to(&mut conn, b'A', &id).is_err() {
+            if wire::write_frame(&mut conn, tag::ACCEPT, &id).is_err() {
                 continue;
             }
             let reaped = reaped.clone();
@@ -392,8 +339,8 @@ pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
                 // No thread for it: refuse this exec, keep serving.
                 if let Some(c) = spare.as_mut() {
                     let text = format!("agent-sandbox-init: cannot start a thread for this exec (the sandbox's process limit?): {e}");
-                    let _ = write_frame_to(c, b'F', text.as_bytes());
-                    let _ = write_frame_to(c, b'X', &125i32.to_be_bytes());
+                    let _ = wire::write_frame(c, tag::FAILURE, text.as_bytes());
+                    let _ = wire::write_frame(c, tag::EXIT, &125i32.to_be_bytes());
                 }
             }
         }

@@ -33,6 +33,12 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread;
 
 mod exec;
+// The host's half of the contract (encoding requests, writing these
+// arguments) is unused here.
+#[allow(dead_code)]
+mod wire;
+
+use wire::{InitArgs, MountCheck, MOUNT_MISMATCH_EXIT, MOUNT_MISMATCH_TEXT};
 
 extern "C" {
     fn sigaction(signum: i32, act: *const SigAction, old: *mut SigAction) -> i32;
@@ -96,28 +102,13 @@ extern "C" fn forward(sig: i32, info: *const u8, _ctx: *const u8) {
     }
 }
 
-struct Args {
-    port: Option<u16>,
-    socket: Option<PathBuf>,
-    exec_socket: Option<PathBuf>,
-    /// `(target, dev, ino)`: what the host checked and expects mounted there.
-    mounts: Vec<(PathBuf, u64, u64)>,
-    /// A file the host creates once it has checked the mounts itself (under
-    /// gVisor, whose inode numbers inside are its own): nothing runs before.
-    wait_go: Option<PathBuf>,
-    command: Vec<String>,
-}
-
-/// Exit code when a bind mount is not the directory the host checked.
-const MOUNT_MISMATCH_EXIT: u8 = 120;
-
 /// Compares every expected mount with what is mounted, before anything
 /// else runs: the host checked a directory and opened it, but the engine
 /// mounts by path, so a component swapped in between (another sandbox
 /// renaming or symlinking a parent) would mount something else.
-fn check_mounts(mounts: &[(PathBuf, u64, u64)]) -> Result<(), String> {
+fn check_mounts(mounts: &[MountCheck]) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    for (target, dev, ino) in mounts {
+    for MountCheck { target, dev, ino } in mounts {
         match std::fs::metadata(target) {
             Ok(m) if (m.dev(), m.ino()) == (*dev, *ino) => {}
             Ok(m) => {
@@ -152,55 +143,6 @@ pub(crate) fn signal_group(pid: i32, sig: i32) {
             kill(-pid, sig);
         }
     }
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = std::env::args().skip(1);
-    let mut out = Args {
-        port: None,
-        socket: None,
-        exec_socket: None,
-        mounts: Vec::new(),
-        wait_go: None,
-        command: Vec::new(),
-    };
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--port" => {
-                let v = args.next().ok_or("--port needs a value")?;
-                out.port = Some(v.parse().map_err(|_| format!("bad --port {v:?}"))?);
-            }
-            "--socket" => out.socket = Some(args.next().ok_or("--socket needs a value")?.into()),
-            "--exec-socket" => {
-                out.exec_socket = Some(args.next().ok_or("--exec-socket needs a value")?.into())
-            }
-            "--check-mount" => {
-                let v = args.next().ok_or("--check-mount needs TARGET=DEV:INO")?;
-                let bad = || format!("bad --check-mount {v:?}");
-                let (target, ids) = v.rsplit_once('=').ok_or_else(bad)?;
-                let (dev, ino) = ids.split_once(':').ok_or_else(bad)?;
-                out.mounts.push((
-                    target.into(),
-                    dev.parse().map_err(|_| bad())?,
-                    ino.parse().map_err(|_| bad())?,
-                ));
-            }
-            "--wait-go" => out.wait_go = Some(args.next().ok_or("--wait-go needs a path")?.into()),
-            "--pause" => loop {
-                // A child that never exits, so PID 1's waitpid always has one to block on.
-                thread::park();
-            },
-            "--" => {
-                out.command = args.collect();
-                break;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if out.command.is_empty() && out.exec_socket.is_none() {
-        return Err("no command given after -- (and no --exec-socket)".into());
-    }
-    Ok(out)
 }
 
 /// Copies one direction, then half-closes the other side's write end.
@@ -267,7 +209,13 @@ pub(crate) fn exit_code(status: i32) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    if std::env::args().nth(1).as_deref() == Some(wire::PAUSE) {
+        loop {
+            // A child that never exits, so PID 1's waitpid always has one to block on.
+            thread::park();
+        }
+    }
+    let args = match InitArgs::parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("agent-sandbox-init: {e}");
@@ -280,7 +228,7 @@ fn main() -> ExitCode {
         prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     if let Err(e) = check_mounts(&args.mounts) {
-        eprintln!("agent-sandbox-init: mount check failed: {e}");
+        eprintln!("{MOUNT_MISMATCH_TEXT}{e}");
         return ExitCode::from(MOUNT_MISMATCH_EXIT);
     }
     if let Some(go) = &args.wait_go {
@@ -289,9 +237,7 @@ fn main() -> ExitCode {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !go.exists() {
             if std::time::Instant::now() > deadline {
-                eprintln!(
-                    "agent-sandbox-init: mount check failed: the host never confirmed the mounts"
-                );
+                eprintln!("{MOUNT_MISMATCH_TEXT}the host never confirmed the mounts");
                 return ExitCode::from(MOUNT_MISMATCH_EXIT);
             }
             thread::sleep(std::time::Duration::from_millis(2));
@@ -327,7 +273,7 @@ fn main() -> ExitCode {
     let session = args.command.is_empty();
     let command = if session {
         match std::env::current_exe() {
-            Ok(me) => vec![me.to_string_lossy().into_owned(), "--pause".to_owned()],
+            Ok(me) => vec![me.to_string_lossy().into_owned(), wire::PAUSE.to_owned()],
             Err(e) => {
                 eprintln!("agent-sandbox-init: cannot find itself: {e}");
                 return ExitCode::from(125);
@@ -336,11 +282,25 @@ fn main() -> ExitCode {
     } else {
         args.command
     };
-    let child = match Command::new(&command[0])
-        .args(&command[1..])
-        .process_group(0)
-        .spawn()
-    {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).process_group(0);
+    if let Some(dir) = &args.cwd {
+        if let Err(e) = std::fs::read_dir(dir) {
+            eprintln!("agent-sandbox-init: working directory {dir}: {e}");
+            return ExitCode::from(125);
+        }
+        cmd.current_dir(dir);
+    }
+    if let Some(path) = &args.stdin {
+        match std::fs::File::open(path) {
+            Ok(f) => cmd.stdin(f),
+            Err(e) => {
+                eprintln!("agent-sandbox-init: stdin {}: {e}", path.display());
+                return ExitCode::from(125);
+            }
+        };
+    }
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent-sandbox-init: cannot run {:?}: {e}", command[0]);

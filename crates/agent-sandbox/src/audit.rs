@@ -34,6 +34,7 @@ pub(crate) struct EventLog {
 }
 
 /// Events since a [`EventLog::mark`], and how many were dropped to the cap.
+#[derive(Default)]
 pub(crate) struct Slice {
     pub(crate) events: Vec<AuditEvent>,
     pub(crate) dropped: u64,

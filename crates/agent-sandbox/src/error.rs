@@ -79,6 +79,9 @@ pub enum Error {
         what: String,
         /// What the engine said.
         reason: String,
+        /// The engine client's error, when there is one (its whole chain).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A file operation of a session was refused or failed.
     #[error("{op} {path:?}: {reason}")]
@@ -99,9 +102,17 @@ pub enum Error {
     /// The run was cancelled by the caller; its container was removed.
     #[error("the run was cancelled; its container was removed")]
     Cancelled,
-    /// Other I/O.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
+    /// A file or socket operation on the host failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done (`create`, `write`, `open`, ...).
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -122,7 +133,33 @@ impl Error {
             Error::File { .. } => "file",
             Error::SessionClosed => "session_closed",
             Error::PoolClosed => "pool_closed",
-            Error::Io(_) => "io",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    /// An [`Error::Engine`] with no underlying client error.
+    pub(crate) fn engine(what: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Engine {
+            what: what.into(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// An [`Error::Io`]: `op` on `path` failed.
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::InvalidArgument`].
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            what: what.into(),
+            reason: reason.into(),
         }
     }
 }

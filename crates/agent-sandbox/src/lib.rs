@@ -1,14 +1,48 @@
 //! # agent-sandbox
 //!
 //! Run the commands an AI agent proposes in a box it cannot leave, so the
-//! agent can run on auto-approve.
+//! agent can run on auto-approve. Two walls: a hardened container (the
+//! filesystem jail: read-only root, one read-write workspace, the caller's
+//! uid, no capabilities) and an allowlist proxy (the network gatekeeper)
+//! that is the container's only way out.
 //!
-//! Two walls: a hardened container (the filesystem jail) and an allowlist
-//! proxy (the network gatekeeper) that is the container's only way out. This
-//! crate holds the policy engine ([`policy`]) and the proxy ([`proxy`]); the
-//! proxy can also run on its own (`agent-sandbox proxy`).
+//! Three ways to run commands, all configured by one [`SandboxBuilder`]:
 //!
-//! # Examples
+//! ```no_run
+//! use agent_sandbox::{ExecOptions, Sandbox};
+//!
+//! # async fn demo() -> Result<(), agent_sandbox::Error> {
+//! let sandbox = Sandbox::builder()
+//!     .workspace("./repo")
+//!     .allow("pypi.org")
+//!     .allow("files.pythonhosted.org");
+//!
+//! // One command in a fresh sandbox, removed afterwards.
+//! let out = sandbox.run("pip download requests -d /tmp/dl").await?;
+//! println!("exit {} in {:?}: {}", out.exit_code, out.duration, out.stdout_str());
+//! for e in &out.events {
+//!     println!("{:?} {}:{}", e.verdict, e.host, e.port);
+//! }
+//!
+//! // A warm sandbox for many commands (an exec costs milliseconds).
+//! let session = sandbox.start().await?;
+//! session.write_file("notes.txt", "hello").await?;
+//! let out = session.exec_with("cat notes.txt", ExecOptions::new().env("CI", "1")).await?;
+//! assert_eq!(out.stdout_str(), "hello");
+//! session.close().await?;
+//!
+//! // Fresh sandboxes started ahead of time: one-shot isolation at exec speed.
+//! let pool = sandbox.pool(2).await?;
+//! let out = pool.run(["python3", "-c", "print(1)"]).await?;
+//! pool.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Options can also come as data ([`options::SandboxOptions`], the same
+//! names in Python, Node, the CLI and `serve --stdio`), and the proxy runs
+//! on its own too:
+//!
 //! ```
 //! use agent_sandbox::policy::Policy;
 //! use agent_sandbox::proxy::{Listen, Proxy};
@@ -28,22 +62,28 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The map of the modules, the data flow of a run, a session and a pool,
+//! and the invariants each layer keeps are in `ARCHITECTURE.md`.
 
 mod audit;
+mod builder;
+mod command;
+mod config;
 pub mod error;
+mod launch;
+pub mod options;
 pub mod policy;
 mod pool;
 pub mod proxy;
+mod run;
 pub mod runtime;
-mod sandbox;
 pub mod session;
 mod workspace;
 
-pub use pool::Pool;
-pub use session::{DirEntry, ExecOptions, Listing, Session};
-
-pub use sandbox::{
-    parse_size, CancelToken, Command, Output, Sandbox, SandboxBuilder, DEFAULT_IMAGE,
-};
-
+pub use builder::{Sandbox, SandboxBuilder, DEFAULT_IMAGE};
+pub use command::{CancelToken, Command, Output};
 pub use error::Error;
+pub use options::{parse_size, ExecOptions, SandboxOptions};
+pub use pool::Pool;
+pub use session::{DirEntry, Listing, Session};

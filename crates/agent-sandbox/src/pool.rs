@@ -22,15 +22,16 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
 
-use crate::session::{ExecOptions, Session};
-use crate::{Command, Error, Output, SandboxBuilder};
+use crate::config::Config;
+use crate::options::ExecOptions;
+use crate::{Command, Error, Output, Session};
 
 /// What a bind-mounted host directory was when a spare started: a run
 /// checks it again, so a workspace replaced in the meantime (deleted and
@@ -39,8 +40,8 @@ use crate::{Command, Error, Output, SandboxBuilder};
 #[derive(Debug, PartialEq, Eq)]
 struct Source(Option<(PathBuf, u64, u64)>);
 
-fn sources(builder: &SandboxBuilder) -> Vec<Source> {
-    builder
+fn sources(config: &Config) -> Vec<Source> {
+    config
         .bind_sources()
         .iter()
         .map(|p| Source(crate::workspace::identity(p)))
@@ -57,11 +58,11 @@ struct Spare {
     sources: Vec<Source>,
 }
 
-async fn start_spare(builder: SandboxBuilder) -> Result<Spare, Error> {
+async fn start_spare(config: Config) -> Result<Spare, Error> {
     // Recorded before the engine binds them: a change after this point,
     // even one made while the container starts, shows up at `take`.
-    let sources = sources(&builder);
-    let session = builder.start().await?;
+    let sources = sources(&config);
+    let session = Session::start(config).await?;
     Ok(Spare { session, sources })
 }
 
@@ -74,7 +75,7 @@ pub struct Pool {
 }
 
 struct Inner {
-    builder: SandboxBuilder,
+    config: Config,
     size: usize,
     spares: Mutex<VecDeque<JoinHandle<Result<Spare, Error>>>>,
     /// Removals of used containers still in flight.
@@ -95,7 +96,7 @@ impl Pool {
     /// Starts all `size` spares at once and returns when they are ready, so
     /// a bad rule, a missing workspace or an absent engine fails here, and
     /// the first `size` runs find a sandbox waiting.
-    pub(crate) async fn new(builder: &SandboxBuilder, size: usize) -> Result<Pool, Error> {
+    pub(crate) async fn new(mut config: Config, size: usize) -> Result<Pool, Error> {
         if size == 0 {
             return Err(Error::InvalidArgument {
                 what: "pool size".into(),
@@ -103,9 +104,9 @@ impl Pool {
             });
         }
         // Spares live as long as the pool, not an idle timeout.
-        let builder = builder.clone().idle_timeout(None);
+        config.s.idle_timeout = None;
         let starting: Vec<_> = (0..size)
-            .map(|_| tokio::spawn(start_spare(builder.clone())))
+            .map(|_| tokio::spawn(start_spare(config.clone())))
             .collect();
         let mut spares = VecDeque::with_capacity(size);
         let mut failed = None;
@@ -114,10 +115,7 @@ impl Pool {
                 Ok(Ok(spare)) => spares.push_back(tokio::spawn(async move { Ok(spare) })),
                 Ok(Err(e)) => failed = failed.or(Some(e)),
                 Err(e) => {
-                    failed = failed.or(Some(Error::Engine {
-                        what: "start a pool sandbox".into(),
-                        reason: e.to_string(),
-                    }))
+                    failed = failed.or(Some(Error::engine("start a pool sandbox", e.to_string())))
                 }
             }
         }
@@ -131,7 +129,7 @@ impl Pool {
         }
         Ok(Pool {
             inner: Arc::new(Inner {
-                builder,
+                config,
                 size,
                 spares: Mutex::new(spares),
                 retiring: Mutex::new(Vec::new()),
@@ -175,17 +173,16 @@ impl Pool {
         let started = Instant::now();
         let argv = cmd.into().into_argv()?;
         let spare = self.take().await?;
-        let b = &self.inner.builder;
-        let opts = opts.or_sinks(b.stdout_sink(), b.stderr_sink());
-        let cancel = b.cancel_token_value();
+        let s = &self.inner.config.s;
+        let mut opts = opts;
+        opts.on_stdout = opts.on_stdout.or(s.on_stdout.clone());
+        opts.on_stderr = opts.on_stderr.or(s.on_stderr.clone());
+        let cancel = s.cancel.clone();
         let session = spare.session;
         let result = tokio::select! {
             // A session error here means the container died under the run.
             r = session.exec_with(Command::Argv(argv), opts) => r.map_err(|e| match e {
-                Error::SessionClosed => Error::Engine {
-                    what: "run a command in a pool sandbox".into(),
-                    reason: "the sandbox stopped during the run (killed from outside, or the engine restarted)".into(),
-                },
+                Error::SessionClosed => Error::engine("run a command in a pool sandbox", "the sandbox stopped during the run (killed from outside, or the engine restarted)"),
                 e => e,
             }),
             () = async { match &cancel { Some(c) => c.cancelled().await, None => std::future::pending().await } } => Err(Error::Cancelled),
@@ -210,32 +207,31 @@ impl Pool {
                 return Err(Error::PoolClosed);
             }
             let next = spares.pop_front();
-            spares.push_back(tokio::spawn(start_spare(inner.builder.clone())));
+            spares.push_back(tokio::spawn(start_spare(inner.config.clone())));
             next
         };
         let spare = match next {
-            Some(task) => task.await.map_err(|e| Error::Engine {
-                what: "start a pool sandbox".into(),
-                reason: e.to_string(),
-            })?,
-            None => start_spare(inner.builder.clone()).await,
+            Some(task) => task
+                .await
+                .map_err(|e| Error::engine("start a pool sandbox", e.to_string()))?,
+            None => start_spare(inner.config.clone()).await,
         };
         let spare = match spare {
             Ok(s) => s,
             // The spare failed (the engine restarted, say): one fresh try,
             // whose error is the caller's.
-            Err(_) => start_spare(inner.builder.clone()).await?,
+            Err(_) => start_spare(inner.config.clone()).await?,
         };
         // A spare whose container died while it waited (killed from
         // outside, the engine restarted) is replaced too.
-        if spare.session.init_alive() && unchanged(&spare.sources, &sources(&inner.builder)) {
+        if spare.session.init_alive() && unchanged(&spare.sources, &sources(&inner.config)) {
             return Ok(spare);
         }
         let stale = spare.session;
         self.track(tokio::spawn(async move {
             let _ = stale.close().await;
         }));
-        start_spare(inner.builder.clone()).await
+        start_spare(inner.config.clone()).await
     }
 
     /// Keeps a removal in flight, for `close` to wait on.
@@ -293,25 +289,5 @@ impl Drop for Inner {
                 }
             }
         }
-    }
-}
-
-impl SandboxBuilder {
-    /// Starts a [`Pool`] of `size` sandboxes for fast one-shot runs;
-    /// returns when all of them are ready.
-    ///
-    /// # Errors
-    /// As [`start`](SandboxBuilder::start), and [`Error::InvalidArgument`]
-    /// for a size of 0.
-    pub async fn pool(&self, size: usize) -> Result<Pool, Error> {
-        Pool::new(self, size).await
-    }
-
-    /// The host directories a sandbox of this builder bind-mounts.
-    fn bind_sources(&self) -> Vec<&Path> {
-        self.workspace_path()
-            .into_iter()
-            .chain(self.mount_paths())
-            .collect()
     }
 }

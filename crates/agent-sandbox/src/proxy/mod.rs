@@ -159,7 +159,10 @@ impl ProxyBuilder {
     /// not a socket.
     pub async fn start(self, listen: &Listen) -> Result<ProxyHandle, Error> {
         let listener = listen.bind().await?;
-        let local_addr = listener.local_addr()?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: format!("{listen:?}"),
+            source,
+        })?;
         let host_addrs = self.host_addrs.unwrap_or_else(own_addrs);
         let (tx, rx) = watch::channel(false);
         let policy = Arc::new(RwLock::new(Arc::new(self.policy)));

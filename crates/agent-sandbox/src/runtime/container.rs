@@ -236,10 +236,10 @@ impl Engine {
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
             Some(Err(e)) => return Err(engine_err("wait for the container", e)),
             None => {
-                return Err(Error::Engine {
-                    what: "wait for the container".into(),
-                    reason: "the engine closed the wait stream".into(),
-                })
+                return Err(Error::engine(
+                    "wait for the container",
+                    "the engine closed the wait stream",
+                ))
             }
         };
         let oom_killed = match self.docker.inspect_container(id, None).await {

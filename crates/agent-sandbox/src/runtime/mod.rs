@@ -9,8 +9,8 @@ mod gc;
 mod gvisor;
 mod image;
 
+pub(crate) use container::Stream;
 pub use container::{ContainerSpec, Mount, Resources, SECCOMP_PROFILE};
-pub(crate) use container::{Exit, Stream};
 pub(crate) use gc::owner_dir_tag;
 pub use gc::{gc, owner_label_value, GcReport};
 pub(crate) use gvisor::mounted_identity;
@@ -115,5 +115,6 @@ pub(crate) fn engine_err(what: &str, e: bollard::errors::Error) -> Error {
     Error::Engine {
         what: what.to_owned(),
         reason: e.to_string(),
+        source: Some(Box::new(e)),
     }
 }

@@ -1,5 +1,5 @@
-//! The host side of the init's exec channel (the protocol is documented in
-//! `agent-sandbox-init/src/exec.rs`).
+//! The host side of init's exec channel (the frames are `agent_sandbox_wire`'s,
+//! shared with init).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,33 +12,13 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
+use agent_sandbox_wire::{frame, payload_len, tag, Request, MAX_FRAME_TO_HOST};
+
+use crate::command::Ended;
 use crate::Error;
 
-/// What one exec produced.
-pub(crate) struct Exited {
-    pub(crate) code: i64,
-    pub(crate) timed_out: bool,
-    pub(crate) oom_killed: bool,
-}
-
-fn put_str(buf: &mut Vec<u8>, s: &str) {
-    buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
-    buf.extend_from_slice(s.as_bytes());
-}
-
-fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(5 + payload.len());
-    f.push(tag);
-    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 fn io_err(e: std::io::Error) -> Error {
-    Error::Engine {
-        what: "talk to the sandbox's exec channel".into(),
-        reason: e.to_string(),
-    }
+    Error::engine("talk to the sandbox's exec channel", e.to_string())
 }
 
 /// Runs `argv` through the channel at `socket`, feeding `stdin`, calling
@@ -46,31 +26,19 @@ fn io_err(e: std::io::Error) -> Error {
 /// group at `deadline`.
 pub(crate) async fn exec(
     stream: UnixStream,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &str,
+    request: &Request,
     stdin: Option<&[u8]>,
     deadline: Option<Instant>,
     mut on_output: impl FnMut(bool, &[u8]),
-) -> Result<Exited, Error> {
+) -> Result<Ended, Error> {
     let (mut r, mut w) = stream.into_split();
-    let mut req = Vec::new();
-    req.extend_from_slice(&(argv.len() as u32).to_be_bytes());
-    for a in argv {
-        put_str(&mut req, a);
-    }
-    req.extend_from_slice(&(env.len() as u32).to_be_bytes());
-    for (k, v) in env {
-        put_str(&mut req, &format!("{k}={v}"));
-    }
-    put_str(&mut req, cwd);
-    let mut out = frame(b'R', &req);
+    let mut out = frame(tag::REQUEST, &request.encode());
     if let Some(data) = stdin {
         for chunk in data.chunks(1 << 20) {
-            out.extend_from_slice(&frame(b'I', chunk));
+            out.extend_from_slice(&frame(tag::STDIN, chunk));
         }
     }
-    out.extend_from_slice(&frame(b'I', &[]));
+    out.extend_from_slice(&frame(tag::STDIN, &[]));
     // Stdin is written from its own task so a command that prints before
     // reading cannot deadlock against us.
     let writer = AbortOnDrop(tokio::spawn(async move {
@@ -85,11 +53,7 @@ pub(crate) async fn exec(
     loop {
         let read = async {
             r.read_exact(&mut head).await?;
-            let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-            if len > MAX_FRAME {
-                return Err(std::io::Error::other("oversized frame"));
-            }
-            let mut payload = vec![0u8; len];
+            let mut payload = vec![0u8; payload_len(&head, MAX_FRAME_TO_HOST)?];
             r.read_exact(&mut payload).await?;
             Ok::<_, std::io::Error>((head[0], payload))
         };
@@ -99,7 +63,7 @@ pub(crate) async fn exec(
                 Err(_) => {
                     // Hanging up makes init SIGKILL the command's process group.
                     drop(writer);
-                    return Ok(Exited {
+                    return Ok(Ended {
                         code: 137,
                         timed_out: true,
                         oom_killed: false,
@@ -108,15 +72,15 @@ pub(crate) async fn exec(
             },
             None => read.await,
         };
-        let (tag, payload) = next.map_err(|_| Error::SessionClosed)?;
-        match tag {
-            b'O' => on_output(false, &payload),
-            b'E' | b'F' => on_output(true, &payload),
-            b'M' => oom_killed = true,
-            b'X' if payload.len() == 4 => {
+        let (kind, payload) = next.map_err(|_| Error::SessionClosed)?;
+        match kind {
+            tag::STDOUT => on_output(false, &payload),
+            tag::STDERR | tag::FAILURE => on_output(true, &payload),
+            tag::OOM => oom_killed = true,
+            tag::EXIT if payload.len() == 4 => {
                 drop(writer);
                 let code = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                return Ok(Exited {
+                return Ok(Ended {
                     code: i64::from(code),
                     timed_out: false,
                     oom_killed,
@@ -145,10 +109,6 @@ pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// first frame at once (init needs one per exec starting; more are a flood).
 const MAX_HANDSHAKES: usize = 64;
 
-/// The largest frame the host accepts from a sandbox (init sends at most
-/// 64 KiB); anything bigger ends the exec instead of allocating.
-const MAX_FRAME: usize = 1 << 20;
-
 /// The host end of a session's exec channel. The host listens (in the
 /// read-only directory it shares with the container, beside the proxy
 /// socket); init connects once for control, and once more per exec when
@@ -175,11 +135,7 @@ pub(crate) struct ExecHub {
 async fn read_small_frame(s: &mut UnixStream) -> std::io::Result<(u8, Vec<u8>)> {
     let mut head = [0u8; 5];
     s.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > 64 {
-        return Err(std::io::Error::other("oversized control frame"));
-    }
-    let mut payload = vec![0u8; len];
+    let mut payload = vec![0u8; payload_len(&head, 64)?];
     s.read_exact(&mut payload).await?;
     Ok((head[0], payload))
 }
@@ -230,13 +186,13 @@ impl ExecHub {
                 let (weak, ready_tx) = (weak.clone(), ready_tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let Ok(Ok((tag, payload))) =
+                    let Ok(Ok((kind, payload))) =
                         tokio::time::timeout(patience, read_small_frame(&mut conn)).await
                     else {
                         return;
                     };
                     let Some(hub) = weak.upgrade() else { return };
-                    hub.handshake(tag, payload, conn, &ready_tx).await;
+                    hub.handshake(kind, payload, conn, &ready_tx).await;
                 });
             }
         });
@@ -250,13 +206,13 @@ impl ExecHub {
     /// the first one only) or `A id` (the connection for a pending exec).
     async fn handshake(
         &self,
-        tag: u8,
+        kind: u8,
         payload: Vec<u8>,
         conn: UnixStream,
         ready_tx: &Mutex<Option<oneshot::Sender<()>>>,
     ) {
-        match (tag, payload.len()) {
-            (b'C', 0) => {
+        match (kind, payload.len()) {
+            (tag::CONNECTED, 0) => {
                 let mut control = self.control.lock().await;
                 if control.is_none() {
                     let (r, w) = conn.into_split();
@@ -274,7 +230,7 @@ impl ExecHub {
                     }
                 }
             }
-            (b'A', 8) => {
+            (tag::ACCEPT, 8) => {
                 let id = u64::from_be_bytes(payload.try_into().unwrap_or_default());
                 let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
                 if let Some(tx) = waiter {
@@ -299,7 +255,10 @@ impl ExecHub {
         let sent = {
             let mut control = self.control.lock().await;
             match control.as_mut() {
-                Some(w) => w.write_all(&frame(b'N', &id.to_be_bytes())).await.is_ok(),
+                Some(w) => w
+                    .write_all(&frame(tag::NEW, &id.to_be_bytes()))
+                    .await
+                    .is_ok(),
                 None => false,
             }
         };
@@ -330,7 +289,7 @@ impl ExecHub {
         let sent = {
             let mut control = self.control.lock().await;
             match control.as_mut() {
-                Some(w) => w.write_all(&frame(b'T', &[])).await.is_ok(),
+                Some(w) => w.write_all(&frame(tag::TERMINATE, &[])).await.is_ok(),
                 None => false,
             }
         };
@@ -351,8 +310,8 @@ impl ExecHub {
 mod tests {
     use super::*;
 
-    async fn send(s: &mut UnixStream, tag: u8, payload: &[u8]) {
-        s.write_all(&frame(tag, payload)).await.unwrap();
+    async fn send(s: &mut UnixStream, t: u8, payload: &[u8]) {
+        s.write_all(&frame(t, payload)).await.unwrap();
     }
 
     /// A process in the sandbox can connect to the exec socket too. It must
@@ -365,25 +324,25 @@ mod tests {
         let path = dir.join("exec.sock");
         let (hub, ready) = ExecHub::listen(&path).unwrap();
         let mut control = UnixStream::connect(&path).await.unwrap();
-        send(&mut control, b'C', &[]).await;
+        send(&mut control, tag::CONNECTED, &[]).await;
         ready.await.unwrap();
         let opening = tokio::spawn({
             let hub = hub.clone();
             async move { hub.open().await }
         });
         // Init learns the id from the control connection...
-        let (tag, id) = read_small_frame(&mut control).await.unwrap();
-        assert_eq!(tag, b'N');
+        let (t, id) = read_small_frame(&mut control).await.unwrap();
+        assert_eq!(t, tag::NEW);
         // ...but the attacker races it with every small id first.
         let mut attackers = Vec::new();
         for guess in 0u64..2000 {
             let mut a = UnixStream::connect(&path).await.unwrap();
-            send(&mut a, b'A', &guess.to_be_bytes()).await;
+            send(&mut a, tag::ACCEPT, &guess.to_be_bytes()).await;
             attackers.push(a);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut real = UnixStream::connect(&path).await.unwrap();
-        send(&mut real, b'A', &id).await;
+        send(&mut real, tag::ACCEPT, &id).await;
         let mut got = opening.await.unwrap().unwrap();
         // The connection handed to the exec is the one that said the real id.
         real.write_all(b"ping").await.unwrap();
@@ -450,7 +409,7 @@ mod tests {
             drop(std_client);
             // The same hub serves the next connection.
             let mut control = UnixStream::connect(&path).await.unwrap();
-            send(&mut control, b'C', &[]).await;
+            send(&mut control, tag::CONNECTED, &[]).await;
             tokio::time::timeout(Duration::from_secs(5), ready)
                 .await
                 .expect("the hub stopped accepting after EMFILE")

@@ -8,7 +8,7 @@
 mod channel;
 mod files;
 
-pub(crate) use channel::{ExecHub, READY_TIMEOUT};
+use channel::ExecHub;
 pub use files::{DirEntry, Listing};
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,97 +17,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use crate::audit::EventLog;
+use crate::command::{Capture, Ended, Output};
+use crate::config::Config;
+use crate::launch::{launch, ContainerGuard, Launched, Mode};
+use crate::options::{ExecOptions, RuleChange};
 use crate::policy::PolicyBuilder;
-use crate::proxy::{AuditEvent, ProxyHandle};
-use crate::runtime::Engine;
-use crate::sandbox::{Capture, OutputSink, SandboxDir};
-use crate::workspace::CheckedDir;
-use crate::{Command, Error, Output};
+use crate::proxy::AuditEvent;
+use crate::{Command, Error};
 use files::Location;
-
-/// Options of one [`Session::exec_with`]. Defaults: the session's
-/// environment, `/workspace`, the session's timeout, no stdin, the session's
-/// output limit, no callbacks.
-#[derive(Clone, Default)]
-#[must_use]
-pub struct ExecOptions {
-    env: Vec<(String, String)>,
-    workdir: Option<String>,
-    timeout: Option<Duration>,
-    stdin: Option<Vec<u8>>,
-    output_limit: Option<usize>,
-    on_stdout: Option<OutputSink>,
-    on_stderr: Option<OutputSink>,
-}
-
-impl ExecOptions {
-    /// Defaults, as above.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Adds an environment variable for this exec.
-    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-    /// Working directory: relative to `/workspace`, or absolute below it.
-    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
-        self.workdir = Some(dir.into());
-        self
-    }
-    /// Kills the command (its whole process group) after this long.
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = Some(t);
-        self
-    }
-    /// Bytes fed to the command's stdin (then EOF). Default: empty stdin.
-    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
-        self.stdin = Some(data.into());
-        self
-    }
-    /// Bytes of stdout and of stderr kept.
-    pub fn output_limit(mut self, bytes: usize) -> Self {
-        self.output_limit = Some(bytes);
-        self
-    }
-    /// Called with each chunk of stdout.
-    pub fn on_stdout(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
-        self.on_stdout = Some(Arc::new(f));
-        self
-    }
-    /// Called with each chunk of stderr.
-    pub fn on_stderr(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
-        self.on_stderr = Some(Arc::new(f));
-        self
-    }
-    /// Fills in callbacks this exec did not set (a pool's builder defaults).
-    pub(crate) fn or_sinks(mut self, out: Option<OutputSink>, err: Option<OutputSink>) -> Self {
-        self.on_stdout = self.on_stdout.or(out);
-        self.on_stderr = self.on_stderr.or(err);
-        self
-    }
-}
-
-/// What [`crate::SandboxBuilder::start`] hands over.
-pub(crate) struct Parts {
-    pub(crate) engine: Engine,
-    pub(crate) id: String,
-    pub(crate) container: String,
-    pub(crate) proxy: ProxyHandle,
-    pub(crate) rules: PolicyBuilder,
-    pub(crate) dirs: Vec<SandboxDir>,
-    pub(crate) hub: Arc<ExecHub>,
-    pub(crate) events: Arc<EventLog>,
-    pub(crate) checked: Vec<CheckedDir>,
-    pub(crate) owner: Option<(u32, u32)>,
-    pub(crate) subscribers: broadcast::Sender<AuditEvent>,
-    pub(crate) output_limit: usize,
-    pub(crate) file_limit: usize,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) user: String,
-}
 
 /// A warm sandbox. Cheap to clone (all clones share it). Closing it, its
 /// idle timeout, or dropping the last clone removes the container.
@@ -117,26 +34,14 @@ pub struct Session {
 }
 
 struct Inner {
-    engine: Engine,
-    id: String,
+    /// The sandbox as launched: config, engine, proxy, checked mounts.
+    launched: Launched,
     container: Mutex<Option<String>>,
-    proxy: Mutex<Option<ProxyHandle>>,
+    /// The current rules (they start as the config's).
     rules: Mutex<PolicyBuilder>,
-    dirs: Mutex<Vec<SandboxDir>>,
     hub: Arc<ExecHub>,
-    events: Arc<EventLog>,
-    /// The read-write bind sources, checked after each exec for setuid bits.
-    checked: Vec<CheckedDir>,
-    /// Who owns files the host side creates in the workspace: the sandbox
-    /// user, when it is not the caller.
-    owner: Option<(u32, u32)>,
     /// When the last setuid sweep began: the next one looks at files changed since.
     swept: Mutex<std::time::SystemTime>,
-    subscribers: broadcast::Sender<AuditEvent>,
-    output_limit: usize,
-    file_limit: usize,
-    timeout: Option<Duration>,
-    user: String,
     last_used: Mutex<Instant>,
     active: AtomicUsize,
     closed: AtomicBool,
@@ -145,7 +50,7 @@ struct Inner {
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
-            .field("id", &self.inner.id)
+            .field("id", &self.inner.launched.id)
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -164,38 +69,59 @@ impl Drop for Busy<'_> {
 }
 
 impl Session {
-    pub(crate) fn new(p: Parts) -> Session {
+    /// Launches a sandbox whose init serves exec requests, and waits for
+    /// init to connect.
+    pub(crate) async fn start(config: Config) -> Result<Session, Error> {
+        let launched = launch(config, Mode::Session).await?;
+        let socket = launched.exec_socket();
+        // Listening before the container starts: init connects to it.
+        let (hub, control) = ExecHub::listen(&socket)?;
+        launched.share(&socket)?;
+        let container = ContainerGuard::create(&launched.engine, &launched.spec).await?;
+        let engine = &launched.engine;
+        engine.start(container.id()).await?;
+        launched.confirm_mounts(container.id()).await?;
+        let ready = tokio::time::Instant::now() + channel::READY_TIMEOUT;
+        tokio::pin!(control);
+        loop {
+            tokio::select! {
+                _ = &mut control => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if tokio::time::Instant::now() > ready || !engine.is_running(container.id()).await {
+                        let code = engine.exit_code(container.id()).await;
+                        return Err(launched.mount_mismatch(code, &[]).unwrap_or_else(|| Error::engine(
+                            "start a session",
+                            "the sandbox's init never connected to its exec socket (is the image's architecture the host's?)",
+                        )));
+                    }
+                }
+            }
+        }
+        let idle = launched.config.s.idle_timeout;
         let inner = Arc::new(Inner {
-            engine: p.engine,
-            id: p.id,
-            container: Mutex::new(Some(p.container)),
-            proxy: Mutex::new(Some(p.proxy)),
-            rules: Mutex::new(p.rules),
-            dirs: Mutex::new(p.dirs),
-            hub: p.hub,
-            events: p.events,
-            checked: p.checked,
+            container: Mutex::new(Some(container.keep())),
+            rules: Mutex::new(launched.config.rules.clone()),
+            hub,
             swept: Mutex::new(std::time::SystemTime::now()),
-            owner: p.owner,
-            subscribers: p.subscribers,
-            output_limit: p.output_limit,
-            file_limit: p.file_limit,
-            timeout: p.timeout,
-            user: p.user,
             last_used: Mutex::new(Instant::now()),
             active: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            launched,
         });
-        if let Some(idle) = p.idle_timeout {
+        if let Some(idle) = idle {
             tokio::spawn(idle_watch(Arc::downgrade(&inner), idle));
         }
-        Session { inner }
+        Ok(Session { inner })
     }
 
     /// The sandbox id (the `agent-sandbox.id` label).
     #[must_use]
     pub fn id(&self) -> &str {
-        &self.inner.id
+        &self.inner.launched.id
+    }
+
+    fn file_limit(&self) -> usize {
+        self.inner.launched.config.s.file_limit
     }
 
     /// Whether the session has been closed.
@@ -235,15 +161,19 @@ impl Session {
         let started = Instant::now();
         let argv = cmd.into().into_argv()?;
         let cwd = workdir(opts.workdir.as_deref())?;
-        let limit = opts.output_limit.unwrap_or(self.inner.output_limit);
+        let s = &self.inner.launched.config.s;
+        let limit = opts.output_limit.map_or(s.output_limit, |l| l.as_usize());
         let (mut out, mut err) = (Capture::new(limit), Capture::new(limit));
-        let mark = self.inner.events.mark();
-        let deadline = opts.timeout.or(self.inner.timeout).map(|t| started + t);
-        let exited = channel::exec(
+        let mark = self.inner.launched.events.mark();
+        let deadline = opts.timeout.map(|t| t.0).or(s.timeout).map(|t| started + t);
+        let request = agent_sandbox_wire::Request {
+            argv,
+            env: opts.env_pairs(),
+            cwd,
+        };
+        let ended = channel::exec(
             self.inner.hub.open().await?,
-            &argv,
-            &opts.env,
-            &cwd,
+            &request,
             opts.stdin.as_deref(),
             deadline,
             |is_err, bytes| {
@@ -259,22 +189,15 @@ impl Session {
             },
         )
         .await?;
-        let events = self.inner.events.since(mark);
-        let setid_stripped = self.inner.sweep_setid();
-        Ok(Output {
-            exit_code: exited.code,
-            stdout: out.buf,
-            stderr: err.buf,
-            stdout_truncated: out.truncated,
-            stderr_truncated: err.truncated,
-            timed_out: exited.timed_out,
-            oom_killed: exited.oom_killed,
-            duration: started.elapsed(),
-            events: events.events,
-            events_dropped: events.dropped,
-            setid_stripped,
-            sandbox_id: self.inner.id.clone(),
-        })
+        let events = self.inner.launched.events.since(mark);
+        Ok(Output::new(
+            ended,
+            (out, err),
+            events,
+            self.inner.sweep_setid(),
+            self.id().to_owned(),
+            started.elapsed(),
+        ))
     }
 
     /// Runs a command through the engine's exec API (`docker exec`): the
@@ -288,32 +211,26 @@ impl Session {
         let started = Instant::now();
         let argv = cmd.into().into_argv()?;
         let id = self.container_id()?;
-        let (code, stdout, stderr) = self
-            .inner
+        let launched = &self.inner.launched;
+        let limit = launched.config.s.output_limit;
+        let (code, stdout, stderr) = launched
             .engine
-            .exec(
-                &id,
-                argv,
-                &self.inner.user,
-                "/workspace",
-                self.inner.output_limit,
-            )
+            .exec(&id, argv, &launched.spec.user, "/workspace", limit)
             .await?;
-        let cut = |b: &Vec<u8>| b.len() >= self.inner.output_limit;
-        Ok(Output {
-            exit_code: code,
-            stdout_truncated: cut(&stdout),
-            stderr_truncated: cut(&stderr),
-            stdout,
-            stderr,
+        let ended = Ended {
+            code,
             timed_out: false,
             oom_killed: false,
-            duration: started.elapsed(),
-            events: Vec::new(),
-            events_dropped: 0,
-            setid_stripped: self.inner.sweep_setid(),
-            sandbox_id: self.inner.id.clone(),
-        })
+        };
+        let captured = (Capture::cut(stdout, limit), Capture::cut(stderr, limit));
+        Ok(Output::new(
+            ended,
+            captured,
+            crate::audit::Slice::default(),
+            self.inner.sweep_setid(),
+            self.id().to_owned(),
+            started.elapsed(),
+        ))
     }
 
     /// The engine's id of the container, while the session is open (for
@@ -345,26 +262,33 @@ impl Session {
         let mut rules = self.inner.rules.lock().map_err(|_| Error::SessionClosed)?;
         let next = f(rules.clone());
         let policy = next.clone().build()?;
-        let proxy = self.inner.proxy.lock().map_err(|_| Error::SessionClosed)?;
-        proxy
-            .as_ref()
-            .ok_or(Error::SessionClosed)?
-            .set_policy(policy);
+        self.inner
+            .launched
+            .with_proxy(|p| p.set_policy(policy))
+            .ok_or(Error::SessionClosed)?;
         *rules = next;
         Ok(())
+    }
+
+    /// Applies one [`RuleChange`] (what the bindings and `serve` call).
+    ///
+    /// # Errors
+    /// As [`update_policy`](Session::update_policy).
+    pub fn change_rules(&self, change: RuleChange) -> Result<(), Error> {
+        self.update_policy(|rules| change.apply(rules))
     }
 
     /// Every audit event of the session so far.
     #[must_use]
     pub fn events(&self) -> Vec<AuditEvent> {
-        self.inner.events.all().events
+        self.inner.launched.events.all().events
     }
 
     /// A live feed of audit events from now on (it lags, rather than
     /// blocking the proxy, if not read).
     #[must_use]
     pub fn subscribe(&self) -> broadcast::Receiver<AuditEvent> {
-        self.inner.subscribers.subscribe()
+        self.inner.launched.subscribers.subscribe()
     }
 
     /// Writes a file. Under `/workspace` on the host side (never through a
@@ -376,7 +300,9 @@ impl Session {
     pub async fn write_file(&self, path: &str, data: impl Into<Vec<u8>>) -> Result<(), Error> {
         let data = data.into();
         match self.host_side("write_file", path)? {
-            Some((root, parts)) => files::write(&root, &parts, path, &data, self.inner.owner),
+            Some((root, parts)) => {
+                files::write(&root, &parts, path, &data, self.inner.launched.owner)
+            }
             None => {
                 let target = in_sandbox_path("write_file", path)?;
                 let script = "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"";
@@ -394,10 +320,10 @@ impl Session {
     /// [`Error::File`].
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         match self.host_side("read_file", path)? {
-            Some((root, parts)) => files::read(&root, &parts, path, self.inner.file_limit),
+            Some((root, parts)) => files::read(&root, &parts, path, self.file_limit()),
             None => {
                 let target = in_sandbox_path("read_file", path)?;
-                let limit = self.inner.file_limit;
+                let limit = self.file_limit();
                 // `head` stops reading past the limit (a link to /dev/zero ends there).
                 let argv = vec![
                     "head".into(),
@@ -514,7 +440,8 @@ impl Session {
         if self.is_closed() {
             return Err(Error::SessionClosed);
         }
-        let workspace = self.inner.checked.iter().find(|c| c.target == "/workspace");
+        let checked = &self.inner.launched.checked;
+        let workspace = checked.iter().find(|c| c.target == "/workspace");
         match (files::locate(op, path)?, workspace) {
             // The checked directory itself, never its path again: another
             // sandbox may have swapped a component of it since.
@@ -543,8 +470,7 @@ impl Session {
     ) -> Result<Vec<u8>, Error> {
         // Helper output is bounded like any read: the file limit plus room
         // for a listing's lines.
-        let mut opts =
-            ExecOptions::new().output_limit(self.inner.file_limit.saturating_add(1 << 20));
+        let mut opts = ExecOptions::new().output_limit(self.file_limit().saturating_add(1 << 20));
         if let Some(data) = stdin {
             opts = opts.stdin(data);
         }
@@ -580,7 +506,7 @@ impl Session {
         let ended = inner.hub.end_sandbox(Duration::from_secs(2)).await;
         inner.release_host_side().await;
         let id = container?;
-        let engine = inner.engine.clone();
+        let engine = inner.launched.engine.clone();
         if !ended {
             let _ = engine.remove(&id).await;
             return None;
@@ -601,7 +527,7 @@ impl Inner {
             .lock()
             .map(|mut t| std::mem::replace(&mut *t, now))
             .unwrap_or(now);
-        crate::sandbox::strip_setid(&self.checked, since)
+        self.launched.strip_setid(since)
     }
 
     /// Marks the session closed and takes its container id (once).
@@ -610,21 +536,15 @@ impl Inner {
         self.container.lock().ok().and_then(|mut c| c.take())
     }
 
-    /// Stops the proxy and the exec channel and removes the host directories.
+    /// Stops the proxy and the exec channel and removes the host directory.
     async fn release_host_side(&self) {
-        let proxy = self.proxy.lock().ok().and_then(|mut p| p.take());
-        if let Some(p) = proxy {
-            p.shutdown().await;
-        }
+        self.launched.release().await;
         self.hub.stop();
-        if let Ok(mut d) = self.dirs.lock() {
-            d.clear();
-        }
     }
 
     async fn close(&self) -> Result<(), Error> {
         let result = match self.take_container() {
-            Some(id) => self.engine.remove(&id).await,
+            Some(id) => self.launched.engine.remove(&id).await,
             None => Ok(()),
         };
         self.release_host_side().await;
@@ -637,7 +557,7 @@ impl Drop for Inner {
         self.hub.stop();
         let container = self.container.get_mut().ok().and_then(Option::take);
         if let Some(id) = container {
-            self.engine.remove_in_background(id);
+            self.launched.engine.remove_in_background(id);
         }
     }
 }
@@ -663,7 +583,7 @@ async fn idle_watch(inner: Weak<Inner>, idle: Duration) {
 }
 
 /// The exec's working directory, inside `/workspace`.
-fn workdir(dir: Option<&str>) -> Result<String, Error> {
+pub(crate) fn workdir(dir: Option<&str>) -> Result<String, Error> {
     let Some(dir) = dir else {
         return Ok("/workspace".into());
     };

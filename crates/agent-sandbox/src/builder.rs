@@ -1,0 +1,343 @@
+//! The public entry point: [`Sandbox::builder`] collects settings; `run`,
+//! `start` and `pool` validate them once and hand the [`Config`] on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::command::{CancelToken, Command, Output};
+use crate::config::{Config, Settings};
+use crate::options::{ExecOptions, SandboxOptions};
+use crate::policy::PolicyBuilder;
+use crate::proxy::{AuditEvent, Limits};
+use crate::runtime::PullProgress;
+use crate::{Error, Pool, Session};
+
+/// The image used when neither the builder nor `AGENT_SANDBOX_IMAGE` names one.
+pub const DEFAULT_IMAGE: &str = "debian:bookworm-slim";
+
+/// Entry point: `Sandbox::builder()`.
+#[derive(Debug)]
+pub struct Sandbox;
+
+impl Sandbox {
+    /// A builder with every default stated on its setters.
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+}
+
+/// Configures a sandbox. Nothing is checked until [`check`](SandboxBuilder::check)
+/// or a run, where every input is validated before anything starts.
+#[must_use]
+#[derive(Clone, Default)]
+pub struct SandboxBuilder {
+    s: Settings,
+}
+
+impl std::fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("image", &self.s.image)
+            .field("workspace", &self.s.workspace)
+            .field("policy", &self.s.policy)
+            .field("timeout", &self.s.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SandboxBuilder {
+    /// The image. Default: `AGENT_SANDBOX_IMAGE`, else [`DEFAULT_IMAGE`]
+    /// (`debian:bookworm-slim`). Used if present locally, pulled otherwise.
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.s.image = Some(image.into());
+        self
+    }
+
+    /// The one read-write directory, mounted at `/workspace` (the working
+    /// directory). Default: none (`/workspace` is an empty tmpfs).
+    pub fn workspace(mut self, path: impl Into<PathBuf>) -> Self {
+        self.s.workspace = Some(path.into());
+        self
+    }
+
+    /// Replaces the network rules with those of `policy` (validated at run).
+    pub fn policy(mut self, policy: PolicyBuilder) -> Self {
+        self.s.policy = policy;
+        self
+    }
+
+    /// The engine's OCI runtime for the container: `runsc` runs it under
+    /// gVisor, a second wall (a user-space kernel) behind the container's.
+    /// Default: `AGENT_SANDBOX_RUNTIME`, else the engine's default (`runc`).
+    /// The runtime must be registered with the engine (`make test` registers
+    /// Debian's `runsc`; see the README).
+    pub fn runtime(mut self, name: impl Into<String>) -> Self {
+        self.s.runtime = Some(name.into());
+        self
+    }
+
+    /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
+    pub fn allow(mut self, rule: impl Into<String>) -> Self {
+        self.s.policy = self.s.policy.allow(rule);
+        self
+    }
+
+    /// Denies a host rule; deny wins.
+    pub fn deny(mut self, rule: impl Into<String>) -> Self {
+        self.s.policy = self.s.policy.deny(rule);
+        self
+    }
+
+    /// Allows a network (the only way to reach IP literals and private ranges).
+    pub fn allow_cidr(mut self, cidr: impl Into<String>) -> Self {
+        self.s.policy = self.s.policy.allow_cidr(cidr);
+        self
+    }
+
+    /// Denies a network.
+    pub fn deny_cidr(mut self, cidr: impl Into<String>) -> Self {
+        self.s.policy = self.s.policy.deny_cidr(cidr);
+        self
+    }
+
+    /// Pins `name:port` to `addr`, like curl's `--resolve`.
+    pub fn resolve(mut self, name: impl Into<String>, port: u16, addr: impl Into<String>) -> Self {
+        self.s.policy = self.s.policy.resolve(name, port, addr);
+        self
+    }
+
+    /// Pins from `HOST:PORT:ADDR` text (checked at run).
+    pub fn resolve_spec(mut self, spec: impl Into<String>) -> Self {
+        self.s.resolve_specs.push(spec.into());
+        self
+    }
+
+    /// Sets an environment variable in the sandbox. The proxy variables,
+    /// `HOME` (`/tmp`) and cache locations are set by the sandbox itself.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.s.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Kills the command after this long. Default: no timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.s.timeout = Some(timeout);
+        self
+    }
+
+    /// Memory limit in bytes, swap included. Default 1 GiB.
+    pub fn memory(mut self, bytes: i64) -> Self {
+        self.s.memory = bytes;
+        self
+    }
+
+    /// CPU limit. Default 1.0.
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.s.cpus = cpus;
+        self
+    }
+
+    /// Process/thread limit. Default 256.
+    pub fn pids(mut self, pids: i64) -> Self {
+        self.s.pids = pids;
+        self
+    }
+
+    /// Size of the `/tmp` tmpfs in bytes. Default 512 MiB.
+    pub fn tmp_size(mut self, bytes: u64) -> Self {
+        self.s.tmp_size = bytes;
+        self
+    }
+
+    /// Bytes of stdout and of stderr kept in the [`Output`]; the rest is
+    /// still streamed to callbacks but not stored. Default 16 MiB each.
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.s.output_limit = bytes;
+        self
+    }
+
+    /// Largest file a session's `read_file` returns (bigger is a
+    /// [`Error::File`] naming the size); also bounds the output of the
+    /// helpers that read and list `/tmp` inside. Default 64 MiB.
+    pub fn file_limit(mut self, bytes: usize) -> Self {
+        self.s.file_limit = bytes;
+        self
+    }
+
+    /// Mounts a host directory read-only at `container_path`.
+    pub fn mount(mut self, host: impl Into<PathBuf>, container_path: impl Into<String>) -> Self {
+        self.s
+            .mounts
+            .push((host.into(), container_path.into(), true));
+        self
+    }
+
+    /// Mounts a host directory read-write (only when asked: the workspace is
+    /// the one read-write mount by default).
+    pub fn mount_rw(mut self, host: impl Into<PathBuf>, container_path: impl Into<String>) -> Self {
+        self.s
+            .mounts
+            .push((host.into(), container_path.into(), false));
+        self
+    }
+
+    /// Runs as `uid:gid` instead of the caller's own ids (the default, so
+    /// files written to the workspace belong to the caller).
+    pub fn user(mut self, uid_gid: impl Into<String>) -> Self {
+        self.s.user = Some(uid_gid.into());
+        self
+    }
+
+    /// Called with each chunk of stdout as it arrives.
+    pub fn on_stdout(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.s.on_stdout = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with each chunk of stderr as it arrives.
+    pub fn on_stderr(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.s.on_stderr = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with each audit event as the proxy decides.
+    pub fn on_event(mut self, f: impl Fn(&AuditEvent) + Send + Sync + 'static) -> Self {
+        self.s.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Called with image pull progress (only when the image is pulled).
+    pub fn on_pull(mut self, f: impl Fn(&PullProgress) + Send + Sync + 'static) -> Self {
+        self.s.on_pull = Some(Arc::new(f));
+        self
+    }
+
+    /// Lets another task cancel the run.
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.s.cancel = Some(token);
+        self
+    }
+
+    /// A session with no exec in flight for this long is closed. Default 30
+    /// minutes; `None` keeps it until [`Session::close`] or drop.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.s.idle_timeout = idle;
+        self
+    }
+
+    /// The proxy's limits. Default [`Limits::default`].
+    pub fn proxy_limits(mut self, limits: Limits) -> Self {
+        self.s.proxy_limits = limits;
+        self
+    }
+
+    /// Sets every option `o` sets (see [`SandboxOptions`]), keeping the rest.
+    pub fn options(mut self, o: SandboxOptions) -> Self {
+        let mut rules = std::mem::take(&mut self.s.policy);
+        rules = o.allow.into_iter().fold(rules, PolicyBuilder::allow);
+        rules = o.deny.into_iter().fold(rules, PolicyBuilder::deny);
+        rules = o
+            .allow_cidr
+            .into_iter()
+            .fold(rules, PolicyBuilder::allow_cidr);
+        rules = o
+            .deny_cidr
+            .into_iter()
+            .fold(rules, PolicyBuilder::deny_cidr);
+        self.s.policy = rules;
+        self.s.resolve_specs.extend(o.resolve);
+        self.s
+            .env
+            .extend(o.env.into_iter().map(|e| (e.key, e.value)));
+        let mounts = o.mounts.into_iter();
+        self.s
+            .mounts
+            .extend(mounts.map(|m| (m.host, m.target, m.read_only)));
+        let s = &mut self.s;
+        s.image = o.image.or(s.image.take());
+        s.workspace = o.workspace.or(s.workspace.take());
+        s.timeout = o.timeout.map(|t| t.0).or(s.timeout);
+        s.memory = o
+            .memory
+            .map_or(s.memory, |m| i64::try_from(m.0).unwrap_or(i64::MAX));
+        s.cpus = o.cpus.unwrap_or(s.cpus);
+        s.pids = o.pids.unwrap_or(s.pids);
+        s.tmp_size = o.tmp_size.map_or(s.tmp_size, |t| t.0);
+        s.output_limit = o.output_limit.map_or(s.output_limit, |l| l.as_usize());
+        s.file_limit = o.file_limit.map_or(s.file_limit, |l| l.as_usize());
+        s.user = o.user.or(s.user.take());
+        s.runtime = o.runtime.or(s.runtime.take());
+        if let Some(idle) = o.idle_timeout {
+            s.idle_timeout = (!idle.0.is_zero()).then_some(idle.0);
+        }
+        let limits = &mut s.proxy_limits;
+        limits.max_connections = o.max_connections.unwrap_or(limits.max_connections);
+        limits.new_connections_per_second = o
+            .connections_per_second
+            .unwrap_or(limits.new_connections_per_second);
+        self
+    }
+
+    /// Validates every input (rules, sizes, limits, names) without starting
+    /// anything; `run`, `start` and `pool` do the same first. The workspace
+    /// and the engine are checked when a sandbox starts.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] naming a malformed rule, [`Error::InvalidArgument`].
+    pub fn check(&self) -> Result<(), Error> {
+        self.s.validate().map(|_| ())
+    }
+
+    pub(crate) fn config(&self) -> Result<Config, Error> {
+        self.s.validate()
+    }
+
+    /// Runs `cmd` (a string through `/bin/sh -c`, a list as given) in a
+    /// fresh sandbox and removes it afterwards, on success, error, timeout
+    /// and cancellation alike.
+    ///
+    /// # Errors
+    /// [`Error::Policy`] for a malformed rule, [`Error::Workspace`] for a
+    /// missing or forbidden workspace, [`Error::DockerUnavailable`],
+    /// [`Error::ImageNotFound`], [`Error::Cancelled`], [`Error::Engine`].
+    /// A non-zero exit or a timeout is not an error: see [`Output`].
+    pub async fn run(&self, cmd: impl Into<Command>) -> Result<Output, Error> {
+        self.run_with(cmd, ExecOptions::new()).await
+    }
+
+    /// [`run`](SandboxBuilder::run) with per-run options (environment,
+    /// working directory, stdin, timeout, output limit, callbacks); what
+    /// they leave unset comes from the builder.
+    ///
+    /// # Errors
+    /// As [`run`](SandboxBuilder::run).
+    pub async fn run_with(
+        &self,
+        cmd: impl Into<Command>,
+        opts: ExecOptions,
+    ) -> Result<Output, Error> {
+        let argv = cmd.into().into_argv()?;
+        crate::run::run(self.config()?, argv, opts).await
+    }
+
+    /// Starts a warm sandbox for many commands (see [`Session`]). The
+    /// builder's timeout becomes each exec's default timeout.
+    ///
+    /// # Errors
+    /// As [`run`](SandboxBuilder::run), plus [`Error::Engine`] if the
+    /// sandbox does not come up.
+    pub async fn start(&self) -> Result<Session, Error> {
+        Session::start(self.config()?).await
+    }
+
+    /// Starts a [`Pool`] of `size` sandboxes for fast one-shot runs;
+    /// returns when all of them are ready.
+    ///
+    /// # Errors
+    /// As [`start`](SandboxBuilder::start), and [`Error::InvalidArgument`]
+    /// for a size of 0.
+    pub async fn pool(&self, size: usize) -> Result<Pool, Error> {
+        Pool::new(self.config()?, size).await
+    }
+}

@@ -1,0 +1,593 @@
+//! Everything that puts a sandbox up: validate-time inputs become a
+//! [`Launched`] sandbox (host directory, proxy, checked mounts, container
+//! spec), which a run ([`crate::run`]) or a session ([`crate::Session`])
+//! then starts and owns whole.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use agent_sandbox_wire::{InitArgs, MountCheck, MOUNT_MISMATCH_EXIT, MOUNT_MISMATCH_TEXT};
+use tokio::sync::broadcast;
+
+use crate::audit::EventLog;
+use crate::builder::DEFAULT_IMAGE;
+use crate::config::Config;
+use crate::proxy::{AuditEvent, Limits, Listen, Proxy, ProxyHandle};
+use crate::runtime::{
+    labels, owner_label_value, ContainerSpec, Engine, Mount, PullProgress, Resources,
+};
+use crate::workspace::{check_dir, strip_setid_bits, CheckedDir};
+use crate::Error;
+
+/// The port the in-container bridge listens on (inside the container's own
+/// network namespace, so it cannot clash with anything on the host).
+const PROXY_PORT: u16 = 3128;
+/// Where the init binary and the proxy socket directory appear in the container.
+const INIT_PATH: &str = "/.agent-sandbox/init";
+const NET_DIR: &str = "/.agent-sandbox/net";
+static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
+
+/// What the container's init does.
+pub(crate) enum Mode {
+    /// Runs one command (in `cwd` below `/workspace`, fed `stdin`), then exits.
+    Run {
+        argv: Vec<String>,
+        cwd: Option<String>,
+        stdin: Option<Vec<u8>>,
+    },
+    /// Serves exec requests on the host's exec socket (a session).
+    Session,
+}
+
+/// The host's half of a sandbox: its proxy and its directory (proxy and
+/// exec sockets). Released once, when the sandbox ends.
+pub(crate) struct HostSide {
+    proxy: ProxyHandle,
+    _dir: SandboxDir,
+}
+
+/// A sandbox set up and ready to start: what [`launch`] made, owned whole
+/// by the run or session that starts it.
+pub(crate) struct Launched {
+    pub(crate) config: Config,
+    pub(crate) engine: Engine,
+    pub(crate) id: String,
+    host: Mutex<Option<HostSide>>,
+    /// The host directory (see [`HostSide`]), for the exec socket's path.
+    dir: PathBuf,
+    pub(crate) events: Arc<EventLog>,
+    pub(crate) subscribers: broadcast::Sender<AuditEvent>,
+    pub(crate) spec: ContainerSpec,
+    /// The sandbox user's numeric ids, when it is not the caller.
+    pub(crate) owner: Option<(u32, u32)>,
+    /// Whether the sandbox runs as another uid than the caller (sockets
+    /// are then shared with it).
+    custom_user: bool,
+    /// The checked bind sources, held open until init has compared them
+    /// with what is mounted (and by sessions for host-side file access).
+    pub(crate) checked: Vec<CheckedDir>,
+    /// Where the host says "mounts confirmed" to an init that waits for it
+    /// (runtimes other than runc; see `confirm_mounts`).
+    go: Option<PathBuf>,
+}
+
+impl Launched {
+    /// Where a session's exec socket listens on the host.
+    pub(crate) fn exec_socket(&self) -> PathBuf {
+        self.dir.join("exec.sock")
+    }
+
+    /// Lets the sandbox user connect to a host socket, if it is not the caller.
+    pub(crate) fn share(&self, socket: &Path) -> Result<(), Error> {
+        if self.custom_user {
+            share_socket(socket, self.owner)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the proxy and removes the host directory. Idempotent.
+    pub(crate) async fn release(&self) {
+        let host = self.host.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = host {
+            h.proxy.shutdown().await;
+        }
+    }
+
+    /// The current proxy, while the sandbox is up.
+    pub(crate) fn with_proxy<T>(&self, f: impl FnOnce(&ProxyHandle) -> T) -> Option<T> {
+        let host = self.host.lock().ok()?;
+        host.as_ref().map(|h| f(&h.proxy))
+    }
+
+    /// For runtimes whose inode numbers inside are their own (gVisor):
+    /// compares each mount, seen from the host through the runtime, with
+    /// the checked directory, then lets init go on. A mismatch, or a mount
+    /// that cannot be seen, kills the container first: nothing ran in it.
+    pub(crate) async fn confirm_mounts(&self, container: &str) -> Result<(), Error> {
+        let Some(go) = &self.go else { return Ok(()) };
+        for dir in &self.checked {
+            let seen = crate::runtime::mounted_identity(container, &dir.target);
+            if seen != Ok((dir.dev, dir.ino)) {
+                self.engine.kill(container).await;
+                let why = match seen {
+                    Ok((dev, ino)) => format!(
+                        "{} is not the directory that was checked (device:inode {dev}:{ino} mounted, {}:{} expected); the path was changed while the sandbox started",
+                        dir.target, dir.dev, dir.ino
+                    ),
+                    Err(e) => format!("its mount at {} cannot be verified under this runtime: {e}", dir.target),
+                };
+                return Err(mount_mismatch_error(
+                    &self.checked,
+                    format!("{MOUNT_MISMATCH_TEXT}{why}").as_bytes(),
+                ));
+            }
+        }
+        std::fs::File::create(go).map_err(|e| Error::io("create", go, e))?;
+        Ok(())
+    }
+
+    /// The error for a sandbox whose init refused its mounts: exit code
+    /// [`MOUNT_MISMATCH_EXIT`] (and, for a run, its message on stderr).
+    pub(crate) fn mount_mismatch(&self, code: Option<i64>, stderr: &[u8]) -> Option<Error> {
+        let refused = code == Some(i64::from(MOUNT_MISMATCH_EXIT))
+            && (stderr.is_empty() || stderr.starts_with(MOUNT_MISMATCH_TEXT.as_bytes()));
+        refused.then(|| {
+            let text: &[u8] = match stderr {
+                [] => b"a bind mount is not the checked directory",
+                s => s,
+            };
+            mount_mismatch_error(&self.checked, text)
+        })
+    }
+
+    /// Removes setuid/setgid bits from files in the read-write bind mounts
+    /// that changed since `since` (see [`strip_setid_bits`]).
+    pub(crate) fn strip_setid(&self, since: std::time::SystemTime) -> Vec<String> {
+        self.checked
+            .iter()
+            .filter(|c| c.writable)
+            .filter_map(|c| Some((c.open().ok()?, c)))
+            .flat_map(|(root, c)| strip_setid_bits(&root, &c.setid_baseline, since))
+            .collect()
+    }
+}
+
+/// Validates the mounts and the engine, then sets up what a container
+/// needs: image, host directory, init binary, proxy, and the container spec.
+pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error> {
+    let s = &config.s;
+    raise_fd_limit_once();
+    let engine = Engine::connect().await?;
+    collect_orphans_once(&engine);
+    let socket = engine.socket_path();
+    let mut checked = Vec::new();
+    if let Some(p) = &s.workspace {
+        let mut dir = check_dir(p, socket.as_deref())?;
+        dir.mark_writable();
+        dir.target = "/workspace".into();
+        checked.push(dir);
+    }
+    for (host, target, read_only) in &s.mounts {
+        let mut dir = check_dir(host, socket.as_deref())?;
+        if !*read_only {
+            dir.mark_writable();
+        }
+        dir.target.clone_from(target);
+        checked.push(dir);
+    }
+    let image = s
+        .image
+        .clone()
+        .or_else(|| non_empty_var("AGENT_SANDBOX_IMAGE"))
+        .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+    let pull = s.on_pull.as_deref();
+    engine
+        .ensure_image(
+            &image,
+            pull.map(|f| f as &(dyn Fn(&PullProgress) + Send + Sync)),
+        )
+        .await?;
+
+    let id = new_id();
+    let dir = SandboxDir::create(&id, "net")?;
+    let init = init_binary()?;
+    let caller = std::fs::metadata(&dir.0).map_err(|e| Error::io("inspect", &dir.0, e))?;
+    let caller = (caller.uid(), caller.gid());
+    let workspace = checked.iter().find(|c| c.target == "/workspace");
+    let user = match &s.user {
+        Some(u) => u.clone(),
+        None => default_user(caller, workspace)?,
+    };
+    let sandbox_ids = numeric_ids(&user);
+    let custom_user = sandbox_ids != Some(caller);
+
+    let events = Arc::new(EventLog::new());
+    let (subscribers, _) = broadcast::channel(256);
+    let (sink_events, sink_subscribers) = (events.clone(), subscribers.clone());
+    let user_sink = s.on_event.clone();
+    let proxy_socket = dir.0.join("proxy.sock");
+    let proxy = Proxy::builder(config.policy.clone())
+        .sandbox_id(id.clone())
+        .limits(fair_limits(s.proxy_limits.clone()))
+        .on_event(move |e| {
+            if let Some(f) = &user_sink {
+                f(e);
+            }
+            sink_events.push(e);
+            let _ = sink_subscribers.send(e.clone());
+        })
+        .start(&Listen::Unix(proxy_socket.clone()))
+        .await?;
+    if custom_user {
+        share_socket(&proxy_socket, sandbox_ids)?;
+    }
+
+    let mut mounts = vec![
+        Mount {
+            host: init,
+            container: INIT_PATH.into(),
+            read_only: true,
+        },
+        Mount {
+            host: dir.0.clone(),
+            container: NET_DIR.into(),
+            read_only: true,
+        },
+    ];
+    mounts.extend(checked.iter().map(|c| Mount {
+        host: c.path.clone(),
+        container: c.target.clone(),
+        read_only: !c.writable,
+    }));
+    let extra_tmpfs = match s.workspace {
+        Some(_) => Vec::new(),
+        None => vec![("/workspace".to_owned(), s.tmp_size)],
+    };
+    let runtime = s
+        .runtime
+        .clone()
+        .or_else(|| non_empty_var("AGENT_SANDBOX_RUNTIME"));
+    let effective = match &runtime {
+        Some(r) => r.clone(),
+        None => engine.default_runtime().await,
+    };
+    // Under runc (and crun) init compares each mount with the checked
+    // directory. gVisor shows its own device and inode numbers inside:
+    // the host compares from outside, through gVisor's gofer, and init
+    // waits for its word before anything runs. The runtime is the one
+    // asked for, else the engine's default.
+    let host_checks = is_gvisor(&effective) && !checked.is_empty();
+    let net = Path::new(NET_DIR);
+    let mut init_args = InitArgs {
+        port: Some(PROXY_PORT),
+        socket: Some(net.join("proxy.sock")),
+        wait_go: host_checks.then(|| net.join("go")),
+        mounts: if host_checks {
+            Vec::new()
+        } else {
+            checked
+                .iter()
+                .map(|c| MountCheck {
+                    target: c.target.clone().into(),
+                    dev: c.dev,
+                    ino: c.ino,
+                })
+                .collect()
+        },
+        ..InitArgs::default()
+    };
+    match mode {
+        Mode::Run { argv, cwd, stdin } => {
+            init_args.command = argv;
+            init_args.cwd = cwd;
+            if let Some(data) = stdin {
+                // Beside the sockets, readable by the sandbox user only.
+                let path = dir.0.join("stdin");
+                std::fs::write(&path, data).map_err(|e| Error::io("write", &path, e))?;
+                if custom_user {
+                    share_socket(&path, sandbox_ids)?;
+                }
+                init_args.stdin = Some(net.join("stdin"));
+            }
+        }
+        // Init connects to the host's exec socket: the container never
+        // gets a writable host directory.
+        Mode::Session => init_args.exec_socket = Some(net.join("exec.sock")),
+    }
+    let mut argv = vec![INIT_PATH.to_owned()];
+    argv.extend(init_args.to_args());
+    let spec = ContainerSpec {
+        image,
+        argv,
+        env: sandbox_env(&s.env),
+        user,
+        working_dir: "/workspace".into(),
+        mounts,
+        extra_tmpfs,
+        resources: Resources {
+            memory: s.memory,
+            cpus: s.cpus,
+            pids: s.pids,
+            tmp_size: s.tmp_size,
+            shm_size: 64 << 20,
+        },
+        labels: HashMap::from([
+            (labels::MANAGED.to_owned(), "1".to_owned()),
+            (labels::ID.to_owned(), id.clone()),
+            (labels::OWNER.to_owned(), owner_label_value()),
+        ]),
+        runtime,
+    };
+    let go = host_checks.then(|| dir.0.join("go"));
+    Ok(Launched {
+        engine,
+        id,
+        dir: dir.0.clone(),
+        host: Mutex::new(Some(HostSide { proxy, _dir: dir })),
+        events,
+        subscribers,
+        spec,
+        owner: if custom_user { sandbox_ids } else { None },
+        custom_user,
+        checked,
+        go,
+        config,
+    })
+}
+
+fn non_empty_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+fn sandbox_env(user: &[(String, String)]) -> Vec<String> {
+    let proxy = format!("http://127.0.0.1:{PROXY_PORT}");
+    let mut env = vec![
+        "HOME=/tmp".to_owned(),
+        "XDG_CACHE_HOME=/tmp/.cache".to_owned(),
+        "npm_config_cache=/tmp/.npm".to_owned(),
+        "PIP_CACHE_DIR=/tmp/.cache/pip".to_owned(),
+        "CARGO_HOME=/tmp/.cargo".to_owned(),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+    ];
+    for k in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        env.push(format!("{k}={proxy}"));
+    }
+    env.push("NO_PROXY=localhost,127.0.0.1,::1".into());
+    env.push("no_proxy=localhost,127.0.0.1,::1".into());
+    env.extend(user.iter().map(|(k, v)| format!("{k}={v}")));
+    env
+}
+
+fn new_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Whether an engine runtime name is gVisor's (`runsc`, or a name with
+/// `runsc` or `gvisor` in it, as people register variants).
+fn is_gvisor(runtime: &str) -> bool {
+    let r = runtime.to_ascii_lowercase();
+    r.contains("runsc") || r.contains("gvisor")
+}
+
+fn mount_mismatch_error(checked: &[CheckedDir], message: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(message);
+    let detail = text
+        .strip_prefix(MOUNT_MISMATCH_TEXT)
+        .unwrap_or(&text)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Error::Workspace {
+        path: checked.first().map(|c| c.path.clone()).unwrap_or_default(),
+        reason: format!("was replaced while the sandbox started, so the sandbox was ended before anything ran in it ({detail})"),
+    }
+}
+
+/// Who the sandbox runs as when the caller does not say: the caller, or,
+/// for a root caller, the workspace's owner (never root: a root sandbox's
+/// files in the workspace would be root's on the host) or `nobody` when
+/// there is no workspace.
+fn default_user(caller: (u32, u32), workspace: Option<&CheckedDir>) -> Result<String, Error> {
+    if caller.0 != 0 {
+        return Ok(format!("{}:{}", caller.0, caller.1));
+    }
+    match workspace {
+        None => Ok(format!("{NOBODY}:{NOBODY}")),
+        Some(ws) if ws.uid != 0 => Ok(format!("{}:{}", ws.uid, ws.gid)),
+        Some(ws) => Err(Error::Workspace {
+            path: ws.path.clone(),
+            reason: format!(
+                "is owned by root, and a sandbox never runs as root unless asked: give it to the user the sandbox should run as (chown -R 1000:1000 {}), or ask for root explicitly with user(\"0:0\") (--user 0:0)",
+                ws.path.display()
+            ),
+        }),
+    }
+}
+
+/// `nobody`, the sandbox user of a root caller with no workspace.
+const NOBODY: u32 = 65534;
+
+fn numeric_ids(user: &str) -> Option<(u32, u32)> {
+    let (u, g) = user.split_once(':').unwrap_or((user, user));
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// Lets the sandbox user connect to a host socket it does not own: given
+/// to that user when we can (a root caller), else opened to everyone (the
+/// directory holding it is not listable).
+pub(crate) fn share_socket(path: &Path, ids: Option<(u32, u32)>) -> Result<(), Error> {
+    let given = ids.is_some_and(|(u, g)| std::os::unix::fs::chown(path, Some(u), Some(g)).is_ok());
+    let mode = if given { 0o600 } else { 0o666 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("set permissions of", path, e))?;
+    Ok(())
+}
+
+/// A per-sandbox host directory (proxy socket, exec socket); removed on drop.
+pub(crate) struct SandboxDir(pub(crate) PathBuf);
+
+impl SandboxDir {
+    /// `agent-sandbox-ID-WHAT-OWNER`: the owner part (pid and start time)
+    /// lets `gc` remove the directories of processes that died (SIGKILL).
+    fn create(id: &str, what: &str) -> Result<SandboxDir, Error> {
+        let name = format!(
+            "agent-sandbox-{id}-{what}-{}",
+            crate::runtime::owner_dir_tag()
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir(&path).map_err(|e| Error::io("create", &path, e))?;
+        let dir = SandboxDir(path);
+        // Traversable (not listable) by the sandbox user if it differs from
+        // the caller. On failure `dir` is dropped, which removes it.
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io("set permissions of", &dir.0, e))?;
+        Ok(dir)
+    }
+}
+
+impl Drop for SandboxDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes the container however the run ends; if the run's future is
+/// dropped mid-way, removal continues on a background task.
+pub(crate) struct ContainerGuard {
+    engine: Engine,
+    id: Option<String>,
+}
+
+impl ContainerGuard {
+    /// Creates the container of `spec`, guarded from here on.
+    pub(crate) async fn create(engine: &Engine, spec: &ContainerSpec) -> Result<Self, Error> {
+        Ok(ContainerGuard {
+            engine: engine.clone(),
+            id: Some(engine.create(spec).await?),
+        })
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        self.id.as_deref().unwrap_or_default()
+    }
+
+    /// The container id, no longer guarded (its owner removes it).
+    pub(crate) fn keep(mut self) -> String {
+        self.id.take().unwrap_or_default()
+    }
+
+    pub(crate) async fn remove(mut self) {
+        if let Some(id) = self.id.take() {
+            let _ = self.engine.remove(&id).await;
+        }
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.engine.remove_in_background(id);
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one, once, as servers do:
+/// every sandbox holds sockets for its proxy and exec channel, and the
+/// common soft limit of 1024 lets one busy sandbox starve the others.
+fn raise_fd_limit_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: limit.maximum,
+                    maximum: limit.maximum,
+                },
+            );
+        }
+    });
+}
+
+/// The proxy limits, with the connection cap cut to a thirty-second of the
+/// open-files limit (each connection holds two descriptors, so at most a
+/// sixteenth of them, never fewer than 8 connections): however low
+/// the limit, one sandbox's connections cannot starve the others or the
+/// caller. With the usual hard limit (tens of thousands and more) the
+/// configured cap (1024 by default) stands.
+fn fair_limits(mut limits: Limits) -> Limits {
+    let files = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let share = usize::try_from(files / 32).unwrap_or(usize::MAX).max(8);
+    limits.max_connections = limits.max_connections.min(share);
+    limits
+}
+
+/// The first sandbox of a process removes, in the background, containers
+/// left by processes that died without cleaning up (SIGKILL, a crash, power
+/// loss): the same as `agent-sandbox gc`. `AGENT_SANDBOX_GC=off` turns it
+/// off (for a process that runs `gc` itself, and for tests that must know
+/// which collection removed what).
+fn collect_orphans_once(engine: &Engine) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if std::env::var("AGENT_SANDBOX_GC").is_ok_and(|v| v == "off") {
+        return;
+    }
+    ONCE.call_once(|| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let _ = crate::runtime::gc(&engine).await;
+        });
+    });
+}
+
+/// Writes the embedded init binary to the cache directory (once per
+/// version) and returns its path.
+fn init_binary() -> Result<PathBuf, Error> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    INIT_BINARY.hash(&mut h);
+    let name = format!("init-{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish());
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("agent-sandbox");
+    let path = base.join(&name);
+    if std::fs::read(&path).is_ok_and(|b| b == INIT_BINARY) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&base).map_err(|e| Error::io("create", &base, e))?;
+    let tmp = base.join(format!("{name}.{}.tmp", new_id())); // unique: runs race on first use
+    let written = std::fs::write(&tmp, INIT_BINARY)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        // Out of space or descriptors: leave no half-written file behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("write", &path, e));
+    }
+    Ok(path)
+}
