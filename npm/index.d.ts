@@ -1,53 +1,62 @@
-// Public types. The option, result and event shapes are generated from the
-// Rust definitions into native.d.ts (by `napi build`); this file adds the
-// JavaScript-side class, run options and error codes.
-import type { SandboxOptions, RunResult, SandboxEvent, DirEntry, EventVerdict } from './native'
-
-export type { SandboxOptions, RunResult, SandboxEvent, DirEntry, EventVerdict }
+// Public types. Option names are the core's (`SandboxOptions`/`ExecOptions`
+// in Rust, keyword arguments in Python, flags of the CLI) in camelCase, with
+// durations in milliseconds (`timeoutMs`); sizes are bytes or Docker's text
+// ("512m"). Unknown or mistyped options throw SandboxError 'invalid_argument'.
 
 /** The core's stable error codes (the same strings in Rust, Python and Node). */
 export type SandboxErrorCode =
-  | 'policy'
-  | 'workspace'
-  | 'docker_unavailable'
-  | 'engine_too_old'
-  | 'image_not_found'
-  | 'invalid_argument'
-  | 'engine'
-  | 'cancelled'
-  | 'file'
-  | 'session_closed'
-  | 'pool_closed'
-  | 'bind'
-  | 'listen'
-  | 'io'
+  | 'policy' | 'workspace' | 'docker_unavailable' | 'engine_too_old' | 'image_not_found' | 'invalid_argument'
+  | 'engine' | 'cancelled' | 'file' | 'session_closed' | 'pool_closed' | 'bind' | 'listen' | 'io'
 
 /** An error from agent-sandbox; the message says what to do. */
 export declare class SandboxError extends Error {
   readonly code: SandboxErrorCode
 }
 
-export interface RunOptions {
-  /** Each chunk of stdout, as it arrives. */
-  onStdout?: (chunk: string) => void
-  /** Each chunk of stderr, as it arrives. */
-  onStderr?: (chunk: string) => void
-  /** Each network decision, as the proxy makes it. */
-  onEvent?: (event: SandboxEvent) => void
-  /** Aborting kills and removes the container; the promise rejects with code 'cancelled'. */
-  signal?: AbortSignal
-}
+export type Size = number | string
 
-/** A sandbox configuration; each run gets a fresh container. */
-export declare class Sandbox {
-  constructor(options?: SandboxOptions)
-  readonly options: SandboxOptions
-  /** A string runs through /bin/sh -c; an array runs as given. */
-  run(command: string | readonly string[], options?: RunOptions): Promise<RunResult>
-  /** Starts a warm sandbox for many commands. */
-  session(): Promise<Session>
-  /** Starts `size` (default 1) sandboxes ahead of time for fast one-shot runs. */
-  pool(size?: number): Promise<Pool>
+export interface SandboxOptions {
+  /** Default: AGENT_SANDBOX_IMAGE, else debian:bookworm-slim; pulled if absent. */
+  image?: string
+  /** The read-write directory mounted at /workspace (default: none, a tmpfs). */
+  workspace?: string
+  /** Host rules: github.com, *.github.com, .github.com, with :PORT or :* (default 80 and 443). */
+  allow?: string[]
+  /** Host rules to deny (deny wins). */
+  deny?: string[]
+  /** Networks to allow: the only way to IP literals and private ranges. */
+  allowCidr?: string[]
+  /** Networks to deny. */
+  denyCidr?: string[]
+  /** `HOST:PORT:ADDR` pins, as curl's --resolve takes them. */
+  resolve?: string[]
+  env?: Record<string, string>
+  /** Kill the command after this many milliseconds (default: never). */
+  timeoutMs?: number
+  /** Memory limit, swap included (default "1g"). */
+  memory?: Size
+  /** CPU limit (default 1). */
+  cpus?: number
+  /** Process and thread limit (default 256). */
+  pids?: number
+  /** Size of /tmp (default "512m"). */
+  tmpSize?: Size
+  /** Bytes of stdout and of stderr kept in a result (default "16m" each). */
+  outputLimit?: Size
+  /** Largest file a session's readFile returns (default "64m"). */
+  fileLimit?: Size
+  /** Extra bind mounts: "HOST:TARGET" (read-only), "HOST:TARGET:rw". */
+  mounts?: string[]
+  /** "UID:GID" (default: the caller; for root, the workspace's owner). */
+  user?: string
+  /** The engine's OCI runtime, e.g. "runsc" for gVisor. */
+  runtime?: string
+  /** Close an unused session after this many milliseconds (default 30 min; 0: never). */
+  idleTimeoutMs?: number
+  /** Connections the proxy serves at once (default 1024). */
+  maxConnections?: number
+  /** New connections per second the proxy accepts (default 200). */
+  connectionsPerSecond?: number
 }
 
 export interface ExecOptions {
@@ -55,18 +64,84 @@ export interface ExecOptions {
   env?: Record<string, string>
   /** Working directory: relative to /workspace, or absolute below it. */
   workdir?: string
-  /** Kills the command's process group after this long. */
+  /** Kills the command's process group after this many milliseconds. */
   timeoutMs?: number
   /** Fed to the command's stdin, then EOF. */
   stdin?: string | Uint8Array
+  /** Bytes of stdout and of stderr kept. */
+  outputLimit?: Size
+  /** Each chunk of stdout, as it arrives (chunks keep their newlines). */
   onStdout?: (chunk: string) => void
+  /** Each chunk of stderr, as it arrives. */
   onStderr?: (chunk: string) => void
 }
 
-/** A warm sandbox. `await using s = await sandbox.session()`, or call close(). */
+export interface RunOptions extends ExecOptions {
+  /** Each network decision, as the proxy makes it. */
+  onEvent?: (event: SandboxEvent) => void
+  /** Aborting kills and removes the container; the promise rejects with code 'cancelled'. */
+  signal?: AbortSignal
+}
+
+/** One decision of the network proxy. */
+export interface SandboxEvent {
+  time: string
+  sandboxId?: string
+  verdict: 'allow' | 'deny'
+  method: string
+  host: string
+  port: number
+  rule: string | null
+  reason: string | null
+  status: number
+  bytesUp: number
+  bytesDown: number
+  durationMs: number
+  /** Identical refusals in a row are one event. */
+  count: number
+}
+
+/** The result of a command; a non-zero exit or a timeout is a result, not an error. */
+export interface RunResult {
+  exitCode: number
+  stdout: string
+  stderr: string
+  stdoutTruncated: boolean
+  stderrTruncated: boolean
+  timedOut: boolean
+  oomKilled: boolean
+  durationMs: number
+  events: SandboxEvent[]
+  eventsDropped: number
+  /** Workspace files whose setuid/setgid bits were removed afterwards. */
+  setidStripped: string[]
+  sandboxId: string
+}
+
+export interface DirEntry {
+  name: string
+  kind: 'file' | 'dir' | 'symlink' | 'other'
+  size: number
+}
+
+type Cmd = string | readonly string[]
+
+/** A sandbox configuration, checked here; each run gets a fresh container. */
+export declare class Sandbox {
+  constructor(options?: SandboxOptions)
+  readonly options: SandboxOptions
+  /** A string runs through /bin/sh -c; an array runs as given. */
+  run(command: Cmd, options?: RunOptions): Promise<RunResult>
+  /** Starts a warm sandbox for many commands. */
+  session(): Promise<Session>
+  /** Starts `size` (default 1) sandboxes ahead of time for fast one-shot runs. */
+  pool(size?: number): Promise<Pool>
+}
+
+/** A warm sandbox. Call close() when done (in a `finally`). */
 export declare class Session {
   readonly sandboxId: string
-  exec(command: string | readonly string[], options?: ExecOptions): Promise<RunResult>
+  exec(command: Cmd, options?: ExecOptions): Promise<RunResult>
   writeFile(path: string, data: string | Uint8Array): Promise<void>
   readFile(path: string): Promise<Buffer>
   readFile(path: string, encoding: BufferEncoding): Promise<string>
@@ -77,18 +152,11 @@ export declare class Session {
   removeRule(rule: string): void
   events(): SandboxEvent[]
   close(): Promise<void>
-  [Symbol.asyncDispose](): Promise<void>
 }
 
-/**
- * Fresh sandboxes started ahead of time: each run gets its own, already
- * running, and ends it afterwards. `await using pool = await sandbox.pool(2)`,
- * or call close().
- */
+/** Fresh sandboxes started ahead of time: each run gets its own, and ends it afterwards. */
 export declare class Pool {
   readonly size: number
-  /** Every process the command started is gone when this resolves. */
-  run(command: string | readonly string[], options?: ExecOptions): Promise<RunResult>
+  run(command: Cmd, options?: ExecOptions): Promise<RunResult>
   close(): Promise<void>
-  [Symbol.asyncDispose](): Promise<void>
 }

@@ -1,7 +1,8 @@
 'use strict'
 // The loader: picks the native addon for this platform and adds what is
-// JavaScript's own (the Sandbox class, AbortSignal, the SandboxError type).
-// Everything else is the Rust core.
+// JavaScript's own: option objects (checked by the core, which names any
+// unknown or mistyped one), AbortSignal, camelCase results. Everything else
+// is the Rust core.
 
 const { platform, arch } = process
 
@@ -10,9 +11,7 @@ function loadNative() {
   try {
     return require(`./agent-sandbox.${triple}.node`)
   } catch (e) {
-    throw new Error(
-      `agent-sandbox: no native addon for ${triple} (supported: linux-x64-gnu). ${e && e.message}`,
-    )
+    throw new Error(`agent-sandbox: no native addon for ${triple} (supported: linux-x64-gnu). ${e && e.message}`)
   }
 }
 
@@ -26,135 +25,142 @@ class SandboxError extends Error {
     this.code = code
   }
 }
+native.setErrorClass(SandboxError)
 
-const CODED = /^\[agent-sandbox:([a-z_]+)\] ([\s\S]*)$/
+/** The core's snake_case JSON as JavaScript objects (camelCase keys). */
+function fromCore(v) {
+  if (Array.isArray(v)) return v.map(fromCore)
+  if (v === null || typeof v !== 'object') return v
+  const camel = (k) => k.replace(/_([a-z])/g, (_, c) => c.toUpperCase())
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [camel(k), fromCore(x)]))
+}
+const parsed = (json) => fromCore(JSON.parse(json))
 
-function translate(e) {
-  const m = e && typeof e.message === 'string' ? CODED.exec(e.message) : null
-  return m ? new SandboxError(m[2], m[1]) : e
+function bytes(data) {
+  if (typeof data === 'string') return Buffer.from(data, 'utf8')
+  if (data instanceof Uint8Array) return Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+  throw new SandboxError('stdin and file data must be a string or a Uint8Array/Buffer', 'invalid_argument')
+}
+
+/**
+ * Options as JSON for the core; a function (or signal) the method does not
+ * take stays in, as a string, so the core names it as unknown.
+ */
+const toJson = (options) => JSON.stringify(options, (_, v) => (typeof v === 'function' ? '[function]' : v))
+
+/** A command and its per-command options, split into the native call's arguments. */
+function commandArgs(command, options, own) {
+  const shell = typeof command === 'string'
+  const { stdin, ...rest } = options ?? {}
+  const extra = Object.fromEntries(own.map((k) => [k, rest[k] ?? null]))
+  own.forEach((k) => delete rest[k])
+  return [shell ? [command] : Array.from(command, String), shell, toJson(rest), stdin === undefined ? null : bytes(stdin), extra]
 }
 
 class Sandbox {
+  #native
   /** @param {import('./index').SandboxOptions} [options] */
   constructor(options = {}) {
     this.options = { ...options }
+    this.#native = new native.Sandbox(toJson(this.options))
+  }
+
+  /** Runs a command in a fresh sandbox, removed afterwards. Never blocks the event loop. */
+  async run(command, options) {
+    const [argv, shell, json, stdin, { onStdout, onStderr, onEvent, signal }] = commandArgs(command, options, [
+      'onStdout', 'onStderr', 'onEvent', 'signal',
+    ])
+    if (signal?.aborted) {
+      throw new SandboxError('the run was aborted before it started', 'cancelled', { cause: signal.reason })
+    }
+    const cancel = new native.Cancel()
+    const onAbort = () => cancel.cancel()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    const events = onEvent && ((e) => onEvent(parsed(e)))
     try {
-      native.checkOptions(this.options)
+      return parsed(await this.#native.run(argv, shell, json, stdin, onStdout, onStderr, events, cancel))
     } catch (e) {
-      throw translate(e)
+      if (e instanceof SandboxError && e.code === 'cancelled' && signal) e.cause = signal.reason
+      throw e
+    } finally {
+      signal?.removeEventListener('abort', onAbort)
     }
   }
 
-  /**
-   * Runs a command in a fresh sandbox. A string runs through /bin/sh -c; an
-   * array runs as given. Never blocks the event loop.
-   */
-  async run(command, { onStdout, onStderr, onEvent, signal } = {}) {
-    const shell = typeof command === 'string'
-    const argv = shell ? [command] : Array.from(command, String)
-    if (signal && signal.aborted) {
-      throw new SandboxError('the run was aborted before it started', 'cancelled', { cause: signal.reason })
+  /** Starts a warm sandbox for many commands. */
+  async session() {
+    return new Session(await this.#native.start())
+  }
+
+  /** Starts `size` sandboxes ahead of time for fast one-shot runs. */
+  async pool(size = 1) {
+    if (!Number.isInteger(size) || size < 1) {
+      throw new SandboxError(`pool size must be a positive integer, not ${size}`, 'invalid_argument')
     }
-    const id = native.newCancelId()
-    const onAbort = () => native.cancel(id)
-    if (signal) signal.addEventListener('abort', onAbort, { once: true })
-    try {
-      return await native.run(this.options, argv, shell, onStdout ?? null, onStderr ?? null, onEvent ?? null, id)
-    } catch (e) {
-      const err = translate(e)
-      if (err instanceof SandboxError && err.code === 'cancelled' && signal) err.cause = signal.reason
-      throw err
-    } finally {
-      if (signal) signal.removeEventListener('abort', onAbort)
-    }
+    return new Pool(await this.#native.pool(size), size)
   }
 }
 
 const asyncDispose = Symbol.asyncDispose ?? Symbol.for('nodejs.asyncDispose')
 
-function bytes(data) {
-  if (typeof data === 'string') return Buffer.from(data, 'utf8')
-  if (data instanceof Uint8Array) return data
-  throw new TypeError('data must be a string or a Uint8Array/Buffer')
-}
-
-async function call(fn) {
-  try {
-    return await fn()
-  } catch (e) {
-    throw translate(e)
-  }
-}
-
-// A Session or Pool garbage-collected without close() still removes its
-// containers (the native registry would otherwise keep them until exit).
-const unclosed = new FinalizationRegistry(({ kind, id }) => {
-  const close = kind === 'pool' ? native.poolClose : native.sessionClose
-  close(id).catch(() => {})
-})
-
-/** A warm sandbox for many commands. Close it (or `await using` it) when done. */
+/** A warm sandbox for many commands. Close it when done (dropping it removes it too, later). */
 class Session {
-  #id
-  constructor(id) {
-    this.#id = id
-    this.sandboxId = native.sessionSandboxId(id)
-    unclosed.register(this, { kind: 'session', id }, this)
+  #native
+  constructor(handle) {
+    this.#native = handle
+    this.sandboxId = handle.sandboxId
   }
 
   /** Runs a command in the session; several may run at once. */
-  exec(command, { env, workdir, timeoutMs, stdin, onStdout, onStderr } = {}) {
-    const shell = typeof command === 'string'
-    const argv = shell ? [command] : Array.from(command, String)
-    const input = stdin === undefined ? null : bytes(stdin)
-    return call(() =>
-      native.sessionExec(this.#id, argv, shell, env ?? null, workdir ?? null, timeoutMs ?? null, input, onStdout ?? null, onStderr ?? null),
-    )
+  async exec(command, options) {
+    const [argv, shell, json, stdin, { onStdout, onStderr }] = commandArgs(command, options, ['onStdout', 'onStderr'])
+    return parsed(await this.#native.exec(argv, shell, json, stdin, onStdout, onStderr))
   }
 
   /** Writes a string or bytes to a path under /workspace or /tmp. */
   writeFile(path, data) {
-    return call(() => native.sessionWriteFile(this.#id, path, bytes(data)))
+    return this.#native.writeFile(path, bytes(data))
   }
 
   /** Reads a file: a Buffer, or a string when an encoding is given. */
   async readFile(path, encoding) {
-    const buf = await call(() => native.sessionReadFile(this.#id, path))
+    const buf = await this.#native.readFile(path)
     return encoding ? buf.toString(encoding) : buf
   }
 
-  list(path = '.') {
-    return call(() => native.sessionList(this.#id, path))
+  /** A directory's entries ({name, kind, size}), sorted by name; at most 10,000. */
+  async list(path = '.') {
+    return parsed(await this.#native.listing(path)).entries
   }
 
+  /** Removes a file, a symlink (not its target) or an empty directory. */
   remove(path) {
-    return call(() => native.sessionRemove(this.#id, path))
+    return this.#native.remove(path)
   }
 
   /** Allows a host rule from now on (new connections). */
   allow(rule) {
-    try { native.sessionUpdatePolicy(this.#id, 'allow', rule) } catch (e) { throw translate(e) }
+    this.#native.changeRules('allow', rule)
   }
 
   /** Denies a host rule from now on. */
   deny(rule) {
-    try { native.sessionUpdatePolicy(this.#id, 'deny', rule) } catch (e) { throw translate(e) }
+    this.#native.changeRules('deny', rule)
   }
 
   /** Removes a rule written exactly so. */
   removeRule(rule) {
-    try { native.sessionUpdatePolicy(this.#id, 'remove', rule) } catch (e) { throw translate(e) }
+    this.#native.changeRules('removeRule', rule)
   }
 
   /** Every network decision so far. */
   events() {
-    try { return native.sessionEvents(this.#id) } catch (e) { throw translate(e) }
+    return parsed(this.#native.events())
   }
 
   /** Stops and removes the sandbox. Idempotent. */
   close() {
-    unclosed.unregister(this)
-    return call(() => native.sessionClose(this.#id))
+    return this.#native.close()
   }
 
   [asyncDispose]() {
@@ -162,52 +168,28 @@ class Session {
   }
 }
 
-/** Starts a session with this sandbox's options. */
-Sandbox.prototype.session = async function session() {
-  const id = await call(() => native.startSession(this.options))
-  return new Session(id)
-}
-
-/**
- * Fresh sandboxes started ahead of time: each run gets its own, already
- * running, and ends it afterwards. Close it (or `await using` it) when done.
- */
+/** Fresh sandboxes started ahead of time: each run gets its own, and ends it afterwards. */
 class Pool {
-  #id
-  constructor(id, size) {
-    this.#id = id
+  #native
+  constructor(handle, size) {
+    this.#native = handle
     this.size = size
-    unclosed.register(this, { kind: 'pool', id }, this)
   }
 
   /** Runs a command in a fresh sandbox; every process it started is gone when this resolves. */
-  run(command, { env, workdir, timeoutMs, stdin, onStdout, onStderr } = {}) {
-    const shell = typeof command === 'string'
-    const argv = shell ? [command] : Array.from(command, String)
-    const input = stdin === undefined ? null : bytes(stdin)
-    return call(() =>
-      native.poolRun(this.#id, argv, shell, env ?? null, workdir ?? null, timeoutMs ?? null, input, onStdout ?? null, onStderr ?? null),
-    )
+  async run(command, options) {
+    const [argv, shell, json, stdin, { onStdout, onStderr }] = commandArgs(command, options, ['onStdout', 'onStderr'])
+    return parsed(await this.#native.run(argv, shell, json, stdin, onStdout, onStderr))
   }
 
   /** Removes the spare sandboxes. Idempotent. */
   close() {
-    unclosed.unregister(this)
-    return call(() => native.poolClose(this.#id))
+    return this.#native.close()
   }
 
   [asyncDispose]() {
     return this.close()
   }
-}
-
-/** Starts a pool of `size` sandboxes (default 1) with this sandbox's options. */
-Sandbox.prototype.pool = async function pool(size = 1) {
-  if (!Number.isInteger(size) || size < 1) {
-    throw new TypeError('pool size must be a positive integer')
-  }
-  const id = await call(() => native.startPool(this.options, size))
-  return new Pool(id, size)
 }
 
 module.exports = { Sandbox, Session, Pool, SandboxError }

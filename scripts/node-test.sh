@@ -3,7 +3,6 @@
 # the tests and a TypeScript check there, against the installed package.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-tools=${AGENT_SANDBOX_NODETOOLS:-/var/tmp/agent-sandbox-nodetools}
 "$root/scripts/node-build.sh"
 proj=$(mktemp -d /tmp/agent-sandbox-npm.XXXXXX)
 trap 'rm -rf "$proj"' EXIT
@@ -12,6 +11,6 @@ cd "$proj"
 echo '{"private":true,"type":"module"}' > package.json
 npm install --silent --no-audit --no-fund ./agent-sandbox-*.tgz @types/node@20
 cp -r "$root/npm/__test__" "$root/examples/node" .
-"$tools/node_modules/.bin/tsc" --noEmit --strict --target es2022 --module nodenext --moduleResolution nodenext \
-  --lib es2022,esnext.disposable,dom --types node node/typed.mts
+"$root/npm/node_modules/.bin/tsc" --noEmit --strict --target es2022 --module nodenext --moduleResolution nodenext \
+  --lib es2022,dom --types node node/typed.mts
 node --test __test__/

@@ -1,5 +1,5 @@
 // Type-checked by `make test` (tsc --noEmit --strict) against the installed package.
-import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode, type DirEntry, type EventVerdict } from 'agent-sandbox'
+import { Sandbox, SandboxError, type RunResult, type SandboxEvent, type SandboxErrorCode, type DirEntry } from 'agent-sandbox'
 
 const sandbox = new Sandbox({
   workspace: '.',
@@ -18,7 +18,7 @@ export async function check(signal: AbortSignal): Promise<number> {
     const r: RunResult = await sandbox.run(['npm', 'test'], {
       onStdout: (chunk: string) => console.log(chunk),
       onEvent: (e) => {
-        const v: EventVerdict = e.verdict // 'allow' | 'deny'
+        const v: 'allow' | 'deny' = e.verdict
         if (v === 'deny') events.push(e)
       },
       signal,
@@ -35,11 +35,15 @@ export async function check(signal: AbortSignal): Promise<number> {
 }
 
 export async function edit(): Promise<string> {
-  await using s = await sandbox.session()
-  await s.writeFile('notes.txt', 'hello')
-  const r: RunResult = await s.exec('wc -c notes.txt', { workdir: '.', timeoutMs: 5_000, env: { LC_ALL: 'C' } })
-  const entries: DirEntry[] = await s.list()
-  s.allow('pypi.org')
-  const text: string = await s.readFile('notes.txt', 'utf8')
-  return `${r.stdout} ${entries.length} ${text}`
+  const s = await sandbox.session()
+  try {
+    await s.writeFile('notes.txt', 'hello')
+    const r: RunResult = await s.exec('wc -c notes.txt', { workdir: '.', timeoutMs: 5_000, env: { LC_ALL: 'C' } })
+    const entries: DirEntry[] = await s.list()
+    s.allow('pypi.org')
+    const text: string = await s.readFile('notes.txt', 'utf8')
+    return `${r.stdout} ${entries.length} ${text}`
+  } finally {
+    await s.close()
+  }
 }

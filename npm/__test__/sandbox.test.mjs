@@ -62,6 +62,13 @@ test('onStdout streams chunks as they arrive', async () => {
   assert.equal(r.stdout, chunks.join(''))
 })
 
+test('run takes the per-command options of exec', async () => {
+  const r = await sandbox({ env: { A: 'sandbox' } }).run('echo "$A $B $(pwd)"; cat', { env: { B: 'run' }, workdir: '/workspace', stdin: 'fed' })
+  assert.equal(r.stdout, 'sandbox run /workspace\nfed')
+  assert.ok((await sandbox().run('sleep 5', { timeoutMs: 500 })).timedOut)
+  assert.ok(!(await sandbox().run('sleep 0.1')).timedOut, 'control: without the timeout it finishes')
+})
+
 test('timeoutMs kills the command and says so', async () => {
   const r = await sandbox({ timeoutMs: 1500 }).run("trap '' TERM; sleep 60")
   assert.equal(r.timedOut, true)
@@ -79,7 +86,13 @@ test('an AbortSignal cancels the run and removes its container', async () => {
 })
 
 test('errors are SandboxError with the core code and a message that says what to do', async () => {
-  await assert.rejects(sandbox({ allow: ['*.com'] }).run('true'), (e) => e instanceof SandboxError && e.code === 'policy' && e.message.includes('*.com'))
+  // Rules and options are checked at construction; unknown or mistyped
+  // options name the option as JavaScript spells it.
+  assert.throws(() => sandbox({ allow: ['*.com'] }), (e) => e instanceof SandboxError && e.code === 'policy' && e.message.includes('*.com'))
+  assert.throws(() => sandbox({ timeout: 5 }), (e) => e instanceof SandboxError && e.code === 'invalid_argument' && e.message.includes('timeoutMs'))
+  assert.throws(() => sandbox({ allow: 'x' }), (e) => e instanceof SandboxError && e.code === 'invalid_argument' && e.message.includes('"allow"'))
+  await assert.rejects(sandbox().run('true', { timeoutMs: 1, env: { A: 1 } }), (e) => e instanceof SandboxError && e.message.includes('"env"'))
+  await assert.rejects(sandbox().run('true', { timout: 1 }), (e) => e.code === 'invalid_argument' && e.message.includes('"timout"'))
   await assert.rejects(sandbox({ workspace: '/nonexistent/as-ws' }).run('true'), (e) => e.code === 'workspace' && /does not exist/.test(e.message))
   assert.throws(() => sandbox({ memory: 'lots' }), (e) => e.code === 'invalid_argument')
   await assert.rejects(new Sandbox({ image: 'localhost:1/agent-sandbox/missing:1' }).run('true'), (e) => e.code === 'image_not_found')
@@ -167,8 +180,8 @@ test('sessions: many execs, files, live policy, and cleanup', async () => {
 test('pools: each run gets a fresh, already started sandbox, and close leaves nothing', async () => {
   const { Pool } = await import('agent-sandbox')
   const ws = workspace('as-node-pool-')
-  await assert.rejects(sandbox().pool(0), TypeError)
-  await assert.rejects(sandbox({ allow: ['*'] }).pool(), (e) => e instanceof SandboxError && e.code === 'policy')
+  await assert.rejects(sandbox().pool(0), (e) => e instanceof SandboxError && e.code === 'invalid_argument')
+  assert.throws(() => sandbox({ allow: ['*'] }), (e) => e instanceof SandboxError && e.code === 'policy')
   const pool = await sandbox({ workspace: ws }).pool(2)
   try {
     assert.ok(pool instanceof Pool)

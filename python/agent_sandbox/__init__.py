@@ -1,47 +1,395 @@
 """agent-sandbox: run AI agents' commands in a box they cannot leave.
 
 >>> from agent_sandbox import Sandbox
->>> result = Sandbox(workspace=".", allow=["github.com"]).run("git ls-remote https://github.com/x/y")  # doctest: +SKIP
+>>> result = Sandbox(workspace=".", allow=["pypi.org"]).run("pip download requests")  # doctest: +SKIP
+
+Every method has a blocking form (``run``, ``exec``, ``read_file``, ...) and
+an asyncio form with an ``_async`` suffix; sessions and pools are context
+managers (``with`` and ``async with``). Durations are seconds, sizes bytes
+or Docker's text (``"512m"``). Option names and meanings are the library's
+and the CLI's (see the README's option table).
 """
 
-from ._native import (
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Coroutine, Mapping, Sequence, TypeVar
+
+from . import _native
+from .errors import (
     CancelledError,
     DockerUnavailableError,
     EngineError,
     EngineTooOldError,
-    Event,
     FileError,
     ImageNotFoundError,
     InvalidArgumentError,
     PolicyError,
-    Pool,
     PoolClosedError,
-    RunResult,
-    Sandbox,
     SandboxError,
-    Session,
     SessionClosedError,
     WorkspaceError,
-    __version__,
 )
 
-__all__ = [
-    "Sandbox",
-    "Session",
-    "Pool",
-    "RunResult",
-    "Event",
-    "SandboxError",
-    "PolicyError",
-    "WorkspaceError",
-    "DockerUnavailableError",
-    "EngineTooOldError",
-    "ImageNotFoundError",
-    "InvalidArgumentError",
-    "EngineError",
-    "CancelledError",
-    "FileError",
-    "SessionClosedError",
-    "PoolClosedError",
-    "__version__",
-]
+__version__: str = _native.__version__
+__all__ = ["Sandbox", "Session", "Pool", "RunResult", "Event", "SandboxError", "PolicyError",
+           "WorkspaceError", "DockerUnavailableError", "EngineTooOldError", "ImageNotFoundError",
+           "InvalidArgumentError", "EngineError", "CancelledError", "FileError", "SessionClosedError",
+           "PoolClosedError", "__version__"]
+
+Command = str | Sequence[str]
+"""One string runs through ``/bin/sh -c``; a list runs as given."""
+Output = Callable[[str], Any]
+"""Called with each chunk of output as text (chunks keep their newlines:
+``on_stdout=sys.stdout.write``, or ``lambda t: print(t, end="")``)."""
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, repr=False)
+class Event:
+    """One decision of the network proxy (identical refusals in a row are one
+    event with a ``count``)."""
+
+    verdict: str
+    """``allow`` or ``deny``."""
+    host: str
+    port: int
+    method: str
+    time: str = ""
+    rule: str | None = None
+    reason: str | None = None
+    status: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    duration_ms: int = 0
+    count: int = 1
+    sandbox_id: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict == "allow"
+
+    @classmethod
+    def _of(cls, raw: str | dict) -> Event:
+        d = json.loads(raw) if isinstance(raw, str) else raw
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        """The event as one line of JSON (the CLI's audit log format)."""
+        return json.dumps(asdict(self))
+
+    def __repr__(self) -> str:
+        return f"Event({self.verdict} {self.method} {self.host}:{self.port} rule={self.rule!r} reason={self.reason!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class RunResult:
+    """The result of a command. ``stdout``/``stderr`` are text (UTF-8, bad
+    bytes replaced); ``stdout_bytes``/``stderr_bytes`` are exact. A non-zero
+    exit or a timeout is a result, not an exception."""
+
+    exit_code: int
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    oom_killed: bool
+    duration: float
+    """Wall time in seconds."""
+    events: list[Event]
+    """Every network decision during the command."""
+    events_dropped: int
+    setid_stripped: list[str]
+    """Workspace files whose setuid/setgid bits were removed afterwards."""
+    sandbox_id: str
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode("utf-8", "replace")
+
+    @property
+    def success(self) -> bool:
+        """Exit code 0 and no timeout."""
+        return self.exit_code == 0 and not self.timed_out
+
+    @classmethod
+    def _of(cls, native: tuple[str, bytes, bytes]) -> RunResult:
+        meta, out, err = native
+        d = json.loads(meta)
+        return cls(d["exit_code"], out, err, d["stdout_truncated"], d["stderr_truncated"], d["timed_out"],
+                   d["oom_killed"], d["duration_ms"] / 1e3, [Event._of(e) for e in d["events"]],
+                   d["events_dropped"], d["setid_stripped"], d["sandbox_id"])
+
+    def __repr__(self) -> str:
+        return (f"RunResult(exit_code={self.exit_code}, timed_out={self.timed_out}, oom_killed={self.oom_killed}, "
+                f"stdout={len(self.stdout_bytes)} bytes, stderr={len(self.stderr_bytes)} bytes, "
+                f"events={len(self.events)}, duration={self.duration:.3f}s)")
+
+
+# -- the sync API: one event loop thread runs every blocking call's coroutine.
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _block(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs ``coro`` on the library's loop thread and waits for it. Ctrl-C
+    cancels it, waits for its cleanup (a run removes its container, an exec
+    stops its command), then raises KeyboardInterrupt."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="agent-sandbox", daemon=True).start()
+    loop, done, box = _loop, concurrent.futures.Future(), []
+
+    def start() -> None:
+        box.append(loop.create_task(coro))
+        box[0].add_done_callback(done.set_result)
+
+    loop.call_soon_threadsafe(start)
+    try:
+        task = done.result()
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(lambda: box[0].cancel())
+        with contextlib.suppress(BaseException):
+            done.result(timeout=60)
+        raise
+    return task.result()
+
+
+def _json(options: Mapping[str, Any]) -> str:
+    """Options as JSON for the core's options layer: paths as text, anything
+    else JSON lacks as its type's name (the core then names the option)."""
+    return json.dumps(dict(options), default=lambda v: os.fspath(v) if isinstance(v, os.PathLike) else f"<{type(v).__name__}>")
+
+
+def _exec_options(env, workdir, timeout, stdin, output_limit, unknown) -> tuple[str, bytes | None]:
+    """Per-command options as JSON (unknown ones included: the core names
+    them in its error) and stdin as bytes."""
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    options = {"env": env, "workdir": workdir, "timeout": timeout, "output_limit": output_limit}
+    return _json(options | unknown), stdin
+
+
+class Sandbox:
+    """A sandbox configuration; every option is checked here. Each ``run``
+    gets a fresh container; ``session()`` keeps one warm, ``pool(n)`` starts
+    fresh ones ahead of time."""
+
+    def __init__(self, *, image: str | None = None, workspace: str | os.PathLike | None = None,
+                 allow: Sequence[str] = (), deny: Sequence[str] = (), allow_cidr: Sequence[str] = (),
+                 deny_cidr: Sequence[str] = (), resolve: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 timeout: float | str | None = None, memory: int | str | None = None, cpus: float | None = None,
+                 pids: int | None = None, tmp_size: int | str | None = None, output_limit: int | str | None = None,
+                 file_limit: int | str | None = None, mounts: Sequence[str] = (), user: str | None = None,
+                 runtime: str | None = None, idle_timeout: float | str | None = None,
+                 max_connections: int | None = None, connections_per_second: int | None = None, **unknown: Any):
+        options = {k: v for k, v in locals().items() if k not in ("self", "unknown")} | unknown
+        self._options = {k: v for k, v in options.items() if v not in (None, ())}
+        self._native = _native.Sandbox(_json(options))
+
+    def __repr__(self) -> str:
+        return f"Sandbox({', '.join(f'{k}={v!r}' for k, v in self._options.items())})"
+
+    async def run_async(self, cmd: Command, *, env: Mapping[str, str] | None = None, workdir: str | None = None,
+                        timeout: float | str | None = None, stdin: str | bytes | None = None,
+                        output_limit: int | str | None = None, on_stdout: Output | None = None,
+                        on_stderr: Output | None = None, on_event: Callable[[Event], Any] | None = None,
+                        **unknown: Any) -> RunResult:
+        """Runs ``cmd`` in a fresh sandbox, removed afterwards. Per-run options
+        add to (``env``) or replace the sandbox's; ``workdir`` is below
+        /workspace; ``on_event`` gets each :class:`Event` as the proxy decides.
+        Cancelling the task removes the container first."""
+        options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
+        cancel = _native.Cancel()
+        events = (lambda raw: on_event(Event._of(raw))) if on_event else None
+        running = asyncio.ensure_future(self._native.run(cmd, options, data, on_stdout, on_stderr, events, cancel))
+        try:
+            return RunResult._of(await asyncio.shield(running))
+        except asyncio.CancelledError:
+            cancel.cancel()
+            with contextlib.suppress(BaseException):
+                await running
+            raise
+
+    def run(self, cmd: Command, **options: Any) -> RunResult:
+        """Blocking :meth:`run_async` (same arguments); Ctrl-C removes the
+        container, then raises KeyboardInterrupt."""
+        return _block(self.run_async(cmd, **options))
+
+    def session(self) -> Session:
+        """A warm sandbox for many commands: ``with sandbox.session() as s:``."""
+        return Session(self)
+
+    def pool(self, size: int = 1) -> Pool:
+        """``size`` fresh sandboxes started ahead of time: ``with sandbox.pool(2) as p:``."""
+        return Pool(self, size)
+
+
+class _Started:
+    """Start/close and the context manager protocols, shared by sessions and pools."""
+
+    _native: Any = None
+    _closed_error: type[SandboxError] = SandboxError
+
+    async def _start(self) -> Any:
+        raise NotImplementedError
+
+    def _handle(self) -> Any:
+        if self._native is None:
+            raise self._closed_error("not started (use `with`, or call start())")
+        return self._native
+
+    async def start_async(self):
+        """Starts it (what ``async with`` does); returns self."""
+        self._native = await self._start()
+        return self
+
+    def start(self):
+        """Starts it (what ``with`` does); returns self."""
+        return _block(self.start_async())
+
+    async def close_async(self) -> None:
+        """Removes its sandboxes. Idempotent."""
+        native, self._native = self._native, None
+        if native is not None:
+            await native.close()
+
+    def close(self) -> None:
+        """Blocking :meth:`close_async`."""
+        _block(self.close_async())
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self):
+        return await self.start_async()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close_async()
+
+
+class Session(_Started):
+    """One sandbox kept warm for many commands (an exec costs milliseconds).
+    Files under /workspace are reached from the host side (never through a
+    symlink); under /tmp, inside the sandbox."""
+
+    _closed_error = SessionClosedError
+
+    def __init__(self, sandbox: Sandbox):
+        self._sandbox = sandbox
+
+    async def _start(self) -> Any:
+        return await self._sandbox._native.start()
+
+    @property
+    def id(self) -> str:
+        """The sandbox id (the ``agent-sandbox.id`` container label)."""
+        return self._handle().id
+
+    async def exec_async(self, cmd: Command, *, env: Mapping[str, str] | None = None, workdir: str | None = None,
+                         timeout: float | str | None = None, stdin: str | bytes | None = None,
+                         output_limit: int | str | None = None, on_stdout: Output | None = None,
+                         on_stderr: Output | None = None, **unknown: Any) -> RunResult:
+        """Runs ``cmd`` in the session; several may run at once. Cancelling
+        the task kills the command."""
+        options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
+        return RunResult._of(await self._handle().exec(cmd, options, data, on_stdout, on_stderr))
+
+    def exec(self, cmd: Command, **options: Any) -> RunResult:
+        """Blocking :meth:`exec_async` (same arguments); Ctrl-C kills the command."""
+        return _block(self.exec_async(cmd, **options))
+
+    async def write_file_async(self, path: str, data: str | bytes) -> None:
+        """Writes text or bytes under /workspace or /tmp (parents created)."""
+        await self._handle().write_file(path, data.encode() if isinstance(data, str) else bytes(data))
+
+    def write_file(self, path: str, data: str | bytes) -> None:
+        _block(self.write_file_async(path, data))
+
+    async def read_file_async(self, path: str) -> bytes:
+        """Reads a file under /workspace or /tmp (at most the file limit)."""
+        return await self._handle().read_file(path)
+
+    def read_file(self, path: str) -> bytes:
+        return _block(self.read_file_async(path))
+
+    async def list_async(self, path: str = ".") -> list[dict[str, Any]]:
+        """A directory's entries as dicts (``name``, ``kind``: file, dir,
+        symlink or other, ``size``), sorted by name; at most 10,000."""
+        entries, _ = await self._handle().listing(path)
+        return [{"name": n, "kind": k, "size": z} for n, k, z in entries]
+
+    def list(self, path: str = ".") -> list[dict[str, Any]]:
+        return _block(self.list_async(path))
+
+    async def remove_async(self, path: str) -> None:
+        """Removes a file, a symlink (not its target) or an empty directory."""
+        await self._handle().remove(path)
+
+    def remove(self, path: str) -> None:
+        _block(self.remove_async(path))
+
+    def allow(self, rule: str) -> None:
+        """Allows a host rule from now on (new connections)."""
+        self._handle().change_rules("allow", rule)
+
+    def deny(self, rule: str) -> None:
+        """Denies a host rule from now on."""
+        self._handle().change_rules("deny", rule)
+
+    def remove_rule(self, rule: str) -> None:
+        """Removes a rule (allow, deny or CIDR) written exactly so."""
+        self._handle().change_rules("remove_rule", rule)
+
+    @property
+    def events(self) -> list[Event]:
+        """Every network decision of the session so far."""
+        return [Event._of(e) for e in self._handle().events()]
+
+    def __repr__(self) -> str:
+        return f"Session(id={self._native.id!r})" if self._native else "Session(not started)"
+
+
+class Pool(_Started):
+    """Fresh sandboxes started ahead of time: each ``run`` gets its own,
+    already running, and ends it afterwards (nothing it started survives)."""
+
+    _closed_error = PoolClosedError
+
+    def __init__(self, sandbox: Sandbox, size: int = 1):
+        self._sandbox, self.size = sandbox, size
+
+    async def _start(self) -> Any:
+        return await self._sandbox._native.pool(self.size)
+
+    async def run_async(self, cmd: Command, *, env: Mapping[str, str] | None = None, workdir: str | None = None,
+                        timeout: float | str | None = None, stdin: str | bytes | None = None,
+                        output_limit: int | str | None = None, on_stdout: Output | None = None,
+                        on_stderr: Output | None = None, **unknown: Any) -> RunResult:
+        """Runs ``cmd`` in a fresh sandbox from the pool."""
+        options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
+        return RunResult._of(await self._handle().run(cmd, options, data, on_stdout, on_stderr))
+
+    def run(self, cmd: Command, **options: Any) -> RunResult:
+        """Blocking :meth:`run_async` (same arguments)."""
+        return _block(self.run_async(cmd, **options))
+
+    def __repr__(self) -> str:
+        return f"Pool(size={self.size}, {'started' if self._native else 'not started'})"

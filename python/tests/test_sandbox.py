@@ -141,8 +141,17 @@ def test_errors_are_a_hierarchy_with_stable_codes(tmp_path, monkeypatch):
         sandbox(memory="lots").run("true")
     with pytest.raises(InvalidArgumentError):
         sandbox(timeout=-1)
-    with pytest.raises(TypeError):
+    # Unknown or mistyped options, and bad rules, fail at construction and
+    # name the option.
+    with pytest.raises(InvalidArgumentError, match="allow") as e:
         sandbox(allow="github.com")  # a str is not a list of rules
+    assert e.value.code == "invalid_argument"
+    with pytest.raises(InvalidArgumentError, match="timeot"):
+        sandbox(timeot=5)
+    with pytest.raises(InvalidArgumentError, match="workdr"):
+        sandbox().run("true", workdr="x")
+    with pytest.raises(PolicyError):
+        sandbox(allow=["*"])
     with pytest.raises(ImageNotFoundError) as e:
         Sandbox(image="localhost:1/agent-sandbox/missing:1").run("true")
     assert e.value.code == "image_not_found"
@@ -150,6 +159,28 @@ def test_errors_are_a_hierarchy_with_stable_codes(tmp_path, monkeypatch):
     with pytest.raises(DockerUnavailableError) as e:
         sandbox().run("true")
     assert "Start the engine" in str(e.value) and e.value.code == "docker_unavailable"
+
+
+def test_run_takes_the_per_command_options_of_exec(tmp_path):
+    (tmp_path / "sub").mkdir()
+    r = sandbox(workspace=tmp_path, env={"A": "sandbox"}).run(
+        'echo "$A $B $(pwd)"; cat', env={"B": "run"}, workdir="sub", stdin="fed\n"
+    )
+    assert r.stdout == "sandbox run /workspace/sub\nfed\n", r.stderr
+    assert sandbox().run("sleep 5", timeout=0.5).timed_out
+    # Control: without the per-run timeout the same command finishes.
+    assert not sandbox().run("sleep 0.1").timed_out
+
+
+def test_async_needs_no_running_loop_until_awaited_and_names_are_pythons():
+    s = sandbox(allow=["pypi.org"], memory="64m")
+    r = asyncio.run(s.run_async("echo hi"))
+    assert r.stdout == "hi\n"
+    assert repr(s) == f"Sandbox(image={IMAGE!r}, allow=['pypi.org'], memory='64m')"
+    with pytest.raises(SandboxError) as e:
+        sandbox(allow=["*"])
+    assert type(e.value).__module__ == "agent_sandbox.errors"
+    assert type(r).__module__ == "agent_sandbox"
 
 
 def test_memory_takes_bytes_or_text():

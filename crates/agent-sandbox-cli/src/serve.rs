@@ -30,8 +30,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use agent_sandbox::options::{Naming, RuleChange};
-use agent_sandbox::proxy::AuditEvent;
-use agent_sandbox::{Command, Error, ExecOptions, Output, Pool, SandboxBuilder, Session};
+use agent_sandbox::{Command, Error, ExecOptions, Pool, SandboxBuilder, Session};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -44,15 +43,6 @@ fn send(out: &Out, v: &Value) {
         let _ = writeln!(o, "{v}");
         let _ = o.flush();
     }
-}
-
-fn events_json(events: &[AuditEvent]) -> Value {
-    Value::Array(
-        events
-            .iter()
-            .filter_map(|e| serde_json::from_str(&e.to_json()).ok())
-            .collect(),
-    )
 }
 
 struct BadRequest(String);
@@ -117,15 +107,6 @@ fn command_request(req: &Value) -> Result<(Command, ExecOptions), Failure> {
     Ok((cmd, opts))
 }
 
-fn output_json(o: &Output) -> Value {
-    json!({
-        "exit_code": o.exit_code, "stdout": o.stdout_str(), "stderr": o.stderr_str(),
-        "timed_out": o.timed_out, "oom_killed": o.oom_killed, "stdout_truncated": o.stdout_truncated,
-        "stderr_truncated": o.stderr_truncated, "duration_ms": o.duration.as_secs_f64() * 1e3,
-        "events": events_json(&o.events),
-    })
-}
-
 /// What the requests act on: the session, and the pool `run` uses.
 struct Served {
     session: Session,
@@ -140,7 +121,7 @@ async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
     match op {
         "exec" => {
             let (cmd, opts) = command_request(req)?;
-            Ok(output_json(&session.exec_with(cmd, opts).await?))
+            Ok(session.exec_with(cmd, opts).await?.to_json(true))
         }
         "run" => {
             let (cmd, opts) = command_request(req)?;
@@ -148,10 +129,7 @@ async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
                 .pool
                 .get_or_try_init(|| served.builder.pool(served.pool_size))
                 .await?;
-            let o = pool.run_with(cmd, opts).await?;
-            let mut v = output_json(&o);
-            v["sandbox_id"] = json!(o.sandbox_id);
-            Ok(v)
+            Ok(pool.run_with(cmd, opts).await?.to_json(true))
         }
         "write_file" => {
             let data = bytes(req, "data", "data_base64")?.unwrap_or_default();
@@ -182,7 +160,7 @@ async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
             session.remove(field(req, "path")?).await?;
             Ok(json!({}))
         }
-        "events" => Ok(json!({ "events": events_json(&session.events()) })),
+        "events" => Ok(json!({ "events": session.events() })),
         "allow" | "deny" | "remove_rule" => {
             session.change_rules(RuleChange::new(op, field(req, "rule")?)?)?;
             Ok(json!({}))

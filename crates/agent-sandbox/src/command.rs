@@ -129,6 +129,32 @@ impl Output {
         }
     }
 
+    /// The result as JSON, the one shape every binding and `serve` hands
+    /// on: `exit_code`, `stdout` and `stderr` (lossy UTF-8, left out when
+    /// `with_output` is false), `stdout_truncated`, `stderr_truncated`,
+    /// `timed_out`, `oom_killed`, `duration_ms`, `events`, `events_dropped`,
+    /// `setid_stripped`, `sandbox_id`.
+    #[must_use]
+    pub fn to_json(&self, with_output: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "exit_code": self.exit_code,
+            "stdout_truncated": self.stdout_truncated,
+            "stderr_truncated": self.stderr_truncated,
+            "timed_out": self.timed_out,
+            "oom_killed": self.oom_killed,
+            "duration_ms": self.duration.as_secs_f64() * 1e3,
+            "events": self.events,
+            "events_dropped": self.events_dropped,
+            "setid_stripped": self.setid_stripped,
+            "sandbox_id": self.sandbox_id,
+        });
+        if with_output {
+            v["stdout"] = self.stdout_str().into();
+            v["stderr"] = self.stderr_str().into();
+        }
+        v
+    }
+
     /// Exit code 0 and no timeout.
     #[must_use]
     pub fn success(&self) -> bool {

@@ -324,7 +324,7 @@ pub struct SandboxOptions {
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub max_connections: Option<usize>,
     /// New connections per second the proxy accepts, with bursts of as
-    /// many (default 200; 0 for no limit).
+    /// many (default 200).
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub connections_per_second: Option<u32>,
 }
