@@ -1,4 +1,5 @@
-//! The `agent-sandbox proxy` command as a user runs it.
+//! The `agent-sandbox` command as a user runs it, and the parity of every
+//! surface with the core's options.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -557,7 +558,17 @@ fn serve_stdio_speaks_json_lines() {
     assert_eq!(r["error"]["code"], "policy");
     let r = s.call(serde_json::json!({"id": 7, "op": "nonsense"}));
     assert_eq!(r["error"]["code"], "bad_request");
-    s.close(8);
+    // Exec options go through the core's parser: unknown or mistyped ones
+    // are refused, naming the option, and nothing runs.
+    let r = s.call(serde_json::json!({"id": 8, "op": "exec", "cmd": "touch ran", "timeot": 1}));
+    assert_eq!(r["error"]["code"], "invalid_argument", "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("timeot"));
+    let r = s.call(serde_json::json!({"id": 9, "op": "exec", "cmd": "touch ran", "env": ["A=1"]}));
+    assert_eq!(r["error"]["code"], "invalid_argument", "{r}");
+    assert!(!ws.join("ran").exists());
+    let r = s.call(serde_json::json!({"id": 10, "op": "exec", "cmd": "sleep 5", "timeout": "200ms"}));
+    assert_eq!(r["timed_out"], true, "{r}");
+    s.close(11);
 }
 
 #[test]
@@ -626,4 +637,59 @@ fn shell_without_a_terminal_runs_one_command_per_line() {
     );
     assert!(stderr.contains("Read-only file system"), "{stderr}");
     assert!(containers_owned_by(pid).is_empty());
+}
+
+/// Every option of the core's options layer reaches every surface: the CLI's
+/// flags (`--kebab-case`), Python's keyword arguments (snake_case) and
+/// Node's types (camelCase, durations as `...Ms`). `serve` takes the exec
+/// options by deserializing `ExecOptions` itself (see the serve test), and
+/// its sandbox options are the CLI's flags. A new option that one surface
+/// lacks fails here.
+#[test]
+fn every_option_reaches_every_surface() {
+    use agent_sandbox::options::{names, ExecOptions, Naming, SandboxOptions};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    // The text of a block: from `start` to the first `end` after it.
+    let block = |text: &str, start: &str, end: &str| -> String {
+        let from = text.find(start).unwrap_or_else(|| panic!("{start:?} not found"));
+        let len = text[from..].find(end).unwrap_or_else(|| panic!("{end:?} not found"));
+        text[from..from + len].to_owned()
+    };
+    let help = bin().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let python = read("python/agent_sandbox/__init__.py");
+    let node = read("npm/index.d.ts");
+    let serve = read("crates/agent-sandbox-cli/src/serve.rs");
+    let mut missing = Vec::new();
+    for name in names::<SandboxOptions>() {
+        let flag = format!("--{}", name.replace('_', "-"));
+        // Lists take one value per flag: --mount for `mounts`.
+        if !help.contains(&format!("{flag} ")) && !help.contains(&format!("{} ", flag.trim_end_matches('s'))) {
+            missing.push(format!("CLI flag {flag}"));
+        }
+        if !block(&python, "class Sandbox:", "**unknown").contains(&format!(" {name}:")) {
+            missing.push(format!("Python Sandbox(..., {name}=)"));
+        }
+        let camel = Naming::Camel.spell(name);
+        if !block(&node, "interface SandboxOptions {", "}\n").contains(&format!("  {camel}?:")) {
+            missing.push(format!("Node SandboxOptions.{camel}"));
+        }
+    }
+    for name in names::<ExecOptions>() {
+        for (class, method) in [("class Sandbox:", "def run_async("), ("class Session(", "def exec_async("), ("class Pool(", "def run_async(")] {
+            let sig = block(&python[python.find(class).unwrap()..], method, "**unknown");
+            if !sig.contains(&format!(" {name}:")) {
+                missing.push(format!("Python {class} {method}..., {name}=)"));
+            }
+        }
+        let camel = Naming::Camel.spell(name);
+        if !block(&node, "interface ExecOptions {", "}\n").contains(&format!("  {camel}?:")) {
+            missing.push(format!("Node ExecOptions.{camel}"));
+        }
+        if !block(&serve, "//! - `exec`", "//! - `run`").contains(&format!("`{name}`")) {
+            missing.push(format!("serve's documented exec option {name}"));
+        }
+    }
+    assert!(missing.is_empty(), "options missing from a surface: {missing:#?}");
 }
