@@ -16,6 +16,17 @@ use crate::{Error, Pool, Session};
 /// The image used when neither the builder nor `AGENT_SANDBOX_IMAGE` names one.
 pub const DEFAULT_IMAGE: &str = "debian:bookworm-slim";
 
+/// Setters that store their argument in the field of the same name.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($arg:ident: $t:ty) => $value:expr;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, $arg: $t) -> Self {
+            self.s.$name = $value;
+            self
+        }
+    )*};
+}
+
 /// Entry point: `Sandbox::builder()`.
 #[derive(Debug)]
 pub struct Sandbox;
@@ -47,34 +58,46 @@ impl std::fmt::Debug for SandboxBuilder {
 }
 
 impl SandboxBuilder {
-    /// The image. Default: `AGENT_SANDBOX_IMAGE`, else [`DEFAULT_IMAGE`]
-    /// (`debian:bookworm-slim`). Used if present locally, pulled otherwise.
-    pub fn image(mut self, image: impl Into<String>) -> Self {
-        self.s.image = Some(image.into());
-        self
-    }
-
-    /// The one read-write directory, mounted at `/workspace` (the working
-    /// directory). Default: none (`/workspace` is an empty tmpfs).
-    pub fn workspace(mut self, path: impl Into<PathBuf>) -> Self {
-        self.s.workspace = Some(path.into());
-        self
-    }
-
-    /// Replaces the network rules with those of `policy` (validated at run).
-    pub fn policy(mut self, policy: PolicyBuilder) -> Self {
-        self.s.policy = policy;
-        self
-    }
-
-    /// The engine's OCI runtime for the container: `runsc` runs it under
-    /// gVisor, a second wall (a user-space kernel) behind the container's.
-    /// Default: `AGENT_SANDBOX_RUNTIME`, else the engine's default (`runc`).
-    /// The runtime must be registered with the engine (`make test` registers
-    /// Debian's `runsc`; see the README).
-    pub fn runtime(mut self, name: impl Into<String>) -> Self {
-        self.s.runtime = Some(name.into());
-        self
+    setters! {
+        /// The image. Default: `AGENT_SANDBOX_IMAGE`, else [`DEFAULT_IMAGE`]
+        /// (`debian:bookworm-slim`). Used if present locally, pulled otherwise.
+        image(image: impl Into<String>) => Some(image.into());
+        /// The one read-write directory, mounted at `/workspace` (the working
+        /// directory). Default: none (`/workspace` is an empty tmpfs).
+        workspace(path: impl Into<PathBuf>) => Some(path.into());
+        /// Replaces the network rules with those of `policy` (validated at run).
+        policy(policy: PolicyBuilder) => policy;
+        /// The engine's OCI runtime for the container: `runsc` runs it under
+        /// gVisor, a second wall (a user-space kernel) behind the container's.
+        /// Default: `AGENT_SANDBOX_RUNTIME`, else the engine's default (`runc`).
+        /// The runtime must be registered with the engine (`make test` registers
+        /// Debian's `runsc`; see the README).
+        runtime(name: impl Into<String>) => Some(name.into());
+        /// Kills the command after this long. Default: no timeout.
+        timeout(timeout: Duration) => Some(timeout);
+        /// Memory limit in bytes, swap included. Default 1 GiB.
+        memory(bytes: i64) => bytes;
+        /// CPU limit. Default 1.0.
+        cpus(cpus: f64) => cpus;
+        /// Process/thread limit. Default 256.
+        pids(pids: i64) => pids;
+        /// Size of the `/tmp` tmpfs in bytes. Default 512 MiB.
+        tmp_size(bytes: u64) => bytes;
+        /// Bytes of stdout and of stderr kept in the [`Output`]; the rest is
+        /// still streamed to callbacks but not stored. Default 16 MiB each.
+        output_limit(bytes: usize) => bytes;
+        /// Largest file a session's `read_file` returns (bigger is a
+        /// [`Error::File`] naming the size); also bounds the output of the
+        /// helpers that read and list `/tmp` inside. Default 64 MiB.
+        file_limit(bytes: usize) => bytes;
+        /// Runs as `uid:gid` instead of the caller's own ids (the default, so
+        /// files written to the workspace belong to the caller).
+        user(uid_gid: impl Into<String>) => Some(uid_gid.into());
+        /// A session with no exec in flight for this long is closed. Default 30
+        /// minutes; `None` keeps it until [`Session::close`] or drop.
+        idle_timeout(idle: Option<Duration>) => idle;
+        /// The proxy's limits. Default [`Limits::default`].
+        proxy_limits(limits: Limits) => limits;
     }
 
     /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
@@ -120,51 +143,6 @@ impl SandboxBuilder {
         self
     }
 
-    /// Kills the command after this long. Default: no timeout.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.s.timeout = Some(timeout);
-        self
-    }
-
-    /// Memory limit in bytes, swap included. Default 1 GiB.
-    pub fn memory(mut self, bytes: i64) -> Self {
-        self.s.memory = bytes;
-        self
-    }
-
-    /// CPU limit. Default 1.0.
-    pub fn cpus(mut self, cpus: f64) -> Self {
-        self.s.cpus = cpus;
-        self
-    }
-
-    /// Process/thread limit. Default 256.
-    pub fn pids(mut self, pids: i64) -> Self {
-        self.s.pids = pids;
-        self
-    }
-
-    /// Size of the `/tmp` tmpfs in bytes. Default 512 MiB.
-    pub fn tmp_size(mut self, bytes: u64) -> Self {
-        self.s.tmp_size = bytes;
-        self
-    }
-
-    /// Bytes of stdout and of stderr kept in the [`Output`]; the rest is
-    /// still streamed to callbacks but not stored. Default 16 MiB each.
-    pub fn output_limit(mut self, bytes: usize) -> Self {
-        self.s.output_limit = bytes;
-        self
-    }
-
-    /// Largest file a session's `read_file` returns (bigger is a
-    /// [`Error::File`] naming the size); also bounds the output of the
-    /// helpers that read and list `/tmp` inside. Default 64 MiB.
-    pub fn file_limit(mut self, bytes: usize) -> Self {
-        self.s.file_limit = bytes;
-        self
-    }
-
     /// Mounts a host directory read-only at `container_path`.
     pub fn mount(mut self, host: impl Into<PathBuf>, container_path: impl Into<String>) -> Self {
         self.s
@@ -179,13 +157,6 @@ impl SandboxBuilder {
         self.s
             .mounts
             .push((host.into(), container_path.into(), false));
-        self
-    }
-
-    /// Runs as `uid:gid` instead of the caller's own ids (the default, so
-    /// files written to the workspace belong to the caller).
-    pub fn user(mut self, uid_gid: impl Into<String>) -> Self {
-        self.s.user = Some(uid_gid.into());
         self
     }
 
@@ -216,19 +187,6 @@ impl SandboxBuilder {
     /// Lets another task cancel the run.
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.s.cancel = Some(token);
-        self
-    }
-
-    /// A session with no exec in flight for this long is closed. Default 30
-    /// minutes; `None` keeps it until [`Session::close`] or drop.
-    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
-        self.s.idle_timeout = idle;
-        self
-    }
-
-    /// The proxy's limits. Default [`Limits::default`].
-    pub fn proxy_limits(mut self, limits: Limits) -> Self {
-        self.s.proxy_limits = limits;
         self
     }
 
@@ -312,13 +270,9 @@ impl SandboxBuilder {
     ///
     /// # Errors
     /// As [`run`](SandboxBuilder::run).
-    pub async fn run_with(
-        &self,
-        cmd: impl Into<Command>,
-        opts: ExecOptions,
-    ) -> Result<Output, Error> {
+    pub async fn run_with(&self, cmd: impl Into<Command>, o: ExecOptions) -> Result<Output, Error> {
         let argv = cmd.into().into_argv()?;
-        crate::run::run(self.config()?, argv, opts).await
+        crate::run::run(self.config()?, argv, o).await
     }
 
     /// Starts a warm sandbox for many commands (see [`Session`]). The

@@ -203,25 +203,18 @@ impl<T: FromStr<Err = Error>> Visitor<'_> for NumberOrText<T> {
     }
 }
 
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
-        d.deserialize_any(NumberOrText(
-            PhantomData,
-            "a number of bytes or a size like \"512m\"",
-            Size::from_number,
-        ))
-    }
+/// `Deserialize` for a type given as a number or as text.
+macro_rules! number_or_text {
+    ($t:ty, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                d.deserialize_any(NumberOrText(PhantomData, $expecting, <$t>::from_number))
+            }
+        }
+    };
 }
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
-        d.deserialize_any(NumberOrText(
-            PhantomData,
-            "a number of seconds or a duration like \"500ms\"",
-            Seconds::from_number,
-        ))
-    }
-}
+number_or_text!(Size, "a number of bytes or a size like \"512m\"");
+number_or_text!(Seconds, "a number of seconds or a duration like \"500ms\"");
 
 impl<'de> Deserialize<'de> for MountSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MountSpec, D::Error> {

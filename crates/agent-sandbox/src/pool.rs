@@ -165,16 +165,12 @@ impl Pool {
     /// # Errors
     /// As [`run`](Pool::run), and [`Error::InvalidArgument`] for a working
     /// directory outside `/workspace`.
-    pub async fn run_with(
-        &self,
-        cmd: impl Into<Command>,
-        opts: ExecOptions,
-    ) -> Result<Output, Error> {
+    pub async fn run_with(&self, cmd: impl Into<Command>, o: ExecOptions) -> Result<Output, Error> {
+        let mut opts = o;
         let started = Instant::now();
         let argv = cmd.into().into_argv()?;
         let spare = self.take().await?;
         let s = &self.inner.config.s;
-        let mut opts = opts;
         opts.on_stdout = opts.on_stdout.or(s.on_stdout.clone());
         opts.on_stderr = opts.on_stderr.or(s.on_stderr.clone());
         let cancel = s.cancel.clone();
@@ -249,31 +245,26 @@ impl Pool {
     /// [`Error::Engine`] if the engine fails to remove a container.
     pub async fn close(&self) -> Result<(), Error> {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let spares: Vec<_> = self
-            .inner
-            .spares
-            .lock()
-            .map(|mut s| s.drain(..).collect())
-            .unwrap_or_default();
         let mut result = Ok(());
-        for task in spares {
+        for task in drain(&self.inner.spares) {
             if let Ok(Ok(spare)) = task.await {
                 if let Err(e) = spare.session.close().await {
                     result = Err(e);
                 }
             }
         }
-        let retiring: Vec<_> = self
-            .inner
-            .retiring
-            .lock()
-            .map(|mut r| r.drain(..).collect())
-            .unwrap_or_default();
-        for task in retiring {
+        for task in drain(&self.inner.retiring) {
             let _ = task.await;
         }
         result
     }
+}
+
+/// Everything in a locked list, taken out.
+fn drain<T>(list: &Mutex<impl IntoIterator<Item = T> + Default>) -> Vec<T> {
+    list.lock()
+        .map(|mut l| std::mem::take(&mut *l).into_iter().collect())
+        .unwrap_or_default()
 }
 
 impl Drop for Inner {

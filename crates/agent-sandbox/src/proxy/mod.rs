@@ -342,7 +342,11 @@ async fn accept_loop(listener: listen::Listener, shared: Arc<Shared>) {
             }
             Err(_) => {
                 tokio::spawn(async move {
-                    shared.emit_now(Verdict::Deny, "", "", 0, None, "too-many-connections", 503);
+                    shared.emit_now(
+                        shared.event(Verdict::Deny, "", "", 0, None),
+                        "too-many-connections",
+                        503,
+                    );
                     match stream {
                         listen::Stream::Tcp(s) => reply_busy(s).await,
                         listen::Stream::Unix(s) => reply_busy(s).await,
@@ -404,7 +408,7 @@ where
                     None
                 };
                 if let Some((reason, status)) = reason {
-                    shared.emit_now(Verdict::Deny, "", "", 0, None, reason, status);
+                    shared.emit_now(shared.event(Verdict::Deny, "", "", 0, None), reason, status);
                 }
             }
         }
@@ -471,19 +475,9 @@ impl Shared {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit_now(
-        &self,
-        verdict: Verdict,
-        method: &str,
-        host: &str,
-        port: u16,
-        rule: Option<String>,
-        reason: &str,
-        status: u16,
-    ) {
+    /// Delivers `e` at once, refused (or failed) for `reason` with `status`.
+    fn emit_now(&self, mut e: AuditEvent, reason: &str, status: u16) {
         if let Some(sink) = &self.sink {
-            let mut e = self.event(verdict, method, host, port, rule);
             e.reason = Some(event::truncated(reason, event::MAX_REASON_BYTES));
             e.status = status;
             sink(&e);
@@ -509,15 +503,8 @@ impl Shared {
         } else {
             Verdict::Allow
         };
-        self.emit_now(
-            verdict,
-            method,
-            host,
-            port,
-            r.rule.clone(),
-            &r.reason,
-            r.status.as_u16(),
-        );
+        let e = self.event(verdict, method, host, port, r.rule.clone());
+        self.emit_now(e, &r.reason, r.status.as_u16());
         let what = if r.status == StatusCode::FORBIDDEN {
             "blocked by the sandbox's network policy"
         } else if r.status == StatusCode::BAD_REQUEST {

@@ -155,8 +155,9 @@ impl Session {
     pub async fn exec_with(
         &self,
         cmd: impl Into<Command>,
-        opts: ExecOptions,
+        o: ExecOptions,
     ) -> Result<Output, Error> {
+        let opts = o;
         let _busy = self.busy()?;
         let started = Instant::now();
         let argv = cmd.into().into_argv()?;
