@@ -566,7 +566,8 @@ fn serve_stdio_speaks_json_lines() {
     let r = s.call(serde_json::json!({"id": 9, "op": "exec", "cmd": "touch ran", "env": ["A=1"]}));
     assert_eq!(r["error"]["code"], "invalid_argument", "{r}");
     assert!(!ws.join("ran").exists());
-    let r = s.call(serde_json::json!({"id": 10, "op": "exec", "cmd": "sleep 5", "timeout": "200ms"}));
+    let r =
+        s.call(serde_json::json!({"id": 10, "op": "exec", "cmd": "sleep 5", "timeout": "200ms"}));
     assert_eq!(r["timed_out"], true, "{r}");
     s.close(11);
 }
@@ -652,8 +653,12 @@ fn every_option_reaches_every_surface() {
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
     // The text of a block: from `start` to the first `end` after it.
     let block = |text: &str, start: &str, end: &str| -> String {
-        let from = text.find(start).unwrap_or_else(|| panic!("{start:?} not found"));
-        let len = text[from..].find(end).unwrap_or_else(|| panic!("{end:?} not found"));
+        let from = text
+            .find(start)
+            .unwrap_or_else(|| panic!("{start:?} not found"));
+        let len = text[from..]
+            .find(end)
+            .unwrap_or_else(|| panic!("{end:?} not found"));
         text[from..from + len].to_owned()
     };
     let help = bin().args(["run", "--help"]).output().unwrap();
@@ -665,7 +670,9 @@ fn every_option_reaches_every_surface() {
     for name in names::<SandboxOptions>() {
         let flag = format!("--{}", name.replace('_', "-"));
         // Lists take one value per flag: --mount for `mounts`.
-        if !help.contains(&format!("{flag} ")) && !help.contains(&format!("{} ", flag.trim_end_matches('s'))) {
+        if !help.contains(&format!("{flag} "))
+            && !help.contains(&format!("{} ", flag.trim_end_matches('s')))
+        {
             missing.push(format!("CLI flag {flag}"));
         }
         if !block(&python, "class Sandbox:", "**unknown").contains(&format!(" {name}:")) {
@@ -677,7 +684,11 @@ fn every_option_reaches_every_surface() {
         }
     }
     for name in names::<ExecOptions>() {
-        for (class, method) in [("class Sandbox:", "def run_async("), ("class Session(", "def exec_async("), ("class Pool(", "def run_async(")] {
+        for (class, method) in [
+            ("class Sandbox:", "def run_async("),
+            ("class Session(", "def exec_async("),
+            ("class Pool(", "def run_async("),
+        ] {
             let sig = block(&python[python.find(class).unwrap()..], method, "**unknown");
             if !sig.contains(&format!(" {name}:")) {
                 missing.push(format!("Python {class} {method}..., {name}=)"));
@@ -691,5 +702,8 @@ fn every_option_reaches_every_surface() {
             missing.push(format!("serve's documented exec option {name}"));
         }
     }
-    assert!(missing.is_empty(), "options missing from a surface: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "options missing from a surface: {missing:#?}"
+    );
 }
