@@ -389,6 +389,28 @@ fn docker_unreachable_says_what_to_do() {
     );
 }
 
+/// I/O errors name what was being done and the path (they used to say
+/// only "No such file or directory").
+#[test]
+fn io_errors_name_the_operation_and_the_path() {
+    let out = bin()
+        .args([
+            "run",
+            "--audit-log",
+            "/nonexistent/as-audit/log.jsonl",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("cannot open the audit log /nonexistent/as-audit/log.jsonl: No such file"),
+        "{err}"
+    );
+}
+
 #[test]
 fn missing_workspace_exits_2() {
     let out = bin()

@@ -118,3 +118,25 @@ pub(crate) fn engine_err(what: &str, e: bollard::errors::Error) -> Error {
         source: Some(Box::new(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// An engine error keeps the client's error as its source (callers can
+    /// walk the chain), and still says which operation failed.
+    #[test]
+    fn engine_errors_keep_their_source() {
+        let e = super::engine_err(
+            "start the container",
+            bollard::errors::Error::RequestTimeoutError,
+        );
+        assert_eq!(e.code(), "engine");
+        assert!(e
+            .to_string()
+            .starts_with("Docker failed to start the container: "));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(
+            source.to_string(),
+            bollard::errors::Error::RequestTimeoutError.to_string()
+        );
+    }
+}
