@@ -15,10 +15,11 @@ use agent_sandbox::runtime::{gc, labels, Engine};
 use agent_sandbox::{CancelToken, Error, Output, Sandbox, SandboxBuilder};
 use bollard::query_parameters::InspectContainerOptions;
 
-mod docker_support;
-use docker_support::{
-    assert_oom_killed, containers_with_label, docker, http_canary, image, sandbox, tempdir,
-    MEMORY_BOMB,
+use crate::support::canary::HttpCanary;
+use crate::support::docker::{
+    assert_no_direct_route, assert_oom_killed, containers_with_label, docker, engine_shared,
+    host_addresses, image, sandbox, tempdir, unreachable_errno, unreachable_errno_under,
+    MEMORY_BOMB, TEST_UID,
 };
 
 /// Whether the engine answers "no such container" (404) for `id`; any
@@ -55,6 +56,7 @@ async fn run(b: SandboxBuilder, cmd: &str) -> Output {
 
 #[tokio::test]
 async fn hardening_defaults_are_visible_in_docker_inspect() {
+    let _engine = engine_shared().await;
     let ws = tempdir("inspect");
     let marker = format!("inspect-marker-{}", std::process::id());
     let cancel = CancelToken::new();
@@ -202,6 +204,7 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
 
 #[tokio::test]
 async fn exit_codes_and_output_pass_through() {
+    let _engine = engine_shared().await;
     let out = run(sandbox(), "echo out; echo err >&2; exit 42").await;
     assert_eq!(out.exit_code, 42);
     assert_eq!(out.stdout_str(), "out\n");
@@ -219,6 +222,7 @@ async fn exit_codes_and_output_pass_through() {
 
 #[tokio::test]
 async fn streaming_callbacks_see_output_as_it_arrives() {
+    let _engine = engine_shared().await;
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     let out = run(
@@ -235,6 +239,7 @@ async fn streaming_callbacks_see_output_as_it_arrives() {
 
 #[tokio::test]
 async fn workspace_files_belong_to_the_caller() {
+    let _engine = engine_shared().await;
     let ws = tempdir("owner");
     let out = run(
         sandbox().workspace(&ws),
@@ -263,6 +268,7 @@ async fn workspace_files_belong_to_the_caller() {
 
 #[tokio::test]
 async fn only_workspace_and_tmp_are_writable() {
+    let _engine = engine_shared().await;
     let ws = tempdir("rofs");
     std::fs::set_permissions(&ws, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let script = r#"
@@ -289,6 +295,7 @@ async fn only_workspace_and_tmp_are_writable() {
 
 #[tokio::test]
 async fn setuid_and_capabilities_give_nothing() {
+    let _engine = engine_shared().await;
     let script = r#"
         grep -E '^(NoNewPrivs|CapEff|CapPrm|Seccomp):' /proc/self/status
         python3 -c 'import os; os.setuid(0)' 2>/dev/null && echo SETUID-OK
@@ -321,6 +328,7 @@ async fn setuid_and_capabilities_give_nothing() {
 /// listener's count.
 #[tokio::test]
 async fn direct_connections_cannot_leave_the_sandbox() {
+    let _engine = engine_shared().await;
     let d = docker().await;
     let other = d
         .create_container(
@@ -358,11 +366,11 @@ async fn direct_connections_cannot_leave_the_sandbox() {
     let peer_ip = bridge.ip_address.expect("the peer's address");
     let gw = bridge.gateway.expect("the bridge's gateway");
     assert!(
-        docker_support::host_addresses().contains(&gw),
+        host_addresses().contains(&gw),
         "the gateway is among the host addresses probed"
     );
-    docker_support::assert_no_direct_route(
-        docker_support::unreachable_errno(),
+    assert_no_direct_route(
+        unreachable_errno(),
         &[(peer_ip, 8080)],
         |script| async move {
             let out = sandbox().run(["python3", "-c", &script]).await.unwrap();
@@ -393,6 +401,7 @@ async fn direct_connections_cannot_leave_the_sandbox() {
 
 #[tokio::test]
 async fn dns_lookups_fail_inside_the_sandbox() {
+    let _engine = engine_shared().await;
     let script = "import socket\nfor n in ['canary.test', 'allowed.test']:\n    try:\n        print('RESOLVED', n, socket.getaddrinfo(n, 80))\n    except OSError as e:\n        print('no-dns', n)\n";
     let out = sandbox()
         .allow("allowed.test")
@@ -408,7 +417,9 @@ async fn dns_lookups_fail_inside_the_sandbox() {
 
 #[tokio::test]
 async fn the_proxy_is_the_only_way_out_and_it_enforces_the_policy() {
-    let (port, hits) = http_canary("hello from allowed.test");
+    let _engine = engine_shared().await;
+    let canary = HttpCanary::serving("hello from allowed.test").await;
+    let port = canary.port();
     let script = format!(
         "curl -sS http://allowed.test:{port}/; echo; \
          curl -sS -p http://allowed.test:{port}/tunnel; echo; \
@@ -441,7 +452,7 @@ async fn the_proxy_is_the_only_way_out_and_it_enforces_the_policy() {
     );
     assert!(text.contains("direct-failed"), "{text}");
     assert_eq!(
-        hits.load(Ordering::SeqCst),
+        canary.connections(),
         2,
         "the canary saw only the two allowed requests"
     );
@@ -465,6 +476,7 @@ async fn the_proxy_is_the_only_way_out_and_it_enforces_the_policy() {
 
 #[tokio::test]
 async fn git_clones_through_the_proxy() {
+    let _engine = engine_shared().await;
     let src = tempdir("git-src");
     let sh = |cmd: &str, dir: &Path| {
         let ok = std::process::Command::new("sh")
@@ -518,6 +530,7 @@ async fn git_clones_through_the_proxy() {
 
 #[tokio::test]
 async fn fork_bomb_is_contained_by_the_pids_limit() {
+    let _engine = engine_shared().await;
     let script = "import os, time\nn = 0\ntry:\n    while n < 10000:\n        if os.fork() == 0:\n            time.sleep(30); os._exit(0)\n        n += 1\nexcept OSError:\n    pass\nprint('forked', n)\n";
     let out = sandbox()
         .pids(64)
@@ -538,6 +551,7 @@ async fn fork_bomb_is_contained_by_the_pids_limit() {
 
 #[tokio::test]
 async fn memory_bomb_is_oom_killed_and_reported() {
+    let _engine = engine_shared().await;
     let out = sandbox().memory(64 << 20).run(MEMORY_BOMB).await.unwrap();
     assert_removed(&out).await;
     assert_oom_killed(&out);
@@ -545,6 +559,7 @@ async fn memory_bomb_is_oom_killed_and_reported() {
 
 #[tokio::test]
 async fn tmpfs_fill_stops_at_its_size() {
+    let _engine = engine_shared().await;
     let out = run(sandbox().tmp_size(16 << 20), "dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>/dev/null; echo rc=$?; du -k /tmp/fill | cut -f1").await;
     let text = out.stdout_str();
     let mut lines = text.lines();
@@ -555,6 +570,7 @@ async fn tmpfs_fill_stops_at_its_size() {
 
 #[tokio::test]
 async fn output_flood_is_capped_but_still_streamed() {
+    let _engine = engine_shared().await;
     let streamed = Arc::new(AtomicUsize::new(0));
     let s = streamed.clone();
     let out = run(
@@ -571,6 +587,7 @@ async fn output_flood_is_capped_but_still_streamed() {
 
 #[tokio::test]
 async fn timeout_kills_a_process_that_ignores_sigterm() {
+    let _engine = engine_shared().await;
     let out = run(
         sandbox().timeout(Duration::from_secs(2)),
         "trap '' TERM; echo started; sleep 60; echo NOT-KILLED",
@@ -583,6 +600,7 @@ async fn timeout_kills_a_process_that_ignores_sigterm() {
 
 #[tokio::test]
 async fn bad_input_is_a_clear_error_before_anything_starts() {
+    let _engine = engine_shared().await;
     let e = sandbox()
         .workspace("/nonexistent/agent-sandbox-ws")
         .run("true")
@@ -613,6 +631,7 @@ async fn bad_input_is_a_clear_error_before_anything_starts() {
 
 #[tokio::test]
 async fn a_missing_image_is_its_own_error() {
+    let _engine = engine_shared().await;
     // A registry on a closed loopback port: the pull path runs and fails
     // without any traffic leaving the machine.
     let e = Sandbox::builder()
@@ -630,6 +649,7 @@ async fn a_missing_image_is_its_own_error() {
 
 #[tokio::test]
 async fn init_runs_in_an_image_without_libc() {
+    let _engine = engine_shared().await;
     let d = docker().await;
     let tag = "agent-sandbox/test-empty:1";
     if d.inspect_image(tag).await.is_err() {
@@ -658,6 +678,7 @@ async fn init_runs_in_an_image_without_libc() {
 
 #[tokio::test]
 async fn gc_removes_containers_whose_owner_is_gone() {
+    let _engine = engine_shared().await;
     let d = docker().await;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
@@ -736,6 +757,7 @@ async fn gc_removes_containers_whose_owner_is_gone() {
 
 #[tokio::test]
 async fn many_sandboxes_run_at_once() {
+    let _engine = engine_shared().await;
     let runs = (0..6).map(|i| async move { sandbox().run(format!("echo {i}")).await });
     let outs = futures_util::future::join_all(runs).await;
     for (i, o) in outs.into_iter().enumerate() {
@@ -750,6 +772,7 @@ async fn many_sandboxes_run_at_once() {
 /// read-write.
 #[tokio::test]
 async fn a_symlink_planted_by_one_sandbox_is_not_another_sandboxs_workspace() {
+    let _engine = engine_shared().await;
     let parent = tempdir("plant");
     let planted = run(
         sandbox().workspace(&parent),
@@ -794,16 +817,12 @@ async fn a_symlink_planted_by_one_sandbox_is_not_another_sandboxs_workspace() {
 /// check and the engine's mount).
 #[tokio::test]
 async fn a_workspace_swapped_during_start_never_mounts_the_other_directory() {
+    let _engine = engine_shared().await;
     let root = tempdir("swap");
     let secret = tempdir("swap-secret");
     std::fs::write(secret.join("marker"), "SECRET").unwrap();
     std::fs::create_dir(root.join("ws")).unwrap();
-    std::os::unix::fs::chown(
-        root.join("ws"),
-        Some(docker_support::TEST_UID),
-        Some(docker_support::TEST_UID),
-    )
-    .unwrap();
+    std::os::unix::fs::chown(root.join("ws"), Some(TEST_UID), Some(TEST_UID)).unwrap();
     std::fs::write(root.join("ws/marker"), "mine").unwrap();
     std::os::unix::fs::symlink(&secret, root.join("other")).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -886,6 +905,7 @@ async fn a_workspace_swapped_during_start_never_mounts_the_other_directory() {
 /// for chmod and for files created with them; the host sees none.
 #[tokio::test]
 async fn setuid_bits_cannot_be_set_in_the_workspace() {
+    let _engine = engine_shared().await;
     let ws = tempdir("setuid");
     let script = r#"
         cp /usr/bin/python3 py && echo copied
@@ -920,6 +940,7 @@ async fn setuid_bits_cannot_be_set_in_the_workspace() {
 /// workspace, and runs as root only when asked.
 #[tokio::test]
 async fn a_root_caller_gets_an_unprivileged_sandbox_unless_it_asks() {
+    let _engine = engine_shared().await;
     let me = std::fs::metadata("/proc/self").unwrap().uid();
     let ws = tempdir("uid");
     let owner = std::fs::metadata(&ws).unwrap();
@@ -953,6 +974,7 @@ async fn a_root_caller_gets_an_unprivileged_sandbox_unless_it_asks() {
 /// cut, and new connections are rate-limited per sandbox.
 #[tokio::test]
 async fn a_flood_of_refusals_is_one_folded_event_and_rate_limited() {
+    let _engine = engine_shared().await;
     let script = r#"
 import socket, time
 req = b"GET ftp://a/" + b"x" * 15000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -1010,7 +1032,9 @@ print(n, round(time.time() - t0, 2))
 /// probes use Python rather than `ls`/`stat`.)
 #[tokio::test]
 async fn the_jail_holds_under_gvisor() {
-    let (port, hits) = http_canary("through-gvisor");
+    let _engine = engine_shared().await;
+    let canary = HttpCanary::serving("through-gvisor").await;
+    let port = canary.port();
     let ws = tempdir("runsc");
     let b = sandbox()
         .runtime("runsc")
@@ -1037,23 +1061,15 @@ except OSError as e:
         "control: {text} {}",
         out.stderr_str()
     );
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "only the proxied request arrived"
-    );
+    assert_eq!(canary.connections(), 1, "only the proxied request arrived");
     // No route out but the proxy (control: a container with a network
     // reaches every host address first).
     let direct = b.clone();
-    docker_support::assert_no_direct_route(
-        docker_support::unreachable_errno_under("runsc"),
-        &[],
-        |script| async move {
-            let out = direct.run(["python3", "-c", &script]).await.unwrap();
-            assert_removed(&out).await;
-            out.stdout_str()
-        },
-    )
+    assert_no_direct_route(unreachable_errno_under("runsc"), &[], |script| async move {
+        let out = direct.run(["python3", "-c", &script]).await.unwrap();
+        assert_removed(&out).await;
+        out.stdout_str()
+    })
     .await;
     assert!(text.contains("chmod OK"), "{text}");
     assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "x");
@@ -1091,6 +1107,7 @@ except OSError as e:
 /// is the hardening's (read-only root: EROFS; no capabilities: EPERM).
 #[tokio::test]
 async fn privileged_attacks_fail_even_as_root_inside() {
+    let _engine = engine_shared().await;
     let script = r#"
 import ctypes, os
 def t(name, f):
@@ -1142,6 +1159,7 @@ t("tmp", lambda: open("/tmp/ok", "w"))
 /// sizes with `nosuid,nodev`. Read from `/proc/self/mountinfo` (runc).
 #[tokio::test]
 async fn the_mount_table_is_exactly_the_expected_one() {
+    let _engine = engine_shared().await;
     let ws = tempdir("mounts");
     let out = run(sandbox().workspace(&ws), "cat /proc/self/mountinfo").await;
     let text = out.stdout_str();
@@ -1217,6 +1235,7 @@ async fn the_mount_table_is_exactly_the_expected_one() {
 /// and XDG caches under `/tmp`, and each cache directory usable.
 #[tokio::test]
 async fn proxy_variables_and_caches_are_set_inside() {
+    let _engine = engine_shared().await;
     let out = run(
         sandbox(),
         "env | sort; mkdir -p \"$npm_config_cache\" \"$PIP_CACHE_DIR\" \"$CARGO_HOME\" \"$XDG_CACHE_HOME\" && echo caches-ok",
@@ -1247,6 +1266,7 @@ async fn proxy_variables_and_caches_are_set_inside() {
 /// sandbox user's own, so only the mount can refuse: EROFS).
 #[tokio::test]
 async fn extra_mounts_are_read_only_unless_asked() {
+    let _engine = engine_shared().await;
     let ws = tempdir("mount-ws");
     let data = tempdir("mount-data");
     std::fs::write(data.join("in"), "given").unwrap();

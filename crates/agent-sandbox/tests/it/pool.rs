@@ -1,24 +1,23 @@
 //! Pools against a real engine: every run gets a fresh sandbox, nothing a
 //! run started outlives it, and a run is as contained as a one-shot `run`.
 //!
-//! The tests of this binary run one at a time (`SERIAL`), so the check that
-//! closing a pool leaves no container can count by this process's owner label.
+//! These tests run one at a time and while no other test of this binary has
+//! a container (`engine_alone`), so the check that closing a pool leaves no
+//! container can count by this process's owner label.
 
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use agent_sandbox::proxy::Verdict;
 use agent_sandbox::runtime::{labels, owner_label_value};
 use agent_sandbox::CancelToken;
 
-mod docker_support;
-use docker_support::{
-    assert_oom_killed, container_count, containers_with_label, eventually_gone,
-    eventually_none_with_label, http_canary, sandbox, tempdir, MEMORY_BOMB,
+use crate::support::canary::HttpCanary;
+use crate::support::docker::{
+    assert_no_direct_route, assert_oom_killed, container_count, containers_with_label, docker,
+    engine_alone, eventually_gone, eventually_none_with_label, sandbox, tempdir, unreachable_errno,
+    MEMORY_BOMB,
 };
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn my_label() -> String {
     format!("{}={}", labels::OWNER, owner_label_value())
@@ -34,7 +33,7 @@ async fn none_of_mine_left() -> bool {
 
 #[tokio::test]
 async fn each_run_gets_a_fresh_sandbox_and_closing_leaves_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let ws = tempdir("fresh");
     let pool = sandbox().workspace(&ws).pool(2).await.unwrap();
     assert_eq!(pool.size(), 2);
@@ -83,7 +82,7 @@ async fn each_run_gets_a_fresh_sandbox_and_closing_leaves_nothing() {
 
 #[tokio::test]
 async fn nothing_a_run_started_outlives_it() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let ws = tempdir("outlive");
     let pool = sandbox().workspace(&ws).pool(1).await.unwrap();
     // A detached writer in its own session and process group: the command
@@ -104,7 +103,7 @@ async fn nothing_a_run_started_outlives_it() {
 
 #[tokio::test]
 async fn timeout_oom_and_cancel_behave_as_in_one_shot_runs() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let pool = sandbox()
         .memory(64 << 20)
         .timeout(Duration::from_secs(1))
@@ -141,8 +140,9 @@ async fn timeout_oom_and_cancel_behave_as_in_one_shot_runs() {
 
 #[tokio::test]
 async fn each_run_has_its_own_proxy_and_events() {
-    let _serial = SERIAL.lock().await;
-    let (port, hits) = http_canary("hello");
+    let _engine = engine_alone().await;
+    let canary = HttpCanary::serving("hello").await;
+    let port = canary.port();
     let pool = sandbox()
         .allow(format!("allowed.test:{port}"))
         .resolve("allowed.test", port, "127.0.0.1")
@@ -155,7 +155,7 @@ async fn each_run_has_its_own_proxy_and_events() {
         .await
         .unwrap();
     assert_eq!(ok.stdout_str(), "hello", "{}", ok.stderr_str());
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(canary.connections(), 1);
     let denied = pool
         .run(format!(
             "curl -sS -o /dev/null -w '%{{http_code}}' http://denied.test:{port}/"
@@ -163,11 +163,7 @@ async fn each_run_has_its_own_proxy_and_events() {
         .await
         .unwrap();
     assert_eq!(denied.stdout_str(), "403");
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "the canary saw the denied run"
-    );
+    assert_eq!(canary.connections(), 1, "the canary saw the denied run");
     // Each run reports its own decisions only.
     assert_eq!(ok.events.len(), 1);
     assert_eq!(ok.events[0].verdict, Verdict::Allow);
@@ -176,25 +172,21 @@ async fn each_run_has_its_own_proxy_and_events() {
     // A direct connection still has nowhere to go (control: a container
     // with a network reaches the same addresses).
     let probe = &pool;
-    docker_support::assert_no_direct_route(
-        docker_support::unreachable_errno(),
-        &[],
-        |script| async move {
-            probe
-                .run(["python3", "-c", &script])
-                .await
-                .unwrap()
-                .stdout_str()
-        },
-    )
+    assert_no_direct_route(unreachable_errno(), &[], |script| async move {
+        probe
+            .run(["python3", "-c", &script])
+            .await
+            .unwrap()
+            .stdout_str()
+    })
     .await;
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(canary.connections(), 1);
     pool.close().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_workspace_replaced_after_the_spare_started_is_the_one_used() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let ws = tempdir("swap");
     let pool = sandbox().workspace(&ws).pool(1).await.unwrap();
     let old = ws.with_extension("old");
@@ -218,7 +210,7 @@ async fn a_workspace_replaced_after_the_spare_started_is_the_one_used() {
 
 #[tokio::test]
 async fn concurrent_runs_beyond_the_size_all_complete() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let pool = sandbox().pool(2).await.unwrap();
     let runs = (0..6).map(|i| {
         let pool = pool.clone();
@@ -239,7 +231,7 @@ async fn concurrent_runs_beyond_the_size_all_complete() {
 
 #[tokio::test]
 async fn bad_input_fails_when_the_pool_is_made() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let err = sandbox().pool(0).await.unwrap_err();
     assert_eq!(err.code(), "invalid_argument");
     let err = sandbox().allow("*").pool(1).await.unwrap_err();
@@ -265,7 +257,7 @@ async fn bad_input_fails_when_the_pool_is_made() {
 
 #[tokio::test]
 async fn per_run_options_override_the_builder() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let ws = tempdir("opts");
     std::fs::create_dir(ws.join("sub")).unwrap();
     let pool = sandbox()
@@ -299,11 +291,11 @@ async fn per_run_options_override_the_builder() {
 
 #[tokio::test]
 async fn a_spare_killed_from_outside_is_replaced_not_used() {
-    let _serial = SERIAL.lock().await;
+    let _engine = engine_alone().await;
     let pool = sandbox().pool(1).await.unwrap();
     // Kill every container of this process behind the pool's back (an
     // engine restart does the same to spares).
-    let d = docker_support::docker().await;
+    let d = docker().await;
     for c in containers_with_label(&format!("{}={}", labels::OWNER, owner_label_value())).await {
         d.kill_container(
             c.id.as_deref().unwrap(),

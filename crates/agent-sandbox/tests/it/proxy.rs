@@ -2,14 +2,13 @@
 //! proven by what did not happen: the canary saw no connection and the
 //! resolver saw no lookup.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::canary::{EchoCanary, HttpCanary};
+use crate::support::proxy::*;
 use agent_sandbox::policy::Policy;
 use agent_sandbox::proxy::{Limits, Listen, Proxy, Verdict, DENIED_HEADER};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pinned(name: &str, port: u16) -> Policy {

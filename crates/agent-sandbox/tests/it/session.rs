@@ -7,13 +7,15 @@ use std::time::Duration;
 use agent_sandbox::proxy::Verdict;
 use agent_sandbox::{ExecOptions, Session};
 
-mod docker_support;
-use docker_support::{
-    assert_oom_killed, container_count, eventually_gone, http_canary, sandbox, tempdir, MEMORY_BOMB,
+use crate::support::canary::HttpCanary;
+use crate::support::docker::{
+    assert_oom_killed, container_count, engine_shared, eventually_gone, sandbox, tempdir,
+    MEMORY_BOMB,
 };
 
 #[tokio::test]
 async fn a_session_runs_many_commands_with_per_exec_options() {
+    let _engine = engine_shared().await;
     let ws = tempdir("life");
     std::fs::create_dir_all(ws.join("sub")).unwrap();
     let s = sandbox()
@@ -63,6 +65,7 @@ async fn a_session_runs_many_commands_with_per_exec_options() {
 
 #[tokio::test]
 async fn concurrent_execs_do_not_mix() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let runs = (0..6).map(|i| {
         let s = s.clone();
@@ -82,6 +85,7 @@ async fn concurrent_execs_do_not_mix() {
 
 #[tokio::test]
 async fn background_processes_live_until_close_and_not_after() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let out = s
         .exec("sleep 1000 >/dev/null 2>&1 & echo started")
@@ -120,6 +124,7 @@ async fn no_sleep_left(s: &Session) -> bool {
 
 #[tokio::test]
 async fn exec_timeout_kills_the_whole_process_group() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let out = s
         .exec_with(
@@ -139,13 +144,15 @@ async fn exec_timeout_kills_the_whole_process_group() {
 
 #[tokio::test]
 async fn policy_updates_apply_to_new_connections() {
-    let (port, hits) = http_canary("ok");
+    let _engine = engine_shared().await;
+    let canary = HttpCanary::serving("ok").await;
+    let port = canary.port();
     let pin = format!("late.test:{port}:127.0.0.1");
     let s = sandbox().resolve_spec(&pin).start().await.unwrap();
     let mut feed = s.subscribe();
     let curl = format!("curl -s -o /dev/null -w '%{{http_code}}' http://late.test:{port}/");
     assert_eq!(s.exec(curl.as_str()).await.unwrap().stdout_str(), "403");
-    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    assert_eq!(canary.connections(), 0);
     let rule = format!("late.test:{port}");
     s.update_policy(|p| p.allow(rule.clone())).unwrap();
     assert_eq!(
@@ -153,7 +160,7 @@ async fn policy_updates_apply_to_new_connections() {
         "200",
         "a denied name is now allowed"
     );
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(canary.connections(), 1);
     s.update_policy(|p| p.remove(&rule)).unwrap();
     assert_eq!(
         s.exec(curl.as_str()).await.unwrap().stdout_str(),
@@ -161,7 +168,7 @@ async fn policy_updates_apply_to_new_connections() {
         "and denied again"
     );
     assert_eq!(
-        hits.load(Ordering::SeqCst),
+        canary.connections(),
         1,
         "the canary saw only the allowed request"
     );
@@ -181,6 +188,7 @@ async fn policy_updates_apply_to_new_connections() {
 
 #[tokio::test]
 async fn files_round_trip_in_the_workspace_and_tmp() {
+    let _engine = engine_shared().await;
     let ws = tempdir("files");
     let s = sandbox().workspace(&ws).start().await.unwrap();
     s.write_file("dir/a.txt", b"alpha".to_vec()).await.unwrap();
@@ -228,6 +236,7 @@ async fn files_round_trip_in_the_workspace_and_tmp() {
 
 #[tokio::test]
 async fn host_side_file_access_never_leaves_the_workspace() {
+    let _engine = engine_shared().await;
     let ws = tempdir("escape");
     let outside = tempdir("secret");
     std::fs::write(outside.join("id_rsa"), b"SECRET KEY").unwrap();
@@ -288,6 +297,7 @@ async fn host_side_file_access_never_leaves_the_workspace() {
 
 #[tokio::test]
 async fn dropping_a_session_without_close_removes_it() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let id = s.id().to_owned();
     assert_eq!(container_count(&id).await, 1);
@@ -297,6 +307,7 @@ async fn dropping_a_session_without_close_removes_it() {
 
 #[tokio::test]
 async fn an_idle_session_closes_itself() {
+    let _engine = engine_shared().await;
     let s = sandbox()
         .idle_timeout(Some(Duration::from_millis(300)))
         .start()
@@ -310,6 +321,7 @@ async fn an_idle_session_closes_itself() {
 
 #[tokio::test]
 async fn docker_exec_fallback_works() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let out = s
         .exec_docker(["sh", "-c", "echo via-engine; echo e >&2; exit 4"])
@@ -328,6 +340,7 @@ async fn docker_exec_fallback_works() {
 
 #[tokio::test]
 async fn fifty_sessions_at_once_all_close_cleanly() {
+    let _engine = engine_shared().await;
     let starts = (0..50).map(|_| async { sandbox().memory(64 << 20).start().await.unwrap() });
     let sessions: Vec<Session> = futures_util::future::join_all(starts).await;
     let outs = futures_util::future::join_all(
@@ -358,6 +371,7 @@ async fn fifty_sessions_at_once_all_close_cleanly() {
 
 #[tokio::test]
 async fn dropping_an_exec_future_stops_its_command() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen = started.clone();
@@ -394,6 +408,7 @@ async fn dropping_an_exec_future_stops_its_command() {
 
 #[tokio::test]
 async fn failed_spawns_do_not_break_the_session() {
+    let _engine = engine_shared().await;
     // std reaps its own failed child inside Command::spawn; PID 1 must not
     // steal it (that once aborted init and with it the whole session).
     let s = sandbox().start().await.unwrap();
@@ -407,6 +422,7 @@ async fn failed_spawns_do_not_break_the_session() {
 
 #[tokio::test]
 async fn an_exec_killed_by_the_memory_limit_says_so() {
+    let _engine = engine_shared().await;
     let s = sandbox().memory(64 << 20).start().await.unwrap();
     let out = s.exec(MEMORY_BOMB).await.unwrap();
     assert_oom_killed(&out);
@@ -420,6 +436,7 @@ async fn an_exec_killed_by_the_memory_limit_says_so() {
 #[test]
 fn a_session_dropped_outside_any_runtime_is_still_removed() {
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let _engine = rt.block_on(engine_shared());
     let s = rt.block_on(sandbox().start()).unwrap();
     let id = s.id().to_owned();
     // The runtime that started it is gone, and none is current at the drop.
@@ -435,6 +452,7 @@ fn a_session_dropped_outside_any_runtime_is_still_removed() {
 /// stderr), keeps serving, and the session recovers once pids free up.
 #[tokio::test]
 async fn exhausting_pids_refuses_work_but_never_kills_the_session() {
+    let _engine = engine_shared().await;
     let ws = tempdir("pids");
     let s = sandbox().workspace(&ws).pids(64).start().await.unwrap();
     let bomb = r#"
@@ -518,6 +536,7 @@ open("/workspace/bomb", "a").write("released\n")
 /// every close and timeout test covers that).
 #[tokio::test]
 async fn processes_inside_cannot_signal_init() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let out = s
         .exec("for sig in TERM HUP INT QUIT USR1; do kill -s $sig 1; echo sent-$sig=$?; done; sleep 0.3; echo alive")
@@ -560,6 +579,7 @@ print("queued", libc.syscall(129, 1, 15, b), ctypes.get_errno())
 /// environment or ptrace it. (runc; gVisor's /proc keeps its own rules.)
 #[tokio::test]
 async fn processes_inside_cannot_trace_init() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let probe = r#"
 import ctypes, os
@@ -590,6 +610,7 @@ print("ptrace", r, ctypes.get_errno())
 /// handshakes run in their own tasks (a bounded number at once).
 #[tokio::test]
 async fn idle_connections_to_the_exec_socket_do_not_stall_execs() {
+    let _engine = engine_shared().await;
     let s = sandbox().start().await.unwrap();
     let hold = r#"
 import socket, time
@@ -635,6 +656,7 @@ time.sleep(30)
 /// read is capped by the file limit and fails naming it.
 #[tokio::test]
 async fn file_reads_are_capped_by_the_file_limit() {
+    let _engine = engine_shared().await;
     let ws = tempdir("filecap");
     let s = sandbox()
         .workspace(&ws)
@@ -673,6 +695,7 @@ async fn file_reads_are_capped_by_the_file_limit() {
 /// the host side and inside the sandbox alike.
 #[tokio::test]
 async fn listings_are_bounded_and_say_so() {
+    let _engine = engine_shared().await;
     let ws = tempdir("listcap");
     let s = sandbox().workspace(&ws).start().await.unwrap();
     let out = s

@@ -1,8 +1,6 @@
-//! Helpers shared by the Docker-backed test binaries (each uses a subset).
-#![allow(dead_code)]
+//! Helpers of the Docker-backed test modules (`docker`, `session`, `pool`).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +11,24 @@ use agent_sandbox::runtime::labels;
 use agent_sandbox::{Sandbox, SandboxBuilder};
 use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The pool tests count (and one kills) this process's containers by its
+/// owner label, so none of this process's other containers may exist while
+/// one runs: a pool test holds [`engine_alone`], every other test that
+/// starts containers holds [`engine_shared`] (they run side by side).
+static ENGINE: RwLock<()> = RwLock::const_new(());
+
+/// Held by a test that starts containers, for its whole run.
+pub async fn engine_shared() -> RwLockReadGuard<'static, ()> {
+    ENGINE.read().await
+}
+
+/// Held by a pool test, for its whole run: it waits for the other tests'
+/// containers and runs alone.
+pub async fn engine_alone() -> RwLockWriteGuard<'static, ()> {
+    ENGINE.write().await
+}
 
 /// The image under test: `AGENT_SANDBOX_IMAGE` (set by `make test`), else the local base image.
 pub fn image() -> String {
@@ -24,16 +40,11 @@ pub fn sandbox() -> SandboxBuilder {
     Sandbox::builder().image(image())
 }
 
-/// A fresh, empty host directory named after the test binary and `tag`.
+/// A fresh, empty host directory named after `tag`.
 pub fn tempdir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_default();
-    let bin = bin.split('-').next().unwrap_or("t").to_owned();
     let d = std::env::temp_dir().join(format!(
-        "as-{bin}-{tag}-{}-{}",
+        "as-it-{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
@@ -94,28 +105,6 @@ pub async fn eventually_none_with_label(label: &str) -> bool {
 /// Waits up to 30 s for the sandbox `id`'s container to be removed.
 pub async fn eventually_gone(id: &str) -> bool {
     eventually_none_with_label(&format!("{}={id}", labels::ID)).await
-}
-
-/// A tiny HTTP server on 127.0.0.1 that counts connections and answers
-/// every request with `body`.
-pub fn http_canary(body: &'static str) -> (u16, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let c = count.clone();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            c.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (port, count)
 }
 
 /// Allocates 512 MiB, far over the 64 MiB the OOM tests allow; prints
@@ -244,11 +233,6 @@ where
         reached,
         "the sandbox reached the host"
     );
-}
-
-/// Whether the tests run under gVisor (`AGENT_SANDBOX_RUNTIME=runsc`).
-pub fn gvisor() -> bool {
-    std::env::var("AGENT_SANDBOX_RUNTIME").is_ok_and(|r| r.contains("runsc"))
 }
 
 /// The errno a sandbox gets for a direct connection out under the runtime

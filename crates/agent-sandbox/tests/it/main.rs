@@ -1,0 +1,19 @@
+//! The crate's one integration test binary (`cargo test --test it`).
+//!
+//! - `docker`: the jail against a real engine (hardening read back, escapes tried)
+//! - `session`: sessions against a real engine
+//! - `pool`: pools against a real engine
+//! - `policy`: the pure policy engine
+//! - `proxy`: the in-process proxy against local canaries
+//! - `support`: the canaries, the proxy harness and the Docker helpers
+//!
+//! The Docker-backed modules share one engine lock (`support::docker`): the
+//! pool tests count this process's containers, so they run alone.
+
+mod support;
+
+mod docker;
+mod policy;
+mod pool;
+mod proxy;
+mod session;
