@@ -44,9 +44,18 @@ function bytes(data) {
 
 /**
  * Options as JSON for the core; a function (or signal) the method does not
- * take stays in, as a string, so the core names it as unknown.
+ * take stays in, as a string, so the core names it as unknown. Values JSON
+ * would turn into null or {} (NaN, Infinity, a Map or Set) are refused here
+ * rather than silently meaning "unset".
  */
-const toJson = (options) => JSON.stringify(options, (_, v) => (typeof v === 'function' ? '[function]' : v))
+const toJson = (options) =>
+  JSON.stringify(options, (key, v) => {
+    if (typeof v === 'function') return '[function]'
+    if ((typeof v === 'number' && !Number.isFinite(v)) || v instanceof Map || v instanceof Set) {
+      throw new SandboxError(`invalid option "${key}": ${String(v)} is not a JSON value`, 'invalid_argument')
+    }
+    return v
+  })
 
 /** A command and its per-command options, split into the native call's arguments. */
 function commandArgs(command, options, own) {

@@ -90,6 +90,7 @@ test('errors are SandboxError with the core code and a message that says what to
   // options name the option as JavaScript spells it.
   assert.throws(() => sandbox({ allow: ['*.com'] }), (e) => e instanceof SandboxError && e.code === 'policy' && e.message.includes('*.com'))
   assert.throws(() => sandbox({ timeout: 5 }), (e) => e instanceof SandboxError && e.code === 'invalid_argument' && e.message.includes('timeoutMs'))
+  assert.throws(() => sandbox({ timeoutMs: NaN }), (e) => e instanceof SandboxError && e.code === 'invalid_argument')
   assert.throws(() => sandbox({ allow: 'x' }), (e) => e instanceof SandboxError && e.code === 'invalid_argument' && e.message.includes('"allow"'))
   await assert.rejects(sandbox().run('true', { timeoutMs: 1, env: { A: 1 } }), (e) => e instanceof SandboxError && e.message.includes('"env"'))
   await assert.rejects(sandbox().run('true', { timout: 1 }), (e) => e.code === 'invalid_argument' && e.message.includes('"timout"'))

@@ -143,11 +143,49 @@ _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
+_where = threading.local()
+
+
+def _callback(fn: Callable[[Any], Any] | None, wrap: Callable[[str], Any] = lambda x: x) -> Callable[[str], Any] | None:
+    """A user callback as the native module calls it (on the library's
+    threads): marked, so a blocking call from inside it fails instead of
+    waiting on itself."""
+    if fn is None:
+        return None
+
+    def call(raw: str) -> Any:
+        _where.in_callback = True
+        try:
+            return fn(wrap(raw))
+        finally:
+            _where.in_callback = False
+
+    return call
+
+
+def _forget_loop() -> None:
+    """A forked child has no loop thread: it starts its own on first use."""
+    global _loop
+    _loop = None
+
+
+os.register_at_fork(after_in_child=_forget_loop)
+
+
 def _block(coro: Coroutine[Any, Any, T]) -> T:
     """Runs ``coro`` on the library's loop thread and waits for it. Ctrl-C
     cancels it, waits for its cleanup (a run removes its container, an exec
     stops its command), then raises KeyboardInterrupt."""
     global _loop
+    if getattr(_where, "in_callback", False) or (
+        _loop is not None and _loop._thread_id == threading.get_ident()  # type: ignore[attr-defined]
+    ):
+        coro.close()
+        raise SandboxError(
+            "a blocking agent-sandbox call from a callback or from the library's own thread would "
+            "wait on itself; call the _async method from an event loop, or make the call elsewhere",
+            "invalid_argument",
+        )
     with _loop_lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
@@ -215,8 +253,8 @@ class Sandbox:
         Cancelling the task removes the container first."""
         options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
         cancel = _native.Cancel()
-        events = (lambda raw: on_event(Event._of(raw))) if on_event else None
-        running = asyncio.ensure_future(self._native.run(cmd, options, data, on_stdout, on_stderr, events, cancel))
+        running = asyncio.ensure_future(self._native.run(cmd, options, data, _callback(on_stdout),
+                                                         _callback(on_stderr), _callback(on_event, Event._of), cancel))
         try:
             return RunResult._of(await asyncio.shield(running))
         except asyncio.CancelledError:
@@ -310,7 +348,7 @@ class Session(_Started):
         """Runs ``cmd`` in the session; several may run at once. Cancelling
         the task kills the command."""
         options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
-        return RunResult._of(await self._handle().exec(cmd, options, data, on_stdout, on_stderr))
+        return RunResult._of(await self._handle().exec(cmd, options, data, _callback(on_stdout), _callback(on_stderr)))
 
     def exec(self, cmd: Command, **options: Any) -> RunResult:
         """Blocking :meth:`exec_async` (same arguments); Ctrl-C kills the command."""
@@ -385,7 +423,7 @@ class Pool(_Started):
                         on_stderr: Output | None = None, **unknown: Any) -> RunResult:
         """Runs ``cmd`` in a fresh sandbox from the pool."""
         options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
-        return RunResult._of(await self._handle().run(cmd, options, data, on_stdout, on_stderr))
+        return RunResult._of(await self._handle().run(cmd, options, data, _callback(on_stdout), _callback(on_stderr)))
 
     def run(self, cmd: Command, **options: Any) -> RunResult:
         """Blocking :meth:`run_async` (same arguments)."""

@@ -315,6 +315,21 @@ def test_sessions_run_many_commands_and_files_round_trip(tmp_path, canary):
         s.exec("true")
 
 
+def test_a_blocking_call_from_a_callback_fails_instead_of_hanging():
+    errors = []
+
+    def nested(_text):
+        try:
+            s.exec("true")
+        except SandboxError as e:
+            errors.append(e)
+
+    with sandbox().session() as s:
+        s.exec("echo hi", on_stdout=nested)
+        assert s.exec("echo ok").stdout == "ok\n", "the session still works"
+    assert len(errors) == 1 and "callback" in str(errors[0])
+
+
 def test_async_sessions():
     async def main():
         async with sandbox().session() as s:

@@ -12,7 +12,6 @@
 #![allow(clippy::too_many_arguments)]
 
 use std::future::Future;
-use std::sync::OnceLock;
 
 use agent_sandbox::options::{Naming, RuleChange, SandboxOptions};
 use agent_sandbox::{CancelToken, Command, Error as CoreError, ExecOptions, Output};
@@ -26,26 +25,24 @@ use napi_derive::napi;
 type TextCallback = ThreadsafeFunction<String, (), String, Status, false, false, 1024>;
 type ErrorClass = FunctionRef<FnArgs<(String, String)>, Unknown<'static>>;
 
-static ERROR_CLASS: OnceLock<ErrorClass> = OnceLock::new();
-
-/// Registers the loader's `SandboxError` class (`new SandboxError(message, code)`).
+/// Registers the loader's `SandboxError` class (`new SandboxError(message,
+/// code)`) for this JS environment (each worker thread has its own).
 #[napi]
 pub fn set_error_class(
+    env: Env,
     error_class: Function<FnArgs<(String, String)>, Unknown<'static>>,
 ) -> Result<()> {
-    let _ = ERROR_CLASS.set(error_class.create_ref()?);
-    Ok(())
+    env.set_instance_data(error_class.create_ref()?, (), |_| {})
 }
 
-/// A `SandboxError` for a core error, thrown or rejected as it is.
+/// A `SandboxError` for a core error, thrown or rejected as it is (a plain
+/// `Error` with the same message if the loader registered no class).
 fn js_error(env: &Env, e: &CoreError) -> Error {
-    let made = ERROR_CLASS
-        .get()
-        .ok_or_else(|| Error::from_reason("agent-sandbox: SandboxError is not registered"))
-        .and_then(|class| {
-            let args = FnArgs::from((e.to_string(), e.code().to_owned()));
-            class.borrow_back(env)?.new_instance(args)
-        });
+    let made = env.get_instance_data::<ErrorClass>().and_then(|class| {
+        let class = class.ok_or_else(|| Error::from_reason(e.to_string()))?;
+        let args = FnArgs::from((e.to_string(), e.code().to_owned()));
+        class.borrow_back(env)?.new_instance(args)
+    });
     match made {
         Ok(err) => Error::from(err),
         Err(failed) => failed,

@@ -99,7 +99,7 @@ fn command_request(req: &Value) -> Result<(Command, ExecOptions), Failure> {
         fields.remove(key);
     }
     let mut opts = ExecOptions::from_json(&Value::Object(fields).to_string(), Naming::Snake)?;
-    if req.get("stdin").is_none() {
+    if req.get("stdin").is_none_or(Value::is_null) {
         if let Some(data) = bytes(req, "stdin", "stdin_base64")? {
             opts = opts.stdin(data);
         }

@@ -13,9 +13,6 @@ use crate::proxy::{AuditEvent, Limits};
 use crate::runtime::PullProgress;
 use crate::{Error, Pool, Session};
 
-/// The image used when neither the builder nor `AGENT_SANDBOX_IMAGE` names one.
-pub const DEFAULT_IMAGE: &str = "debian:bookworm-slim";
-
 /// Setters that store their argument in the field of the same name.
 macro_rules! setters {
     ($($(#[$doc:meta])* $name:ident($arg:ident: $t:ty) => $value:expr;)*) => {$(
@@ -59,7 +56,7 @@ impl std::fmt::Debug for SandboxBuilder {
 
 impl SandboxBuilder {
     setters! {
-        /// The image. Default: `AGENT_SANDBOX_IMAGE`, else [`DEFAULT_IMAGE`]
+        /// The image. Default: `AGENT_SANDBOX_IMAGE`, else [`DEFAULT_IMAGE`](crate::DEFAULT_IMAGE)
         /// (`debian:bookworm-slim`). Used if present locally, pulled otherwise.
         image(image: impl Into<String>) => Some(image.into());
         /// The one read-write directory, mounted at `/workspace` (the working
@@ -98,6 +95,14 @@ impl SandboxBuilder {
         idle_timeout(idle: Option<Duration>) => idle;
         /// The proxy's limits. Default [`Limits::default`].
         proxy_limits(limits: Limits) => limits;
+        /// Called with each chunk of stdout as it arrives.
+        on_stdout(f: impl Fn(&[u8]) + Send + Sync + 'static) => Some(Arc::new(f));
+        /// Called with each chunk of stderr as it arrives.
+        on_stderr(f: impl Fn(&[u8]) + Send + Sync + 'static) => Some(Arc::new(f));
+        /// Called with each audit event as the proxy decides.
+        on_event(f: impl Fn(&AuditEvent) + Send + Sync + 'static) => Some(Arc::new(f));
+        /// Called with image pull progress (only when the image is pulled).
+        on_pull(f: impl Fn(&PullProgress) + Send + Sync + 'static) => Some(Arc::new(f));
     }
 
     /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
@@ -157,30 +162,6 @@ impl SandboxBuilder {
         self.s
             .mounts
             .push((host.into(), container_path.into(), false));
-        self
-    }
-
-    /// Called with each chunk of stdout as it arrives.
-    pub fn on_stdout(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
-        self.s.on_stdout = Some(Arc::new(f));
-        self
-    }
-
-    /// Called with each chunk of stderr as it arrives.
-    pub fn on_stderr(mut self, f: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
-        self.s.on_stderr = Some(Arc::new(f));
-        self
-    }
-
-    /// Called with each audit event as the proxy decides.
-    pub fn on_event(mut self, f: impl Fn(&AuditEvent) + Send + Sync + 'static) -> Self {
-        self.s.on_event = Some(Arc::new(f));
-        self
-    }
-
-    /// Called with image pull progress (only when the image is pulled).
-    pub fn on_pull(mut self, f: impl Fn(&PullProgress) + Send + Sync + 'static) -> Self {
-        self.s.on_pull = Some(Arc::new(f));
         self
     }
 

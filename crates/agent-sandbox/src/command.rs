@@ -212,14 +212,18 @@ pub(crate) struct Capture {
     pub(crate) buf: Vec<u8>,
     limit: usize,
     pub(crate) truncated: bool,
+    /// The first bytes, whatever the limit (init's own messages start there).
+    pub(crate) head: Vec<u8>,
 }
+
+/// How many first bytes a [`Capture`] keeps whatever its limit.
+const HEAD: usize = 128;
 
 impl Capture {
     pub(crate) fn new(limit: usize) -> Capture {
         Capture {
-            buf: Vec::new(),
             limit,
-            truncated: false,
+            ..Capture::default()
         }
     }
 
@@ -227,12 +231,15 @@ impl Capture {
     pub(crate) fn cut(buf: Vec<u8>, limit: usize) -> Capture {
         Capture {
             truncated: buf.len() >= limit,
+            head: buf[..buf.len().min(HEAD)].to_vec(),
             buf,
             limit,
         }
     }
 
     pub(crate) fn push(&mut self, bytes: &[u8]) {
+        let room = HEAD.saturating_sub(self.head.len());
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         let room = self.limit.saturating_sub(self.buf.len());
         if bytes.len() > room {
             self.truncated = true;

@@ -11,6 +11,9 @@ use crate::proxy::{EventSink, Limits};
 use crate::runtime::PullProgress;
 use crate::Error;
 
+/// The image used when neither the builder nor `AGENT_SANDBOX_IMAGE` names one.
+pub const DEFAULT_IMAGE: &str = "debian:bookworm-slim";
+
 /// A callback fed image pull progress.
 pub(crate) type PullSink = Arc<dyn Fn(&PullProgress) + Send + Sync>;
 
@@ -124,6 +127,13 @@ impl Settings {
             return Err(bad(
                 "cpus",
                 format!("{} must be a positive number", self.cpus),
+            ));
+        }
+        if self.tmp_size < 1 << 20 {
+            // Docker reads a tmpfs size of 0 as "no limit".
+            return Err(bad(
+                "tmp size",
+                format!("{} bytes is below the minimum of 1 MiB", self.tmp_size),
             ));
         }
         if self.pids < 8 {

@@ -12,8 +12,7 @@ use agent_sandbox_wire::{InitArgs, MountCheck, MOUNT_MISMATCH_EXIT, MOUNT_MISMAT
 use tokio::sync::broadcast;
 
 use crate::audit::EventLog;
-use crate::builder::DEFAULT_IMAGE;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_IMAGE};
 use crate::proxy::{AuditEvent, Limits, Listen, Proxy, ProxyHandle};
 use crate::runtime::{
     labels, owner_label_value, ContainerSpec, Engine, Mount, PullProgress, Resources,
@@ -129,17 +128,20 @@ impl Launched {
     }
 
     /// The error for a sandbox whose init refused its mounts: exit code
-    /// [`MOUNT_MISMATCH_EXIT`] (and, for a run, its message on stderr).
-    pub(crate) fn mount_mismatch(&self, code: Option<i64>, stderr: &[u8]) -> Option<Error> {
+    /// [`MOUNT_MISMATCH_EXIT`] from a sandbox with bind mounts, and for a run
+    /// (`stderr_head`: the first bytes of its stderr, kept whatever the output
+    /// limit) init's message; a session's container exits so only by init.
+    pub(crate) fn mount_mismatch(
+        &self,
+        code: Option<i64>,
+        stderr_head: Option<&[u8]>,
+    ) -> Option<Error> {
+        let session = format!("{MOUNT_MISMATCH_TEXT}a bind mount is not the checked directory");
+        let message = stderr_head.unwrap_or(session.as_bytes());
         let refused = code == Some(i64::from(MOUNT_MISMATCH_EXIT))
-            && (stderr.is_empty() || stderr.starts_with(MOUNT_MISMATCH_TEXT.as_bytes()));
-        refused.then(|| {
-            let text: &[u8] = match stderr {
-                [] => b"a bind mount is not the checked directory",
-                s => s,
-            };
-            mount_mismatch_error(&self.checked, text)
-        })
+            && !self.checked.is_empty()
+            && message.starts_with(MOUNT_MISMATCH_TEXT.as_bytes());
+        refused.then(|| mount_mismatch_error(&self.checked, message))
     }
 
     /// Removes setuid/setgid bits from files in the read-write bind mounts
@@ -283,13 +285,22 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             init_args.command = argv;
             init_args.cwd = cwd;
             if let Some(data) = stdin {
-                // Beside the sockets, readable by the sandbox user only.
-                let path = dir.0.join("stdin");
-                std::fs::write(&path, data).map_err(|e| Error::io("write", &path, e))?;
+                // Beside the sockets, under a name no one can guess (the
+                // directory is not listable), readable by the sandbox user
+                // only: its owner, or given to it when we can (a root
+                // caller); else readable by name, like the sockets.
+                let name = format!("stdin-{}", new_id());
+                let path = dir.0.join(&name);
+                write_private(&path, &data)?;
                 if custom_user {
-                    share_socket(&path, sandbox_ids)?;
+                    let given = sandbox_ids.is_some_and(|(u, g)| {
+                        std::os::unix::fs::chown(&path, Some(u), Some(g)).is_ok()
+                    });
+                    let mode = if given { 0o400 } else { 0o444 };
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| Error::io("set permissions of", &path, e))?;
                 }
-                init_args.stdin = Some(net.join("stdin"));
+                init_args.stdin = Some(net.join(name));
             }
         }
         // Init connects to the host's exec socket: the container never
@@ -335,6 +346,19 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         go,
         config,
     })
+}
+
+/// Creates `path` (it must not exist) readable and writable by its owner only.
+fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| Error::io("write", path, e))
 }
 
 fn non_empty_var(name: &str) -> Option<String> {

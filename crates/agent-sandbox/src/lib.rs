@@ -81,8 +81,9 @@ pub mod runtime;
 pub mod session;
 mod workspace;
 
-pub use builder::{Sandbox, SandboxBuilder, DEFAULT_IMAGE};
+pub use builder::{Sandbox, SandboxBuilder};
 pub use command::{CancelToken, Command, Output};
+pub use config::DEFAULT_IMAGE;
 pub use error::Error;
 pub use options::{parse_size, ExecOptions, SandboxOptions};
 pub use pool::Pool;

@@ -650,5 +650,8 @@ mod tests {
         );
         assert!("x:".parse::<MountSpec>().is_err() && "-1".parse::<Seconds>().is_err());
         assert!(RuleChange::new("remove", "x").is_err());
+        // Docker reads a tmpfs size of 0 as "no limit": refused.
+        let zero = SandboxOptions::from_json(r#"{"tmp_size": 0}"#, Naming::Snake).unwrap();
+        assert!(crate::Sandbox::builder().options(zero).check().is_err());
     }
 }

@@ -16,19 +16,21 @@ use crate::Error;
 /// Runs `argv` in a fresh sandbox of `config` with the per-run `opts`, and
 /// removes the sandbox however the run ends.
 pub(crate) async fn run(
-    mut config: Config,
+    config: Config,
     argv: Vec<String>,
     opts: ExecOptions,
 ) -> Result<Output, Error> {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now();
     let cwd = crate::session::workdir(opts.workdir.as_deref())?;
-    let s = &mut config.s;
+    let mut s = config.s;
     s.env.extend(opts.env_pairs());
     s.timeout = opts.timeout.map(|t| t.0).or(s.timeout);
     s.output_limit = opts.output_limit.map_or(s.output_limit, |l| l.as_usize());
     s.on_stdout = opts.on_stdout.or(s.on_stdout.take());
     s.on_stderr = opts.on_stderr.or(s.on_stderr.take());
+    // The per-run options are checked like the sandbox's own.
+    let config = s.validate()?;
     let mode = Mode::Run {
         argv,
         cwd: (cwd != "/workspace").then_some(cwd),
@@ -40,7 +42,7 @@ pub(crate) async fn run(
     container.remove().await;
     launched.release().await;
     let (ended, captured) = result?;
-    if let Some(e) = launched.mount_mismatch(Some(ended.code), &captured.1.buf) {
+    if let Some(e) = launched.mount_mismatch(Some(ended.code), Some(&captured.1.head)) {
         return Err(e);
     }
     let setid_stripped = launched.strip_setid(started_at);
@@ -87,7 +89,7 @@ async fn supervise(
     }
     let deadline = s
         .timeout
-        .map(|t| tokio::time::Instant::from_std(started) + t);
+        .and_then(|t| tokio::time::Instant::from_std(started).checked_add(t));
     let cancel = s.cancel.clone();
     let mut timed_out = false;
     let exit = tokio::select! {

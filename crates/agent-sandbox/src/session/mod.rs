@@ -89,7 +89,7 @@ impl Session {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {
                     if tokio::time::Instant::now() > ready || !engine.is_running(container.id()).await {
                         let code = engine.exit_code(container.id()).await;
-                        return Err(launched.mount_mismatch(code, &[]).unwrap_or_else(|| Error::engine(
+                        return Err(launched.mount_mismatch(code, None).unwrap_or_else(|| Error::engine(
                             "start a session",
                             "the sandbox's init never connected to its exec socket (is the image's architecture the host's?)",
                         )));
@@ -166,7 +166,9 @@ impl Session {
         let limit = opts.output_limit.map_or(s.output_limit, |l| l.as_usize());
         let (mut out, mut err) = (Capture::new(limit), Capture::new(limit));
         let mark = self.inner.launched.events.mark();
-        let deadline = opts.timeout.map(|t| t.0).or(s.timeout).map(|t| started + t);
+        let timeout = opts.timeout.map(|t| t.0).or(s.timeout);
+        // A timeout past the clock's range is no timeout.
+        let deadline = timeout.and_then(|t| started.checked_add(t));
         let request = agent_sandbox_wire::Request {
             argv,
             env: opts.env_pairs(),

@@ -220,6 +220,82 @@ async fn exit_codes_and_output_pass_through() {
     assert!(out.stderr_str().contains("/no/such/program"));
 }
 
+/// Finding (review): a command's own exit 120 was taken for init's mount
+/// refusal whenever its stderr was empty or not kept. Only init's message
+/// counts, and it is seen whatever the output limit.
+#[tokio::test]
+async fn a_command_exiting_120_is_not_a_mount_refusal() {
+    let _engine = engine_shared().await;
+    let ws = tempdir("exit120");
+    for limit in [0, 16 << 20] {
+        let out = sandbox()
+            .workspace(&ws)
+            .output_limit(limit)
+            .run("exit 120")
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, 120);
+    }
+}
+
+/// One-shot runs take the exec options; stdin travels as a file in the
+/// sandbox's host directory, under a name no one can guess, readable by the
+/// sandbox user only.
+#[tokio::test]
+async fn run_stdin_is_private_to_the_sandbox_user() {
+    let _engine = engine_shared().await;
+    let before = net_dirs();
+    let opts = agent_sandbox::ExecOptions::new()
+        .stdin("secret")
+        .env("A", "a");
+    let run =
+        tokio::spawn(async move { sandbox().run_with("read x; echo $x$A; sleep 2", opts).await });
+    let mut seen = None;
+    for _ in 0..100 {
+        let new: Vec<_> = net_dirs()
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
+        let files: Vec<_> = new
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).unwrap().flatten())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("stdin"))
+            .collect();
+        if let Some(f) = files.first() {
+            seen = Some((f.file_name(), f.metadata().unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (name, meta) = seen.expect("the stdin file exists while the run does");
+    assert_ne!(name.to_string_lossy(), "stdin", "its name is not guessable");
+    assert_eq!(
+        meta.mode() & 0o077,
+        0,
+        "no one but its owner reads it: {:o}",
+        meta.mode()
+    );
+    let out = run.await.unwrap().unwrap();
+    assert_eq!(out.stdout_str(), "secreta\n");
+}
+
+/// The host directories of this process's sandboxes.
+fn net_dirs() -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            n.starts_with("agent-sandbox-") && n.contains("-net-")
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn streaming_callbacks_see_output_as_it_arrives() {
     let _engine = engine_shared().await;
