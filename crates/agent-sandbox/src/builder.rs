@@ -24,6 +24,17 @@ macro_rules! setters {
     )*};
 }
 
+/// Rule setters that forward to the [`PolicyBuilder`] method of the same name.
+macro_rules! rules {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, rule: impl Into<String>) -> Self {
+            self.s.policy = self.s.policy.$name(rule);
+            self
+        }
+    )*};
+}
+
 /// Entry point: `Sandbox::builder()`.
 #[derive(Debug)]
 pub struct Sandbox;
@@ -105,28 +116,15 @@ impl SandboxBuilder {
         on_pull(f: impl Fn(&PullProgress) + Send + Sync + 'static) => Some(Arc::new(f));
     }
 
-    /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
-    pub fn allow(mut self, rule: impl Into<String>) -> Self {
-        self.s.policy = self.s.policy.allow(rule);
-        self
-    }
-
-    /// Denies a host rule; deny wins.
-    pub fn deny(mut self, rule: impl Into<String>) -> Self {
-        self.s.policy = self.s.policy.deny(rule);
-        self
-    }
-
-    /// Allows a network (the only way to reach IP literals and private ranges).
-    pub fn allow_cidr(mut self, cidr: impl Into<String>) -> Self {
-        self.s.policy = self.s.policy.allow_cidr(cidr);
-        self
-    }
-
-    /// Denies a network.
-    pub fn deny_cidr(mut self, cidr: impl Into<String>) -> Self {
-        self.s.policy = self.s.policy.deny_cidr(cidr);
-        self
+    rules! {
+        /// Allows a host rule (see [`crate::policy`]). Default: nothing is allowed.
+        allow;
+        /// Denies a host rule; deny wins.
+        deny;
+        /// Allows a network (the only way to reach IP literals and private ranges).
+        allow_cidr;
+        /// Denies a network.
+        deny_cidr;
     }
 
     /// Pins `name:port` to `addr`, like curl's `--resolve`.
