@@ -240,7 +240,11 @@ async fn a_command_exiting_120_is_not_a_mount_refusal() {
 
 /// One-shot runs take the exec options; stdin travels as a file in the
 /// sandbox's host directory, under a name no one can guess, readable by the
-/// sandbox user only.
+/// sandbox user only. Attack: another sandbox that sees the host's temp
+/// directory (a caller mounted it) cannot list the directory, and one running
+/// as another user cannot read the file even told its exact path. (A sandbox
+/// of the same uid that is told the name could: the name's 48 random bits are
+/// then the only wall; see the README's known limits.)
 #[tokio::test]
 async fn run_stdin_is_private_to_the_sandbox_user() {
     let _engine = engine_shared().await;
@@ -249,7 +253,7 @@ async fn run_stdin_is_private_to_the_sandbox_user() {
         .stdin("secret")
         .env("A", "a");
     let run =
-        tokio::spawn(async move { sandbox().run_with("read x; echo $x$A; sleep 2", opts).await });
+        tokio::spawn(async move { sandbox().run_with("read x; echo $x$A; sleep 3", opts).await });
     let mut seen = None;
     for _ in 0..100 {
         let new: Vec<_> = net_dirs()
@@ -262,21 +266,68 @@ async fn run_stdin_is_private_to_the_sandbox_user() {
             .filter(|e| e.file_name().to_string_lossy().starts_with("stdin"))
             .collect();
         if let Some(f) = files.first() {
-            seen = Some((f.file_name(), f.metadata().unwrap()));
+            seen = Some((f.path(), f.metadata().unwrap()));
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (name, meta) = seen.expect("the stdin file exists while the run does");
-    assert_ne!(name.to_string_lossy(), "stdin", "its name is not guessable");
+    let (path, meta) = seen.expect("the stdin file exists while the run does");
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert_ne!(name, "stdin", "its name is not guessable");
     assert_eq!(
         meta.mode() & 0o077,
         0,
         "no one but its owner reads it: {:o}",
         meta.mode()
     );
+    let tmp = std::env::temp_dir();
+    let inside = Path::new("/hosttmp").join(path.strip_prefix(&tmp).unwrap());
+    let dir = inside.parent().unwrap().display().to_string();
+    let attack = format!(
+        "ls /hosttmp >/dev/null && echo mounted; ls {dir} && echo LISTED; cat {} && echo READ",
+        inside.display()
+    );
+    for (user, told) in [("1234:1234", true), ("65534:65534", false)] {
+        let attack = if told {
+            attack.clone()
+        } else {
+            format!("ls /hosttmp >/dev/null && echo mounted; ls {dir} && echo LISTED")
+        };
+        let out = sandbox()
+            .user(user)
+            .mount(&tmp, "/hosttmp")
+            .run(attack.as_str())
+            .await
+            .unwrap();
+        let said = out.stdout_str();
+        assert!(
+            said.starts_with("mounted"),
+            "control: the mount is there ({user}): {said}"
+        );
+        assert!(
+            !said.contains("LISTED"),
+            "{user} listed the directory: {said}"
+        );
+        assert!(
+            !said.contains("READ") && !said.contains("secret"),
+            "{user} read another sandbox's stdin: {said}"
+        );
+    }
     let out = run.await.unwrap().unwrap();
-    assert_eq!(out.stdout_str(), "secreta\n");
+    assert_eq!(
+        out.stdout_str(),
+        "secreta\n",
+        "control: the run itself read it"
+    );
+    let err = sandbox()
+        .run_with("true", agent_sandbox::ExecOptions::new().workdir("/etc"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        "invalid_argument",
+        "a run's workdir stays in /workspace"
+    );
 }
 
 /// The host directories of this process's sandboxes.
