@@ -87,7 +87,10 @@ export interface RunOptions extends ExecOptions {
 export interface SandboxEvent {
   time: string
   sandboxId?: string
-  verdict: 'allow' | 'deny'
+  /** `error`: allowed, but resolving or connecting failed (not a policy decision). */
+  verdict: 'allow' | 'deny' | 'error'
+  /** `capture`: init captured a connection to a name it resolved (the program ignored the proxy variables). */
+  via: 'proxy' | 'capture'
   method: string
   host: string
   port: number
@@ -112,6 +115,8 @@ export interface RunResult {
   oomKilled: boolean
   durationMs: number
   events: SandboxEvent[]
+  /** The events that were not allowed through (`deny` and `error`), with host, port and reason. */
+  refusals: SandboxEvent[]
   eventsDropped: number
   /** Workspace files whose setuid/setgid bits were removed afterwards. */
   setidStripped: string[]

@@ -57,7 +57,8 @@ class Event:
     event with a ``count``)."""
 
     verdict: str
-    """``allow`` or ``deny``."""
+    """``allow``, ``deny`` (refused: policy, malformed, a limit) or ``error``
+    (allowed, but resolving or connecting failed)."""
     host: str
     port: int
     method: str
@@ -70,6 +71,9 @@ class Event:
     duration_ms: int = 0
     count: int = 1
     sandbox_id: str | None = None
+    via: str = "proxy"
+    """``proxy`` (the program used the proxy variables) or ``capture`` (init
+    captured a connection to a name it resolved)."""
 
     @property
     def allowed(self) -> bool:
@@ -117,6 +121,13 @@ class RunResult:
     @property
     def stderr(self) -> str:
         return self.stderr_bytes.decode("utf-8", "replace")
+
+    @property
+    def refusals(self) -> list[Event]:
+        """The events that were not allowed through: refused by the policy
+        (``deny``) or allowed but unreachable (``error``), with host, port
+        and reason."""
+        return [e for e in self.events if e.verdict != "allow"]
 
     @property
     def success(self) -> bool:

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_sandbox::policy::{Policy, PolicyBuilder};
-use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy, Verdict};
+use agent_sandbox::proxy::{AuditEvent, Limits, Listen, Proxy, Verdict, Via};
 use agent_sandbox::runtime::{gc, Engine, PullProgress};
 use agent_sandbox::{
     CancelToken, Command as SandboxCommand, Sandbox, SandboxBuilder, SandboxOptions,
@@ -243,7 +243,7 @@ async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
             return Ok(128 + sig);
         }
     };
-    print_refusals(&out.events, out.events_dropped);
+    print_refusals(&out.refusals().collect::<Vec<_>>(), out.events_dropped);
     if out.oom_killed {
         eprintln!("agent-sandbox: the command was killed for exceeding the memory limit");
     }
@@ -263,19 +263,22 @@ async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
 /// Most distinct refusals the summary lists.
 const SUMMARY_LINES: usize = 20;
 
-/// One line per distinct refusal (method, host, port, reason) with how many
-/// times it happened, so a retry loop is one line, not six, and a flood is
-/// a count; at most [`SUMMARY_LINES`] lines.
-fn print_refusals(events: &[AuditEvent], dropped: u64) {
-    /// Method, host, port, reason.
-    type Refusal<'a> = (&'a str, &'a str, u16, &'a str);
-    let mut seen: Vec<(Refusal<'_>, u64)> = Vec::new();
-    for e in events.iter().filter(|e| e.verdict == Verdict::Deny) {
+/// One line per distinct refusal or failure (verdict, method, host, port,
+/// reason, how it came) with how many times it happened, so a retry loop
+/// is one line, not six, and a flood is a count; at most [`SUMMARY_LINES`]
+/// lines.
+fn print_refusals(refusals: &[&AuditEvent], dropped: u64) {
+    /// Verdict, method, host, port, reason, via.
+    type Key<'a> = (Verdict, &'a str, &'a str, u16, &'a str, Via);
+    let mut seen: Vec<(Key<'_>, u64)> = Vec::new();
+    for e in refusals {
         let key = (
+            e.verdict,
             e.method.as_str(),
             e.host.as_str(),
             e.port,
             e.reason.as_deref().unwrap_or("denied"),
+            e.via,
         );
         match seen.iter_mut().find(|(k, _)| *k == key) {
             Some((_, n)) => *n += e.count,
@@ -285,15 +288,33 @@ fn print_refusals(events: &[AuditEvent], dropped: u64) {
     if seen.is_empty() {
         return;
     }
-    let total: u64 = seen.iter().map(|(_, n)| n).sum();
-    eprintln!("agent-sandbox: {total} network request(s) refused by the policy:");
-    for ((method, host, port, reason), n) in seen.iter().take(SUMMARY_LINES) {
+    let count = |v: Verdict| -> u64 {
+        seen.iter()
+            .filter(|(k, _)| k.0 == v)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let (denied, failed) = (count(Verdict::Deny), count(Verdict::Error));
+    let mut what = Vec::new();
+    if denied > 0 {
+        what.push(format!("{denied} network request(s) refused by the policy"));
+    }
+    if failed > 0 {
+        what.push(format!("{failed} allowed but failed to connect"));
+    }
+    eprintln!("agent-sandbox: {}:", what.join(", "));
+    for ((verdict, method, host, port, reason, via), n) in seen.iter().take(SUMMARY_LINES) {
         let times = if *n > 1 {
             format!(" x{n}")
         } else {
             String::new()
         };
-        eprintln!("  {method} {host}:{port} ({reason}){times}");
+        let how = match (verdict, via) {
+            (Verdict::Error, _) => ", failed",
+            (_, Via::Capture) => ", captured",
+            _ => "",
+        };
+        eprintln!("  {method} {host}:{port} ({reason}{how}){times}");
     }
     if seen.len() > SUMMARY_LINES {
         eprintln!("  ... and {} more", seen.len() - SUMMARY_LINES);

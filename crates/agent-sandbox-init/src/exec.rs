@@ -322,6 +322,10 @@ pub fn connect(path: PathBuf, reaped: Arc<Reaped>) -> io::Result<()> {
             if tag == tag::TERMINATE {
                 crate::end_all();
             }
+            if tag == tag::PORTS {
+                crate::net::set_ports(wire::decode_ports(&id));
+                continue;
+            }
             if tag != tag::NEW || id.len() != 8 {
                 continue;
             }

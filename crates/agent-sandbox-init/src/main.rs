@@ -15,6 +15,8 @@
 //!   SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2 and SIGWINCH to that group (PID 1 gets no
 //!   default signal handling from the kernel, so without this `docker stop`
 //!   would wait for its timeout);
+//! - answers DNS and captures connections to the names it answered for,
+//!   through the same proxy socket (see `net.rs`);
 //! - reaps every zombie (orphans are re-parented to PID 1);
 //! - exits with the command's exit code, or 128 + the signal that killed it.
 //!
@@ -32,7 +34,9 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::thread;
 
+mod dns;
 mod exec;
+mod net;
 // The host's half of the contract (encoding requests, writing these
 // arguments) is unused here.
 #[allow(dead_code)]
@@ -156,6 +160,12 @@ fn bridge(client: TcpStream, socket: &PathBuf) {
         // The proxy is gone: the connection just closes.
         return;
     };
+    splice(client, upstream);
+}
+
+/// Copies both ways between a sandbox connection and the proxy socket
+/// until both sides are done, half-closing each as the other ends.
+pub(crate) fn splice(client: TcpStream, upstream: UnixStream) {
     let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
         return;
     };
@@ -246,6 +256,12 @@ fn main() -> ExitCode {
     if let (Some(port), Some(socket)) = (args.port, args.socket.clone()) {
         if let Err(e) = start_bridge(port, socket) {
             eprintln!("agent-sandbox-init: cannot listen on 127.0.0.1:{port}: {e}");
+            return ExitCode::from(125);
+        }
+    }
+    if let (Some(ports), Some(socket)) = (args.capture_ports.clone(), args.socket.clone()) {
+        if let Err(e) = net::start(socket, ports) {
+            eprintln!("agent-sandbox-init: cannot serve DNS on 127.0.0.53:53 ({e}); the engine did not apply the sysctl net.ipv4.ip_unprivileged_port_start=0");
             return ExitCode::from(125);
         }
     }

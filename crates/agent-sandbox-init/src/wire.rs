@@ -26,6 +26,9 @@ pub mod tag {
     pub const NEW: u8 = b'N';
     /// Host to init, control: kill everything and exit.
     pub const TERMINATE: u8 = b'T';
+    /// Host to init, control: the ports capture listens on from now on
+    /// (the policy changed; payload: u16 big-endian each).
+    pub const PORTS: u8 = b'P';
     /// Init to host, on a new connection: this is exec `id` (u64).
     pub const ACCEPT: u8 = b'A';
     /// Host to init: the exec request ([`Request`](super::Request)).
@@ -59,6 +62,34 @@ pub const MOUNT_MISMATCH_TEXT: &str = "agent-sandbox-init: mount check failed: "
 /// The argument that makes init a child that never exits (a session's
 /// placeholder command, so PID 1 always has a child to wait for).
 pub const PAUSE: &str = "--pause";
+
+/// Where init answers DNS inside the sandbox (the sandbox's
+/// `/etc/resolv.conf` names it).
+pub const DNS_ADDR: [u8; 4] = [127, 0, 0, 53];
+/// The synthetic addresses init hands out are `127.100.x.y`: one per name.
+pub const SYNTHETIC_PREFIX: [u8; 2] = [127, 100];
+/// The header on a captured connection's `CONNECT`, so the proxy's event
+/// says how the connection came (`capture`). Informational: any program in
+/// the sandbox can send it, and it changes no decision.
+pub const VIA_HEADER: &str = "x-agent-sandbox-via";
+
+/// A list of ports as a frame payload (u16 big-endian each).
+#[must_use]
+pub fn encode_ports(ports: &[u16]) -> Vec<u8> {
+    ports.iter().flat_map(|p| p.to_be_bytes()).collect()
+}
+
+/// The ports of a [`tag::PORTS`] payload (a trailing odd byte is ignored).
+#[must_use]
+pub fn decode_ports(p: &[u8]) -> Vec<u16> {
+    p.chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn join_ports(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
 
 /// One frame, ready to write.
 #[must_use]
@@ -202,6 +233,10 @@ pub struct InitArgs {
     pub cwd: Option<String>,
     /// A file to feed a one-shot run's command as stdin (`--stdin`).
     pub stdin: Option<PathBuf>,
+    /// DNS and capture: init answers DNS on [`DNS_ADDR`] and listens on
+    /// these ports of every synthetic address it hands out
+    /// (`--capture-ports 80,443`); `None`: neither.
+    pub capture_ports: Option<Vec<u16>>,
     /// The command of a one-shot run (after `--`); empty for a session.
     pub command: Vec<String>,
 }
@@ -224,6 +259,7 @@ impl InitArgs {
         opt("--wait-go", path(&self.wait_go));
         opt("--cwd", self.cwd.clone());
         opt("--stdin", path(&self.stdin));
+        opt("--capture-ports", self.capture_ports.as_deref().map(join_ports));
         for m in &self.mounts {
             a.push("--check-mount".into());
             a.push(format!("{}={}:{}", m.target.display(), m.dev, m.ino));
@@ -253,6 +289,15 @@ impl InitArgs {
                 "--wait-go" => out.wait_go = Some(value()?.into()),
                 "--cwd" => out.cwd = Some(value()?),
                 "--stdin" => out.stdin = Some(value()?.into()),
+                "--capture-ports" => {
+                    let v = value()?;
+                    let ports = v
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(|p| p.parse().map_err(|_| format!("bad --capture-ports {v:?}")))
+                        .collect::<Result<_, _>>()?;
+                    out.capture_ports = Some(ports);
+                }
                 "--check-mount" => {
                     let v = value()?;
                     let bad = || format!("bad --check-mount {v:?} (TARGET=DEV:INO)");
@@ -296,9 +341,17 @@ mod tests {
             wait_go: Some("/n/go".into()),
             cwd: Some("/workspace/a b".into()),
             stdin: Some("/n/stdin".into()),
+            capture_ports: Some(vec![80, 443, 22]),
             command: vec!["sh".into(), "-c".into(), "--port 1".into()],
         };
-        assert_eq!(InitArgs::parse(a.to_args().into_iter()), Ok(a));
+        assert_eq!(InitArgs::parse(a.to_args().into_iter()), Ok(a.clone()));
+        let none = InitArgs {
+            capture_ports: Some(vec![]),
+            ..a
+        };
+        assert_eq!(InitArgs::parse(none.to_args().into_iter()), Ok(none));
+        assert_eq!(decode_ports(&encode_ports(&[1, 65535])), vec![1, 65535]);
+        assert!(InitArgs::parse(["--capture-ports".into(), "80,x".into()].into_iter()).is_err());
         assert!(InitArgs::parse(["--port".to_owned()].into_iter()).is_err());
         assert!(InitArgs::parse(["--port".into(), "1".into()].into_iter()).is_err());
         assert!(InitArgs::parse(["--what".to_owned()].into_iter()).is_err());

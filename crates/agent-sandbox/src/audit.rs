@@ -105,10 +105,12 @@ impl EventLog {
     }
 }
 
-/// Two refusals the agent cannot tell apart (time and duration aside).
+/// Two refusals (or failures) the agent cannot tell apart (time and
+/// duration aside).
 fn same_refusal(a: &AuditEvent, b: &AuditEvent) -> bool {
-    a.verdict == Verdict::Deny
-        && b.verdict == Verdict::Deny
+    a.verdict != Verdict::Allow
+        && a.verdict == b.verdict
+        && a.via == b.via
         && a.method == b.method
         && a.host == b.host
         && a.port == b.port
@@ -131,6 +133,7 @@ mod tests {
             host: host.into(),
             port: 80,
             rule: None,
+            via: crate::proxy::Via::Proxy,
             reason: Some("no-matching-rule".into()),
             status: 403,
             bytes_up: 0,

@@ -132,8 +132,9 @@ impl Output {
     /// The result as JSON, the one shape every binding and `serve` hands
     /// on: `exit_code`, `stdout` and `stderr` (lossy UTF-8, left out when
     /// `with_output` is false), `stdout_truncated`, `stderr_truncated`,
-    /// `timed_out`, `oom_killed`, `duration_ms`, `events`, `events_dropped`,
-    /// `setid_stripped`, `sandbox_id`.
+    /// `timed_out`, `oom_killed`, `duration_ms`, `events`, `refusals` (the
+    /// events that are not `allow`: what the policy refused and what
+    /// failed to connect), `events_dropped`, `setid_stripped`, `sandbox_id`.
     #[must_use]
     pub fn to_json(&self, with_output: bool) -> serde_json::Value {
         let mut v = serde_json::json!({
@@ -144,6 +145,7 @@ impl Output {
             "oom_killed": self.oom_killed,
             "duration_ms": self.duration.as_secs_f64() * 1e3,
             "events": self.events,
+            "refusals": self.refusals().collect::<Vec<_>>(),
             "events_dropped": self.events_dropped,
             "setid_stripped": self.setid_stripped,
             "sandbox_id": self.sandbox_id,
@@ -153,6 +155,17 @@ impl Output {
             v["stderr"] = self.stderr_str().into();
         }
         v
+    }
+
+    /// The events of this command that were not allowed through: refused
+    /// by the policy ([`Verdict::Deny`](crate::proxy::Verdict)) or allowed
+    /// but unreachable (`Error`), each with host, port, reason and how the
+    /// connection came (`via`). What an agent reads to tell "not on the
+    /// allowlist" from "network down".
+    pub fn refusals(&self) -> impl Iterator<Item = &AuditEvent> {
+        self.events
+            .iter()
+            .filter(|e| e.verdict != crate::proxy::Verdict::Allow)
     }
 
     /// Exit code 0 and no timeout.

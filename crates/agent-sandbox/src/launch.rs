@@ -26,6 +26,10 @@ const PROXY_PORT: u16 = 3128;
 /// Where the init binary and the proxy socket directory appear in the container.
 const INIT_PATH: &str = "/.agent-sandbox/init";
 const NET_DIR: &str = "/.agent-sandbox/net";
+/// The sandbox's `/etc/resolv.conf`: init answers DNS, and never forwards.
+const RESOLV_CONF: &str = "# agent-sandbox: init answers every lookup with a local address and\n# never forwards one; connections to it go through the proxy.\nnameserver 127.0.0.53\noptions timeout:2 attempts:2\n";
+/// The sandbox's `/etc/hosts`: localhost and the sandbox's own name.
+const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n";
 static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
 
 /// What the container's init does.
@@ -238,6 +242,17 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             read_only: true,
         },
     ];
+    // Names resolve through init (see the init crate's `net.rs`), and
+    // /etc/hosts names only localhost and the sandbox.
+    for (name, text) in [("resolv.conf", RESOLV_CONF), ("hosts", HOSTS)] {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+        mounts.push(Mount {
+            host: path,
+            container: format!("/etc/{name}"),
+            read_only: true,
+        });
+    }
     mounts.extend(checked.iter().map(|c| Mount {
         host: c.path.clone(),
         container: c.target.clone(),
@@ -265,6 +280,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     let mut init_args = InitArgs {
         port: Some(PROXY_PORT),
         socket: Some(net.join("proxy.sock")),
+        capture_ports: Some(config.policy.capture_ports()),
         wait_go: host_checks.then(|| net.join("go")),
         mounts: if host_checks {
             Vec::new()
@@ -385,6 +401,9 @@ fn sandbox_env(user: &[(String, String)]) -> Vec<String> {
     ] {
         env.push(format!("{k}={proxy}"));
     }
+    // Node 22.x reads the proxy variables only when told to (its `fetch`
+    // ignores them otherwise; capture covers the versions before).
+    env.push("NODE_USE_ENV_PROXY=1".into());
     env.push("NO_PROXY=localhost,127.0.0.1,::1".into());
     env.push("no_proxy=localhost,127.0.0.1,::1".into());
     env.extend(user.iter().map(|(k, v)| format!("{k}={v}")));

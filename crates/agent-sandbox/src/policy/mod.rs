@@ -332,6 +332,22 @@ impl Policy {
         PolicyBuilder::default()
     }
 
+    /// The ports a sandbox's transparent capture listens on: 80 and 443,
+    /// and every port an allow rule names (`git.example.test:22`). A
+    /// `host:*` rule adds none (capture cannot listen on every port; such
+    /// hosts are reached on other ports through the proxy variables).
+    #[must_use]
+    pub fn capture_ports(&self) -> Vec<u16> {
+        let mut ports = vec![80, 443];
+        ports.extend(self.allow.rules.iter().filter_map(|r| match r.ports {
+            Ports::One(p) => Some(p),
+            Ports::Default | Ports::Any => None,
+        }));
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
     /// A policy that allows nothing.
     #[must_use]
     pub fn deny_all() -> Policy {

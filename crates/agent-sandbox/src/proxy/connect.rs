@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
 use super::event::EventGuard;
-use super::{empty, sanitize, ProxyBody, Refusal, Shared};
+use super::{empty, sanitize, ProxyBody, Refusal, Shared, Via};
 use crate::policy::parse_authority;
 
 const METHOD: &str = "CONNECT";
@@ -21,6 +21,10 @@ const BUF: usize = 64 * 1024;
 
 pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
+    let via = match req.headers().get(agent_sandbox_wire::VIA_HEADER) {
+        Some(v) if v.as_bytes() == b"capture" => Via::Capture,
+        _ => Via::Proxy,
+    };
     let uri = req.uri();
     let raw = match (uri.scheme(), uri.authority(), uri.path()) {
         (None, Some(a), "" | "/") => a.as_str().to_owned(),
@@ -33,7 +37,8 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
                 Refusal::new(
                     StatusCode::BAD_REQUEST,
                     "malformed; error=CONNECT needs host:port",
-                ),
+                )
+                .via(via),
             );
         }
     };
@@ -47,16 +52,17 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
                 Refusal::new(
                     StatusCode::BAD_REQUEST,
                     format!("malformed; error={}", e.code()),
-                ),
+                )
+                .via(via),
             );
         }
     };
     let shown = host.to_string();
-    let target = match shared.authorize(host, port).await {
+    let target = match shared.authorize(host, port, via).await {
         Ok(t) => t,
         Err(r) => return shared.refuse(METHOD, &shown, port, r),
     };
-    let guard = shared.guard(started, METHOD, &target);
+    let guard = shared.guard(started, METHOD, &target, via);
     guard.set_status(200);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = shared.limits.idle_timeout;

@@ -6,14 +6,31 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-/// Allowed or denied.
+/// Allowed, denied, or allowed but not reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// The policy allowed the destination (the connection may still have failed: see `status`).
+    /// The policy allowed the destination and the proxy reached it.
     Allow,
     /// The request was refused (policy, malformed request, or a limit).
     Deny,
+    /// The policy allowed the destination, but resolving or connecting to
+    /// it failed or timed out (`reason` says which): a network problem,
+    /// not a policy decision.
+    Error,
+}
+
+/// How a connection reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// A program used the proxy (`HTTP_PROXY`, `HTTPS_PROXY`).
+    #[default]
+    Proxy,
+    /// Init captured a connection to a name it resolved (a program that
+    /// ignores the proxy variables). What the sandbox says, informational:
+    /// it changes no decision.
+    Capture,
 }
 
 /// One decision of the proxy.
@@ -38,6 +55,8 @@ pub struct AuditEvent {
     pub port: u16,
     /// The rule that decided, as written.
     pub rule: Option<String>,
+    /// How the connection came: through the proxy variables or captured.
+    pub via: Via,
     /// Why it was refused or failed (`no-matching-rule`, `special-address; ...`).
     pub reason: Option<String>,
     /// The status the proxy answered with (200 for an established tunnel;

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use super::connect::tunnel;
 use super::event::EventGuard;
-use super::{sanitize, ProxyBody, Refusal, Shared};
+use super::{sanitize, ProxyBody, Refusal, Shared, Via};
 use crate::policy::{parse_authority, Host};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus
@@ -91,11 +91,11 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
             )
         }
     };
-    let target = match shared.authorize(host.clone(), port).await {
+    let target = match shared.authorize(host.clone(), port, Via::Proxy).await {
         Ok(t) => t,
         Err(r) => return shared.refuse(&method, &shown, port, r),
     };
-    let guard = shared.guard(started, &method, &target);
+    let guard = shared.guard(started, &method, &target, Via::Proxy);
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();

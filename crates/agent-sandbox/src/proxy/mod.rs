@@ -14,7 +14,7 @@ mod forward;
 mod listen;
 mod resolve;
 
-pub use event::{AuditEvent, EventSink, Verdict};
+pub use event::{AuditEvent, EventSink, Verdict, Via};
 pub use listen::{Listen, ListenAddr};
 pub use resolve::{BoxFuture, Dialer, Resolver, SystemResolver, TcpDialer};
 
@@ -416,11 +416,13 @@ where
     }
 }
 
-/// A refusal: status, reason (header value), and the deciding rule.
+/// A refusal: status, reason (header value), the deciding rule, and how
+/// the connection came.
 pub(crate) struct Refusal {
     status: StatusCode,
     reason: String,
     rule: Option<String>,
+    via: Via,
 }
 
 impl Refusal {
@@ -429,7 +431,13 @@ impl Refusal {
             status,
             reason: reason.into(),
             rule: None,
+            via: Via::Proxy,
         }
+    }
+
+    fn via(mut self, via: Via) -> Refusal {
+        self.via = via;
+        self
     }
 }
 
@@ -466,6 +474,7 @@ impl Shared {
             host: event::truncated(host, event::MAX_HOST_BYTES),
             port,
             rule,
+            via: Via::Proxy,
             reason: None,
             status: 0,
             bytes_up: 0,
@@ -485,14 +494,15 @@ impl Shared {
     }
 
     /// An event delivered when the returned guard is dropped.
-    fn guard(&self, started: Instant, method: &str, target: &Target) -> Arc<EventGuard> {
-        let e = self.event(
+    fn guard(&self, started: Instant, method: &str, target: &Target, via: Via) -> Arc<EventGuard> {
+        let mut e = self.event(
             Verdict::Allow,
             method,
             &target.host.to_string(),
             target.port,
             Some(target.rule.clone()),
         );
+        e.via = via;
         EventGuard::new(e, started, self.sink.clone())
     }
 
@@ -501,16 +511,25 @@ impl Shared {
         let verdict = if r.status == StatusCode::FORBIDDEN || r.status == StatusCode::BAD_REQUEST {
             Verdict::Deny
         } else {
-            Verdict::Allow
+            Verdict::Error
         };
-        let e = self.event(verdict, method, host, port, r.rule.clone());
+        let mut e = self.event(verdict, method, host, port, r.rule.clone());
+        e.via = r.via;
         self.emit_now(e, &r.reason, r.status.as_u16());
-        let what = if r.status == StatusCode::FORBIDDEN {
-            "blocked by the sandbox's network policy"
+        // The status line's reason phrase carries the reason too: curl,
+        // wget, pip, npm and Python print it verbatim.
+        let (what, phrase) = if r.status == StatusCode::FORBIDDEN {
+            (
+                "blocked by the sandbox's network policy",
+                "Blocked by agent-sandbox policy",
+            )
         } else if r.status == StatusCode::BAD_REQUEST {
-            "refused as malformed"
+            ("refused as malformed", "Refused by agent-sandbox as malformed")
         } else {
-            "could not be completed"
+            (
+                "could not be completed",
+                "agent-sandbox could not reach the destination",
+            )
         };
         let target = if port == 0 {
             host.to_owned()
@@ -523,6 +542,10 @@ impl Shared {
         }
         let mut resp = Response::new(full(body));
         *resp.status_mut() = r.status;
+        let phrase = format!("{phrase}: {}", event::truncated(&r.reason, 200));
+        if let Ok(p) = hyper::ext::ReasonPhrase::try_from(phrase.into_bytes()) {
+            resp.extensions_mut().insert(p);
+        }
         let h = resp.headers_mut();
         h.insert(
             DENIED_HEADER,
@@ -537,16 +560,19 @@ impl Shared {
     }
 
     /// Check the name, resolve once, check every address, dial a checked one.
-    async fn authorize(&self, host: Host, port: u16) -> Result<Target, Refusal> {
+    async fn authorize(&self, host: Host, port: u16, via: Via) -> Result<Target, Refusal> {
+        self.decide(host, port).await.map_err(|r| r.via(via))
+    }
+
+    async fn decide(&self, host: Host, port: u16) -> Result<Target, Refusal> {
         let policy = self
             .policy
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|e| e.into_inner().clone());
         let allowed = policy.check_host(&host, port).map_err(|d| Refusal {
-            status: StatusCode::FORBIDDEN,
-            reason: d.to_string(),
             rule: d.rule().map(str::to_owned),
+            ..Refusal::new(StatusCode::FORBIDDEN, d.to_string())
         })?;
         let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
         let addrs = match (&allowed.addrs, &host) {
@@ -576,9 +602,8 @@ impl Shared {
         policy
             .check_addrs(&addrs, port, allowed.pinned, &self.host_addrs)
             .map_err(|d| Refusal {
-                status: StatusCode::FORBIDDEN,
-                reason: d.to_string(),
                 rule: Some(allowed.rule.clone()),
+                ..Refusal::new(StatusCode::FORBIDDEN, d.to_string())
             })?;
         let mut last_err = None;
         for ip in addrs {

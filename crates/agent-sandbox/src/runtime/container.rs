@@ -115,6 +115,12 @@ impl ContainerSpec {
             ]),
             runtime: self.runtime.clone(),
             network_mode: Some("none".into()),
+            // The sandbox's own network namespace only: init binds DNS (53)
+            // and capture ports (80, 443) without any capability.
+            sysctls: Some(HashMap::from([(
+                "net.ipv4.ip_unprivileged_port_start".to_owned(),
+                "0".to_owned(),
+            )])),
             pids_limit: Some(self.resources.pids),
             memory: Some(self.resources.memory),
             memory_swap: Some(self.resources.memory),

@@ -130,6 +130,9 @@ pub(crate) struct ExecHub {
     /// another exec's connection and take it.
     id_key: std::collections::hash_map::RandomState,
     accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Init's capture ports: the latest list, and whether init has it yet.
+    ports: Mutex<(Vec<u16>, bool)>,
+    rt: tokio::runtime::Handle,
 }
 
 async fn read_small_frame(s: &mut UnixStream) -> std::io::Result<(u8, Vec<u8>)> {
@@ -143,9 +146,15 @@ async fn read_small_frame(s: &mut UnixStream) -> std::io::Result<(u8, Vec<u8>)> 
 impl ExecHub {
     /// Binds the socket and starts accepting. The future resolves when
     /// init's control connection has arrived.
-    pub(crate) fn listen(path: &Path) -> Result<(Arc<ExecHub>, oneshot::Receiver<()>), Error> {
+    /// `ports`: the capture ports init starts with.
+    pub(crate) fn listen(
+        path: &Path,
+        ports: Vec<u16>,
+    ) -> Result<(Arc<ExecHub>, oneshot::Receiver<()>), Error> {
         let listener = UnixListener::bind(path).map_err(io_err)?;
         let hub = Arc::new(ExecHub {
+            ports: Mutex::new((ports, true)),
+            rt: tokio::runtime::Handle::current(),
             control: tokio::sync::Mutex::new(None),
             init_gone: tokio::sync::watch::channel(false).0,
             pending: Mutex::new(HashMap::new()),
@@ -241,6 +250,36 @@ impl ExecHub {
         }
     }
 
+    /// Tells init the capture ports of a changed policy (at once, in the
+    /// background; an exec opened after this call finds them in place,
+    /// since control frames are read in order).
+    pub(crate) fn set_ports(self: &Arc<Self>, ports: Vec<u16>) {
+        match self.ports.lock() {
+            Ok(mut p) if p.0 != ports => *p = (ports, false),
+            _ => return,
+        }
+        let hub = self.clone();
+        self.rt.spawn(async move {
+            let mut control = hub.control.lock().await;
+            hub.flush_ports(&mut control).await;
+        });
+    }
+
+    async fn flush_ports(&self, control: &mut Option<OwnedWriteHalf>) {
+        let ports = match self.ports.lock() {
+            Ok(mut p) if !p.1 => {
+                p.1 = true;
+                p.0.clone()
+            }
+            _ => return,
+        };
+        if let Some(w) = control.as_mut() {
+            let _ = w
+                .write_all(&frame(tag::PORTS, &agent_sandbox_wire::encode_ports(&ports)))
+                .await;
+        }
+    }
+
     /// Asks init for a new exec connection.
     pub(crate) async fn open(&self) -> Result<UnixStream, Error> {
         let id = {
@@ -254,6 +293,7 @@ impl ExecHub {
         }
         let sent = {
             let mut control = self.control.lock().await;
+            self.flush_ports(&mut control).await;
             match control.as_mut() {
                 Some(w) => w
                     .write_all(&frame(tag::NEW, &id.to_be_bytes()))
@@ -322,7 +362,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("as-hub-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("exec.sock");
-        let (hub, ready) = ExecHub::listen(&path).unwrap();
+        let (hub, ready) = ExecHub::listen(&path, vec![]).unwrap();
         let mut control = UnixStream::connect(&path).await.unwrap();
         send(&mut control, tag::CONNECTED, &[]).await;
         ready.await.unwrap();
@@ -391,7 +431,7 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("as-hub-emfile-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("exec.sock");
-            let (hub, ready) = ExecHub::listen(&path).unwrap();
+            let (hub, ready) = ExecHub::listen(&path, vec![]).unwrap();
             // Use up every descriptor but one, which the client takes: the
             // hub's accept then has none for the connection.
             let mut hoard = Vec::new();

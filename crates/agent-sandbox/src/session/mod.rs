@@ -75,7 +75,8 @@ impl Session {
         let launched = launch(config, Mode::Session).await?;
         let socket = launched.exec_socket();
         // Listening before the container starts: init connects to it.
-        let (hub, control) = ExecHub::listen(&socket)?;
+        let ports = launched.config.policy.capture_ports();
+        let (hub, control) = ExecHub::listen(&socket, ports)?;
         launched.share(&socket)?;
         let container = ContainerGuard::create(&launched.engine, &launched.spec).await?;
         let engine = &launched.engine;
@@ -265,10 +266,12 @@ impl Session {
         let mut rules = self.inner.rules.lock().map_err(|_| Error::SessionClosed)?;
         let next = f(rules.clone());
         let policy = next.clone().build()?;
+        let ports = policy.capture_ports();
         self.inner
             .launched
             .with_proxy(|p| p.set_policy(policy))
             .ok_or(Error::SessionClosed)?;
+        self.inner.hub.set_ports(ports);
         *rules = next;
         Ok(())
     }
