@@ -288,12 +288,7 @@ fn print_refusals(refusals: &[&AuditEvent], dropped: u64) {
     if seen.is_empty() {
         return;
     }
-    let count = |v: Verdict| -> u64 {
-        seen.iter()
-            .filter(|(k, _)| k.0 == v)
-            .map(|(_, n)| n)
-            .sum()
-    };
+    let count = |v: Verdict| -> u64 { seen.iter().filter(|(k, _)| k.0 == v).map(|(_, n)| n).sum() };
     let (denied, failed) = (count(Verdict::Deny), count(Verdict::Error));
     let mut what = Vec::new();
     if denied > 0 {

@@ -153,12 +153,22 @@ mod tests {
         assert_eq!((rcode(&r), answers(&r)), (NOERROR, 1));
         assert_eq!(&r[..2], &[0xab, 0xcd], "the query's id");
         assert_eq!(&r[r.len() - 4..], &[127, 100, 0, 7]);
-        assert_eq!(u16_at(&r, 2).unwrap() & 0x8100, 0x8100, "a response, RD echoed");
+        assert_eq!(
+            u16_at(&r, 2).unwrap() & 0x8100,
+            0x8100,
+            "a response, RD echoed"
+        );
     }
 
     #[test]
     fn other_types_get_no_data_and_are_never_looked_up() {
-        for qtype in [28 /* AAAA */, 16 /* TXT */, 15 /* MX */, 33 /* SRV */, 255] {
+        for qtype in [
+            28, /* AAAA */
+            16, /* TXT */
+            15, /* MX */
+            33, /* SRV */
+            255,
+        ] {
             let r = answer(&query("a.test", qtype), |_| panic!("looked up")).unwrap();
             assert_eq!((rcode(&r), answers(&r)), (NOERROR, 0), "type {qtype}");
         }
@@ -168,7 +178,12 @@ mod tests {
     fn malformed_names_get_a_format_error_and_are_never_looked_up() {
         let long_label = "a".repeat(64);
         let long_name = ["abcdefghij"; 24].join(".");
-        for name in [long_label.as_str(), long_name.as_str(), "a b.test", "a\u{e9}.test"] {
+        for name in [
+            long_label.as_str(),
+            long_name.as_str(),
+            "a b.test",
+            "a\u{e9}.test",
+        ] {
             let r = answer(&query(name, TYPE_A), |_| panic!("looked up {name}")).unwrap();
             assert_eq!(rcode(&r), FORMERR, "{name:?}");
         }
@@ -181,7 +196,10 @@ mod tests {
         two[5] = 2;
         assert_eq!(rcode(&answer(&two, |_| panic!()).unwrap()), FORMERR);
         let q = query("a.test", TYPE_A);
-        assert_eq!(rcode(&answer(&q[..q.len() - 1], |_| panic!()).unwrap()), FORMERR);
+        assert_eq!(
+            rcode(&answer(&q[..q.len() - 1], |_| panic!()).unwrap()),
+            FORMERR
+        );
         let mut resp = query("a.test", TYPE_A);
         resp[2] |= 0x80;
         assert_eq!(answer(&resp, |_| panic!()), None);

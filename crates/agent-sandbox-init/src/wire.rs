@@ -88,7 +88,11 @@ pub fn decode_ports(p: &[u8]) -> Vec<u16> {
 }
 
 fn join_ports(ports: &[u16]) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One frame, ready to write.
@@ -259,7 +263,10 @@ impl InitArgs {
         opt("--wait-go", path(&self.wait_go));
         opt("--cwd", self.cwd.clone());
         opt("--stdin", path(&self.stdin));
-        opt("--capture-ports", self.capture_ports.as_deref().map(join_ports));
+        opt(
+            "--capture-ports",
+            self.capture_ports.as_deref().map(join_ports),
+        );
         for m in &self.mounts {
             a.push("--check-mount".into());
             a.push(format!("{}={}:{}", m.target.display(), m.dev, m.ino));

@@ -29,7 +29,8 @@ const NET_DIR: &str = "/.agent-sandbox/net";
 /// The sandbox's `/etc/resolv.conf`: init answers DNS, and never forwards.
 const RESOLV_CONF: &str = "# agent-sandbox: init answers every lookup with a local address and\n# never forwards one; connections to it go through the proxy.\nnameserver 127.0.0.53\noptions timeout:2 attempts:2\n";
 /// The sandbox's `/etc/hosts`: localhost and the sandbox's own name.
-const HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n";
+const HOSTS: &str =
+    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n";
 static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
 
 /// What the container's init does.
@@ -299,7 +300,9 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     match mode {
         Mode::Run { argv, cwd, stdin } => {
             init_args.command = argv;
-            init_args.cwd = cwd;
+            // Init enters the directory (the container starts in `/`: see
+            // `working_dir` below).
+            init_args.cwd = cwd.or_else(|| Some("/workspace".to_owned()));
             if let Some(data) = stdin {
                 // Beside the sockets, under a name no one can guess (the
                 // directory is not listable), readable by the sandbox user
@@ -330,7 +333,10 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         argv,
         env: sandbox_env(&s.env),
         user,
-        working_dir: "/workspace".into(),
+        // Not /workspace: the engine would create it in the image as
+        // root 0755 before mounting, and the scratch tmpfs of a sandbox
+        // without a workspace would copy that mode and be unwritable.
+        working_dir: "/".into(),
         mounts,
         extra_tmpfs,
         resources: Resources {

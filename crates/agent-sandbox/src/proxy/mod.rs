@@ -524,7 +524,10 @@ impl Shared {
                 "Blocked by agent-sandbox policy",
             )
         } else if r.status == StatusCode::BAD_REQUEST {
-            ("refused as malformed", "Refused by agent-sandbox as malformed")
+            (
+                "refused as malformed",
+                "Refused by agent-sandbox as malformed",
+            )
         } else {
             (
                 "could not be completed",

@@ -97,10 +97,12 @@ impl ContainerSpec {
                 "rw,nosuid,nodev,noexec,size=16777216,mode=755".to_owned(),
             ),
         ]);
+        // A scratch workspace allows exec, like a bind-mounted one (a venv,
+        // node_modules/.bin); /tmp keeps the engine's noexec.
         for (path, size) in &self.extra_tmpfs {
             tmpfs.insert(
                 path.clone(),
-                format!("rw,nosuid,nodev,size={size},mode=1777"),
+                format!("rw,nosuid,nodev,exec,size={size},mode=1777"),
             );
         }
         let host = HostConfig {

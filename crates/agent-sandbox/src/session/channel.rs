@@ -275,7 +275,10 @@ impl ExecHub {
         };
         if let Some(w) = control.as_mut() {
             let _ = w
-                .write_all(&frame(tag::PORTS, &agent_sandbox_wire::encode_ports(&ports)))
+                .write_all(&frame(
+                    tag::PORTS,
+                    &agent_sandbox_wire::encode_ports(&ports),
+                ))
                 .await;
         }
     }

@@ -120,6 +120,14 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         "our seccomp profile, not the engine's default"
     );
     assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    assert_eq!(
+        hc.sysctls,
+        Some(HashMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "0".to_owned()
+        )])),
+        "one sysctl, of the sandbox's own network namespace (init binds 53, 80, 443 without a capability)"
+    );
     assert_eq!(hc.pids_limit, Some(256));
     assert_eq!(hc.memory, Some(1 << 30));
     assert_eq!(hc.memory_swap, hc.memory, "no swap beyond the memory limit");
@@ -153,7 +161,9 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         "the caller's uid:gid"
     );
     assert!(cfg.env.unwrap().iter().any(|e| e == "HOME=/tmp"));
-    assert_eq!(cfg.working_dir.as_deref(), Some("/workspace"));
+    // Init enters /workspace for the command; the container starts in `/`
+    // (see `launch`: the engine would otherwise create the mount point).
+    assert_eq!(cfg.working_dir.as_deref(), Some("/"));
     let binds = hc.binds.unwrap();
     let ws_c = ws.canonicalize().unwrap();
     assert!(

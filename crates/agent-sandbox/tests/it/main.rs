@@ -1,5 +1,6 @@
 //! The crate's one integration test binary (`cargo test --test it`).
 //!
+//! - `capture`: DNS and transparent capture with real clients (the clients image)
 //! - `docker`: the jail against a real engine (hardening read back, escapes tried)
 //! - `session`: sessions against a real engine
 //! - `pool`: pools against a real engine
@@ -12,6 +13,7 @@
 
 mod support;
 
+mod capture;
 mod docker;
 mod policy;
 mod pool;

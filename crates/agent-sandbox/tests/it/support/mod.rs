@@ -2,5 +2,6 @@
 //! in-process proxy harness (`proxy`) and the Docker helpers (`docker`).
 
 pub mod canary;
+pub mod clients;
 pub mod docker;
 pub mod proxy;
