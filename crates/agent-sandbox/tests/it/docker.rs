@@ -184,6 +184,8 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         [
             ("/.agent-sandbox/init", "ro"),
             ("/.agent-sandbox/net", "ro"),
+            ("/etc/hosts", "ro"),
+            ("/etc/resolv.conf", "ro"),
             ("/workspace", "rw")
         ],
         "exactly these binds: {binds:?}"
@@ -536,20 +538,41 @@ async fn direct_connections_cannot_leave_the_sandbox() {
     .unwrap();
 }
 
+/// Names resolve inside, to a distinct synthetic loopback address each
+/// (never the address a pin gives the proxy, never 127.0.0.1): the real
+/// lookup is the proxy's, on the host. Under runc and gVisor alike.
 #[tokio::test]
-async fn dns_lookups_fail_inside_the_sandbox() {
+async fn lookups_inside_get_synthetic_addresses_only() {
     let _engine = engine_shared().await;
-    let script = "import socket\nfor n in ['canary.test', 'allowed.test']:\n    try:\n        print('RESOLVED', n, socket.getaddrinfo(n, 80))\n    except OSError as e:\n        print('no-dns', n)\n";
+    let script = "import socket\nfor n in ['canary.test', 'allowed.test', 'canary.test', 'localhost']:\n    print(n, sorted({a[4][0] for a in socket.getaddrinfo(n, 80)}))\n";
     let out = sandbox()
         .allow("allowed.test")
-        .resolve("allowed.test", 80, "127.0.0.1")
+        .resolve("allowed.test", 80, "10.9.8.7")
         .run(["python3", "-c", script])
         .await
         .unwrap();
     assert_removed(&out).await;
     let text = out.stdout_str();
-    assert!(!text.contains("RESOLVED"), "{text}");
-    assert_eq!(text.matches("no-dns").count(), 2, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let canary = lines[0].strip_prefix("canary.test ").unwrap_or_default();
+    let allowed = lines[1].strip_prefix("allowed.test ").unwrap_or_default();
+    assert!(
+        canary.starts_with("['127.100.") && allowed.starts_with("['127.100."),
+        "{text}"
+    );
+    assert_ne!(canary, allowed, "one address per name: {text}");
+    assert_eq!(lines[2], lines[0], "and the same one again: {text}");
+    assert!(lines[3].contains("'127.0.0.1'"), "{text}");
+    assert!(
+        !text.contains("10.9.8.7"),
+        "the pin stays the proxy's: {text}"
+    );
+    assert!(
+        out.events.is_empty(),
+        "a lookup is not a connection: {:?}",
+        out.events
+    );
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent_sandbox::proxy::Verdict;
 use agent_sandbox::{ExecOptions, Session};
 
-use crate::support::canary::HttpCanary;
+use crate::support::canary::{EchoCanary, HttpCanary};
 use crate::support::docker::{
     assert_oom_killed, container_count, engine_shared, eventually_gone, sandbox, tempdir,
     MEMORY_BOMB,
@@ -183,6 +183,41 @@ async fn policy_updates_apply_to_new_connections() {
         .unwrap()
         .unwrap();
     assert_eq!(first.verdict, Verdict::Deny);
+    s.close().await.unwrap();
+}
+
+/// Capture follows the policy: a port a new rule names is listened on for
+/// names already resolved (and for later ones), and a removed rule's port
+/// is closed again; the canary sees only the allowed connection.
+#[tokio::test]
+async fn capture_ports_follow_policy_updates() {
+    let _engine = engine_shared().await;
+    let echo = EchoCanary::start().await;
+    let port = echo.addr.port();
+    let s = sandbox()
+        .resolve("raw.test", port, "127.0.0.1")
+        .start()
+        .await
+        .unwrap();
+    let nc = format!(
+        "unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy; \
+         getent hosts raw.test >/dev/null; echo \"got:[$( (echo ping; sleep 1) | nc -w 3 raw.test {port})]\""
+    );
+    let got = |out: agent_sandbox::Output| out.stdout_str().trim().to_owned();
+    assert_eq!(
+        got(s.exec(nc.as_str()).await.unwrap()),
+        "got:[]",
+        "no rule, no listener"
+    );
+    let rule = format!("raw.test:{port}");
+    s.update_policy(|p| p.allow(rule.clone())).unwrap();
+    let out = s.exec(nc.as_str()).await.unwrap();
+    assert_eq!(got(out), "got:[ping]", "the new port is captured at once");
+    assert_eq!(echo.connections(), 1);
+    s.update_policy(|p| p.remove(&rule)).unwrap();
+    let out = s.exec(nc.as_str()).await.unwrap();
+    assert_eq!(got(out), "got:[]", "and refused again");
+    assert_eq!(echo.connections(), 1, "the canary saw only the allowed one");
     s.close().await.unwrap();
 }
 
