@@ -74,6 +74,7 @@ bench: ## criterion policy benchmark, proxy/run/session comparisons (runc and ru
 	$(CARGO_TARGET_DIR)/release/proxy-compare --agent-sandbox $(BIN)
 	$(CARGO_TARGET_DIR)/release/run-compare
 	$(CARGO_TARGET_DIR)/release/session-compare
+	$(CARGO_TARGET_DIR)/release/capture-compare
 	$(CARGO_TARGET_DIR)/release/load
 	scripts/python-test.sh -q -k the_installed_wheel  # builds and installs the wheel
 	v=$$(mktemp -d) && python3 -m venv $$v && $$v/bin/pip install -q $(CARGO_TARGET_DIR)/wheels/*.whl && $$v/bin/python benches/python_overhead.py; rm -rf $$v
