@@ -119,6 +119,8 @@ test('the policy allows and denies, proven by a local canary', async () => {
     assert.deepEqual(hits, ['/ok'])
     const denied = r.events.find((e) => e.verdict === 'deny')
     assert.deepEqual([denied.host, denied.port, denied.reason], ['denied.test', port, 'no-matching-rule'])
+    assert.deepEqual(r.refusals, [denied])
+    assert.equal(denied.via, 'proxy')
     assert.equal(events.length, 2)
   } finally {
     server.close()

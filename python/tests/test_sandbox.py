@@ -126,6 +126,7 @@ def test_policy_allows_and_denies_with_a_local_canary(canary):
     assert isinstance(denied, Event)
     assert (denied.port, denied.reason, denied.rule) == (port, "no-matching-rule", None)
     assert "deny GET denied.test" in repr(denied) and "no-matching-rule" in repr(denied)
+    assert r.refusals == [denied] and denied.via == "proxy"
     assert len(events) == 2, "on_event saw both decisions"
 
 

@@ -175,7 +175,8 @@ fn run_passes_the_exit_code_and_reports_refusals() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("refused by the policy") && err.contains("denied.test:80"),
+        err.contains("1 network request(s) refused by the policy")
+            && err.contains("GET denied.test:80 (no-matching-rule)"),
         "{err}"
     );
     assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "to-file\n");
@@ -591,7 +592,31 @@ fn serve_stdio_speaks_json_lines() {
     let r =
         s.call(serde_json::json!({"id": 10, "op": "exec", "cmd": "sleep 5", "timeout": "200ms"}));
     assert_eq!(r["timed_out"], true, "{r}");
-    s.close(11);
+    // A refusal is in the reply, for the agent to read: through the proxy
+    // variables and through capture (no variables: init's DNS and capture).
+    let r = s.call(serde_json::json!({"id": 11, "op": "exec",
+        "cmd": "curl -s http://denied.test/; env -u http_proxy -u HTTP_PROXY -u all_proxy -u ALL_PROXY curl -s http://captured.test/; true"}));
+    let refusals: Vec<(&str, &str, &str)> = r["refusals"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap_or_default(),
+                e["reason"].as_str().unwrap_or_default(),
+                e["via"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            ("denied.test", "no-matching-rule", "proxy"),
+            ("captured.test", "no-matching-rule", "capture")
+        ],
+        "{r}"
+    );
+    s.close(12);
 }
 
 #[test]
