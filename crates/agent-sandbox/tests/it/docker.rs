@@ -160,7 +160,9 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         Some(format!("{}:{}", me.uid(), me.gid()).as_str()),
         "the caller's uid:gid"
     );
-    assert!(cfg.env.unwrap().iter().any(|e| e == "HOME=/tmp"));
+    let env = cfg.env.unwrap();
+    assert!(env.iter().any(|e| e == "HOME=/tmp"));
+    assert!(env.iter().any(|e| e == "NODE_USE_ENV_PROXY=1"), "{env:?}");
     // Init enters /workspace for the command; the container starts in `/`
     // (see `launch`: the engine would otherwise create the mount point).
     assert_eq!(cfg.working_dir.as_deref(), Some("/"));

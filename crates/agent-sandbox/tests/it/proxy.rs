@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::support::canary::{EchoCanary, HttpCanary};
 use crate::support::proxy::*;
 use agent_sandbox::policy::Policy;
-use agent_sandbox::proxy::{Limits, Listen, Proxy, Verdict, DENIED_HEADER};
+use agent_sandbox::proxy::{Limits, Listen, Proxy, Verdict, Via, DENIED_HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn pinned(name: &str, port: u16) -> Policy {
@@ -196,6 +196,10 @@ async fn denied_names_are_never_resolved_nor_dialled() {
         )
         .await;
     assert_eq!(status_of(&resp), 403);
+    assert!(
+        resp.starts_with("HTTP/1.1 403 Blocked by agent-sandbox policy: no-matching-rule\r\n"),
+        "the reason in the status line, which clients print: {resp}"
+    );
     assert_eq!(p.resolver.lookups(), 0, "no DNS query for a denied name");
     assert!(p.dialer.dialled().is_empty());
     assert_eq!(echo.connections(), 0, "the canary saw nothing");
@@ -594,6 +598,12 @@ async fn resolver_failures_are_502_or_504_never_a_fallback() {
     assert_eq!(header_of(&resp, DENIED_HEADER), Some("resolve-timeout"));
     assert!(p.dialer.dialled().is_empty() && p2.dialer.dialled().is_empty());
     assert_eq!(echo.connections(), 0);
+    // Not a policy decision: the events say `error`, not allow or deny.
+    for (proxy, reason) in [(&p, "resolve-failed"), (&p2, "resolve-timeout")] {
+        let e = proxy.wait_events(1).await;
+        assert_eq!(e[0].verdict, Verdict::Error, "{e:?}");
+        assert!(e[0].reason.as_deref().unwrap().starts_with(reason), "{e:?}");
+    }
 }
 
 #[tokio::test]
@@ -612,6 +622,19 @@ async fn connect_failure_is_502() {
     assert!(header_of(&resp, DENIED_HEADER)
         .unwrap()
         .starts_with("connect-failed"));
+    // The reason is in the status line too, which clients print.
+    assert!(
+        resp.starts_with(
+            "HTTP/1.1 502 agent-sandbox could not reach the destination: connect-failed"
+        ),
+        "{resp}"
+    );
+    let e = p.wait_events(1).await;
+    assert_eq!(
+        (e[0].verdict, e[0].status, e[0].via),
+        (Verdict::Error, 502, Via::Proxy),
+        "{e:?}"
+    );
 }
 
 #[tokio::test]
