@@ -222,6 +222,13 @@ def test_run_releases_the_gil():
     assert len(ticks) > 20, "the main thread ran while the sandbox did"
 
 
+def _sigint_default():
+    """The child gets SIGINT's default disposition: a test suite started in the
+    background (`make test &`) inherits SIGINT ignored, and Python then never
+    installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_removes_the_container_and_raises_keyboard_interrupt():
     script = textwrap.dedent(
         f"""
@@ -233,7 +240,8 @@ def test_ctrl_c_removes_the_container_and_raises_keyboard_interrupt():
             raise
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     label = f"agent-sandbox.owner"
     for _ in range(100):
         owned = [c for c in subprocess.run(["docker", "ps", "-a", "--filter", f"label={label}", "--format", '{{.Label "agent-sandbox.owner"}}'], capture_output=True, text=True).stdout.split() if f":{proc.pid}:" in c]
@@ -360,7 +368,8 @@ def test_ctrl_c_during_a_session_exec_stops_the_command():
                 print("interrupted", left, flush=True)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     first = proc.stdout.readline()
     assert first.startswith("ready"), proc.stderr.read()
     sid = first.split()[1]
