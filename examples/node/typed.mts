@@ -18,12 +18,12 @@ export async function check(signal: AbortSignal): Promise<number> {
     const r: RunResult = await sandbox.run(['npm', 'test'], {
       onStdout: (chunk: string) => console.log(chunk),
       onEvent: (e) => {
-        const v: 'allow' | 'deny' = e.verdict
-        if (v === 'deny') events.push(e)
+        const v: 'allow' | 'deny' | 'error' = e.verdict
+        if (v !== 'allow') events.push(e)
       },
       signal,
     })
-    const denied: string[] = r.events.filter((e) => e.verdict === 'deny').map((e) => `${e.host}:${e.port}`)
+    const denied: string[] = r.refusals.map((e) => `${e.host}:${e.port} ${e.via}`)
     return r.timedOut ? 124 : r.exitCode + denied.length * 0
   } catch (e) {
     if (e instanceof SandboxError) {
