@@ -47,6 +47,14 @@ for addr in $host_ip 127.0.0.1; do
     echo "   \$addr: \$(tail -1 /tmp/err)"; ok "no way to \$addr but the proxy"
   fi
 done
+echo "6. ignore the proxy by name (no proxy variables): init answers DNS and captures the connection into the same proxy"
+for name in allowed.test denied.test; do
+  if env -u HTTPS_PROXY -u https_proxy -u ALL_PROXY -u all_proxy python3 -c "import ssl, urllib.request as u; print('  ', u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=ssl.create_default_context(cafile='/workspace/ca.pem'))).open('https://\$name:$port/', timeout=10).read().decode().strip())" 2>/tmp/err; then
+    [ \$name = allowed.test ] && ok "\$name reached through capture" || no "\$name reached"
+  else
+    echo "   \$name: \$(tail -1 /tmp/err)"; [ \$name = denied.test ] && ok "\$name refused through capture" || no "\$name not reached"
+  fi
+done
 exit \$fails
 SH
 
