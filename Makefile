@@ -15,8 +15,8 @@ setup: ## install what is missing, start Docker, build the base image, register 
 	scripts/docker.sh
 	scripts/runsc.sh
 
-image: ## build the local base image agent-sandbox/base:bookworm if absent
-	scripts/docker.sh
+image: ## build the local images agent-sandbox/base:bookworm and agent-sandbox/clients:bookworm if absent
+	scripts/docker.sh --clients
 
 build: ## build the library and the CLI (release)
 	cargo build --release --workspace
@@ -26,6 +26,7 @@ lint: ## rustfmt and clippy (warnings are errors)
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: setup ## build everything and run every test (Docker tests included)
+	scripts/docker.sh --clients
 	$(MAKE) lint
 	cargo test --workspace --all-targets
 	cargo test --workspace --doc

@@ -66,6 +66,8 @@ build_image() {
 }
 
 build_image "$IMAGE" curl,ca-certificates,git,python3,netcat-openbsd,procps
-# Real clients nobody here wrote, for the capture and DNS tests (#12).
+# Real clients nobody here wrote, for the capture and DNS tests (#12): only
+# for `make test` (`--clients`), not for the demo.
+[[ "${1:-}" == "--clients" ]] || exit 0
 build_image "$CLIENTS_IMAGE" \
   curl,wget,ca-certificates,git,openssh-client,python3,python3-pip,python3-venv,netcat-openbsd,procps,dnsutils,nodejs,npm
