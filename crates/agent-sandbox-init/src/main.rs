@@ -50,6 +50,21 @@ extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
     fn waitpid(pid: i32, status: *mut i32, options: i32) -> i32;
     fn waitid(idtype: i32, id: u32, infop: *mut u8, options: i32) -> i32;
+    fn getrlimit(resource: i32, rlim: *mut [u64; 2]) -> i32;
+    fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
+}
+
+/// Raises the soft open-files limit to the hard one: init holds a
+/// listener per name and capture port, and a descriptor per connection.
+fn raise_fd_limit() {
+    const RLIMIT_NOFILE: i32 = 7;
+    let mut lim = [0u64; 2];
+    unsafe {
+        if getrlimit(RLIMIT_NOFILE, &mut lim) == 0 && lim[0] < lim[1] {
+            lim[0] = lim[1];
+            setrlimit(RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 const FORWARDED: [i32; 7] = [1, 2, 3, 10, 12, 15, 28];
@@ -260,8 +275,11 @@ fn main() -> ExitCode {
         }
     }
     if let (Some(ports), Some(socket)) = (args.capture_ports.clone(), args.socket.clone()) {
+        raise_fd_limit();
         if let Err(e) = net::start(socket, ports) {
-            eprintln!("agent-sandbox-init: cannot serve DNS on 127.0.0.53:53 ({e}); the engine did not apply the sysctl net.ipv4.ip_unprivileged_port_start=0");
+            // Permission denied: the engine did not apply the sysctl
+            // net.ipv4.ip_unprivileged_port_start=0.
+            eprintln!("agent-sandbox-init: cannot serve DNS on 127.0.0.53:53: {e}");
             return ExitCode::from(125);
         }
     }

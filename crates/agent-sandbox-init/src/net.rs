@@ -69,27 +69,65 @@ fn address(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(SYNTHETIC_PREFIX[0], SYNTHETIC_PREFIX[1], hi, lo)
 }
 
+/// How many taken addresses a new name skips before it is refused.
+const MAX_SKIPPED: u32 = 64;
+
 impl State {
-    /// Listens at every capture port of `index` not listened on yet (a
-    /// port a process in the sandbox took first stays its own).
-    fn listen(&mut self, index: u32) -> bool {
-        let mut added = false;
+    /// Listens at every capture port of `index` not listened on yet.
+    /// `Err` when a process in the sandbox holds one of them (it bound
+    /// the address first, hoping to receive what is meant for the proxy).
+    fn listen(&mut self, index: u32) -> Result<(), ()> {
+        let mut taken = false;
         for &port in &self.ports {
             if self.listeners.contains_key(&(index, port)) {
                 continue;
             }
-            if let Ok(l) = TcpListener::bind(SocketAddrV4::new(address(index), port)) {
-                if l.set_nonblocking(true).is_ok() {
-                    self.listeners.insert((index, port), Arc::new(l));
-                    added = true;
+            match TcpListener::bind(SocketAddrV4::new(address(index), port)) {
+                Ok(l) => {
+                    if l.set_nonblocking(true).is_ok() {
+                        self.listeners.insert((index, port), Arc::new(l));
+                    }
                 }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => taken = true,
+                // Out of descriptors and the like: this port stays
+                // uncaptured for the name (a connection is refused).
+                Err(_) => {}
             }
         }
-        added
+        if taken {
+            Err(())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A fresh address for `name`, listened on at every capture port;
+    /// addresses a process in the sandbox took first are skipped (and
+    /// never handed out).
+    fn assign(&mut self, name: &str) -> Option<u32> {
+        for _ in 0..MAX_SKIPPED {
+            let index = u32::try_from(self.names.len()).ok()? + 1;
+            if index > MAX_NAMES {
+                return None;
+            }
+            let ok = self.listen(index).is_ok();
+            if !ok {
+                self.listeners.retain(|(i, _), _| *i != index);
+            }
+            self.names
+                .push(if ok { name.to_owned() } else { String::new() });
+            if ok {
+                self.by_name.insert(name.to_owned(), index);
+                return Some(index);
+            }
+        }
+        None
     }
 }
 
 impl Capture {
+    /// Wakes the accept loop. Never blocks: the socket is non-blocking,
+    /// and a full buffer means a wake is pending already.
     fn wake(&self) {
         let _ = (&self.wake).write(&[1]);
     }
@@ -99,31 +137,31 @@ impl Capture {
     fn address_of(&self, name: &str) -> Option<[u8; 4]> {
         let mut s = self.state.lock().ok()?;
         let index = match s.by_name.get(name) {
-            Some(i) => *i,
-            None => {
-                let index = u32::try_from(s.names.len()).ok()? + 1;
-                if index > MAX_NAMES {
-                    return None;
-                }
-                s.names.push(name.to_owned());
-                s.by_name.insert(name.to_owned(), index);
-                index
+            Some(&i) => {
+                // A port that could not be bound before (descriptors) is
+                // tried again; a taken one stays the taker's.
+                let _ = s.listen(i);
+                i
             }
+            None => s.assign(name)?,
         };
-        if s.listen(index) {
-            self.wake();
-        }
+        drop(s);
+        self.wake();
         Some(address(index).octets())
     }
 
-    fn set_ports(&self, mut ports: Vec<u16>) {
-        ports.sort_unstable();
-        ports.dedup();
+    /// Adds capture ports (a session's policy changed). Ports a rule no
+    /// longer names keep their listeners: the proxy refuses what comes
+    /// in, and closing them would race a rule added back at once.
+    fn set_ports(&self, ports: Vec<u16>) {
         let Ok(mut s) = self.state.lock() else { return };
-        s.listeners.retain(|(_, port), _| ports.contains(port));
-        s.ports = ports;
+        s.ports.extend(ports);
+        s.ports.sort_unstable();
+        s.ports.dedup();
         for index in 1..=u32::try_from(s.names.len()).unwrap_or(0) {
-            s.listen(index);
+            if !s.names[(index - 1) as usize].is_empty() {
+                let _ = s.listen(index);
+            }
         }
         drop(s);
         self.wake();
@@ -136,6 +174,7 @@ pub(crate) fn start(socket: PathBuf, ports: Vec<u16>) -> io::Result<()> {
     let dns = UdpSocket::bind(SocketAddrV4::new(DNS_ADDR.into(), 53))?;
     let (woken, wake) = UnixStream::pair()?;
     woken.set_nonblocking(true)?;
+    wake.set_nonblocking(true)?;
     let capture = Arc::new(Capture {
         socket,
         state: Mutex::new(State {
@@ -154,6 +193,7 @@ pub(crate) fn start(socket: PathBuf, ports: Vec<u16>) -> io::Result<()> {
         let mut buf = [0u8; 4096];
         loop {
             let Ok((n, from)) = dns.recv_from(&mut buf) else {
+                thread::sleep(Duration::from_millis(5));
                 continue;
             };
             if let Some(reply) = dns::answer(&buf[..n], |name| capture.address_of(name)) {
@@ -200,11 +240,24 @@ fn accept_loop(capture: &Capture, mut woken: UnixStream) {
             let mut sink = [0u8; 64];
             while matches!(woken.read(&mut sink), Ok(n) if n > 0) {}
         }
+        let mut failing = false;
         for (fd, (index, port, listener)) in fds[1..].iter().zip(&listening) {
             if fd.revents == 0 {
                 continue;
             }
-            while let Ok((conn, _)) = listener.accept() {
+            // At most a batch per listener per round, so one busy address
+            // cannot keep the loop from the others (or from a wake).
+            for _ in 0..64 {
+                let conn = match listener.accept() {
+                    Ok((conn, _)) => conn,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // EMFILE and the like: the listener stays readable;
+                        // back off below instead of spinning.
+                        failing = true;
+                        break;
+                    }
+                };
                 let name = match capture.state.lock() {
                     Ok(s) => s.names[(*index - 1) as usize].clone(),
                     Err(_) => return,
@@ -222,6 +275,9 @@ fn accept_loop(capture: &Capture, mut woken: UnixStream) {
                     }
                 }
             }
+        }
+        if failing {
+            thread::sleep(Duration::from_millis(20));
         }
     }
 }

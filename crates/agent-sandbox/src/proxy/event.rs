@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 /// Allowed, denied, or allowed but not reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Verdict {
     /// The policy allowed the destination and the proxy reached it.
     Allow,
@@ -23,6 +24,7 @@ pub enum Verdict {
 /// How a connection reached the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Via {
     /// A program used the proxy (`HTTP_PROXY`, `HTTPS_PROXY`).
     #[default]

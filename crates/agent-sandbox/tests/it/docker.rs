@@ -540,6 +540,43 @@ async fn direct_connections_cannot_leave_the_sandbox() {
     .unwrap();
 }
 
+/// A process that binds the next synthetic addresses first, hoping to
+/// receive what another command sends to a name resolved later, is
+/// skipped: the name gets an address only init listens on, and the
+/// connection still reaches the proxy (its refusal is in the result).
+#[tokio::test]
+async fn squatted_synthetic_addresses_are_never_handed_out() {
+    let _engine = engine_shared().await;
+    let script = r#"python3 -c '
+import socket, time
+held = []
+for last in (1, 2):
+    s = socket.socket(); s.bind(("127.100.0.%d" % last, 80)); s.listen(); held.append(s)
+print("squatting", flush=True)
+time.sleep(30)
+' &
+sleep 1
+getent hosts victim.test
+curl -s -o /dev/null -w "%{http_code}
+" --noproxy "*" http://victim.test/ || true
+kill %1
+"#;
+    let out = run(sandbox(), script).await;
+    let text = out.stdout_str();
+    assert!(text.contains("squatting"), "{text}");
+    let addr = text
+        .lines()
+        .find_map(|l| l.strip_suffix("victim.test").map(str::trim))
+        .unwrap_or_default();
+    assert_eq!(addr, "127.100.0.3", "{text}");
+    let refused: Vec<_> = out.refusals().map(|e| (e.host.as_str(), e.via)).collect();
+    assert_eq!(
+        refused,
+        [("victim.test", agent_sandbox::proxy::Via::Capture)],
+        "{text}"
+    );
+}
+
 /// Names resolve inside, to a distinct synthetic loopback address each
 /// (never the address a pin gives the proxy, never 127.0.0.1): the real
 /// lookup is the proxy's, on the host. Under runc and gVisor alike.
