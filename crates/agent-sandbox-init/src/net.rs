@@ -69,6 +69,21 @@ fn address(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(SYNTHETIC_PREFIX[0], SYNTHETIC_PREFIX[1], hi, lo)
 }
 
+/// Whether `port` is held on every local address (a wildcard listener):
+/// binding it on a random loopback address never handed out fails too.
+fn held_everywhere(port: u16) -> bool {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        .to_be_bytes();
+    let probe = Ipv4Addr::new(127, 101, r[0], r[1]);
+    matches!(
+        TcpListener::bind(SocketAddrV4::new(probe, port)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse
+    )
+}
+
 /// How many taken addresses a new name skips before it is refused.
 const MAX_SKIPPED: u32 = 64;
 
@@ -88,7 +103,11 @@ impl State {
                         self.listeners.insert((index, port), Arc::new(l));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::AddrInUse => taken = true,
+                // Taken on this address only: a squatter; skip the address.
+                // Taken on every address (a server on 0.0.0.0:port): no
+                // address helps, and that server gets such connections;
+                // the port stays uncaptured for this name.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => taken |= !held_everywhere(port),
                 // Out of descriptors and the like: this port stays
                 // uncaptured for the name (a connection is refused).
                 Err(_) => {}

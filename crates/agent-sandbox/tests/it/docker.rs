@@ -552,11 +552,15 @@ import socket, time
 held = []
 for last in (1, 2):
     s = socket.socket(); s.bind(("127.100.0.%d" % last, 80)); s.listen(); held.append(s)
+# A server on every address of a capture port: no address helps, so
+# names still resolve (that port just stays uncaptured).
+s = socket.socket(); s.bind(("0.0.0.0", 443)); s.listen(); held.append(s)
 print("squatting", flush=True)
 time.sleep(30)
 ' &
 sleep 1
 getent hosts victim.test
+getent hosts other.test
 curl -s -o /dev/null -w "%{http_code}
 " --noproxy "*" http://victim.test/ || true
 kill %1
@@ -569,6 +573,7 @@ kill %1
         .find_map(|l| l.strip_suffix("victim.test").map(str::trim))
         .unwrap_or_default();
     assert_eq!(addr, "127.100.0.3", "{text}");
+    assert!(text.contains("127.100.0.4     other.test"), "{text}");
     let refused: Vec<_> = out.refusals().map(|e| (e.host.as_str(), e.via)).collect();
     assert_eq!(
         refused,
