@@ -223,7 +223,7 @@ pub(crate) fn start(socket: PathBuf, ports: Vec<u16>) -> io::Result<()> {
     Ok(())
 }
 
-/// The capture ports from now on (a session's policy changed).
+/// Adds capture ports (a session's policy changed; see `Capture::set_ports`).
 pub(crate) fn set_ports(ports: Vec<u16>) {
     if let Some(c) = CAPTURE.get() {
         c.set_ports(ports);

@@ -26,8 +26,9 @@ pub mod tag {
     pub const NEW: u8 = b'N';
     /// Host to init, control: kill everything and exit.
     pub const TERMINATE: u8 = b'T';
-    /// Host to init, control: the ports capture listens on from now on
-    /// (the policy changed; payload: u16 big-endian each).
+    /// Host to init, control: the capture ports of a changed policy (init
+    /// adds them; ports no longer named keep listening, the proxy refuses)
+    /// (payload: u16 big-endian each).
     pub const PORTS: u8 = b'P';
     /// Init to host, on a new connection: this is exec `id` (u64).
     pub const ACCEPT: u8 = b'A';
