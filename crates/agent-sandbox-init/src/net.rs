@@ -155,6 +155,7 @@ impl Capture {
     /// before it is returned; `None` when the table is full.
     fn address_of(&self, name: &str) -> Option<[u8; 4]> {
         let mut s = self.state.lock().ok()?;
+        let before = s.listeners.len();
         let index = match s.by_name.get(name) {
             Some(&i) => {
                 // A port that could not be bound before (descriptors) is
@@ -164,8 +165,13 @@ impl Capture {
             }
             None => s.assign(name)?,
         };
+        // Only a new listener needs the accept loop to rebuild its list: a
+        // lookup of a known name (the common case) wakes nothing.
+        let added = s.listeners.len() != before;
         drop(s);
-        self.wake();
+        if added {
+            self.wake();
+        }
         Some(address(index).octets())
     }
 
