@@ -582,6 +582,40 @@ kill %1
     );
 }
 
+/// Init keeps answering under a flood: connections pour into one captured
+/// address while 600 new names are looked up (each adds listeners and
+/// wakes init's accept loop), and a lookup and a command after it still work.
+#[tokio::test]
+async fn dns_and_capture_stay_up_under_a_connection_flood() {
+    let _engine = engine_shared().await;
+    let script = r#"python3 -c '
+import socket, threading, time
+addr = socket.gethostbyname("flood.test")
+stop = time.time() + 4
+def flood():
+    while time.time() < stop:
+        try: socket.create_connection((addr, 443), timeout=2).close()
+        except OSError: pass
+for _ in range(4): threading.Thread(target=flood, daemon=True).start()
+ok = sum(socket.gethostbyname("n%d.flood.test" % i).startswith("127.100.") for i in range(600))
+print("resolved", ok, socket.gethostbyname("after.flood.test"), flush=True)
+'
+echo alive
+"#;
+    let out = run(sandbox(), script).await;
+    let text = out.stdout_str();
+    assert!(
+        text.contains("resolved 600 127.100.2."),
+        "{text}{}",
+        out.stderr_str()
+    );
+    assert!(text.contains("alive"), "{text}");
+    assert!(
+        out.refusals().all(|e| e.host == "flood.test"),
+        "only the flooded name reached the proxy"
+    );
+}
+
 /// Names resolve inside, to a distinct synthetic loopback address each
 /// (never the address a pin gives the proxy, never 127.0.0.1): the real
 /// lookup is the proxy's, on the host. Under runc and gVisor alike.
