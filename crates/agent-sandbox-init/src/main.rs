@@ -31,7 +31,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::thread;
 
 mod dns;
@@ -170,6 +170,36 @@ fn pump(mut from: impl Read, mut to: impl Write, close: impl FnOnce()) {
     close();
 }
 
+/// Connections init relays at once, the 3128 bridge and capture together
+/// (two threads each). More are turned away at once (a 503 on the bridge,
+/// a reset on capture), so a flood of connections from inside cannot use
+/// up the sandbox's pids limit (under gVisor that limit counts the
+/// runtime's own host threads, and running out of them ends the sandbox).
+pub(crate) const MAX_RELAYS: usize = 64;
+
+static RELAYS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_RELAYS`] slots, given back when dropped.
+pub(crate) struct Relay(());
+
+impl Relay {
+    /// A free slot, or `None` when all are in use.
+    pub(crate) fn take() -> Option<Relay> {
+        RELAYS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_RELAYS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Relay(()))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        RELAYS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn bridge(client: TcpStream, socket: &PathBuf) {
     let Ok(upstream) = UnixStream::connect(socket) else {
         // The proxy is gone: the connection just closes.
@@ -195,8 +225,9 @@ pub(crate) fn splice(client: TcpStream, upstream: UnixStream) {
     let _ = up.join();
 }
 
-/// Answered to a connection init cannot serve for want of a thread.
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-agent-sandbox-denied: sandbox-out-of-threads\r\nconnection: close\r\ncontent-length: 61\r\n\r\nagent-sandbox: the sandbox's process limit is reached; retry\n";
+/// Answered to a connection init cannot serve for want of a thread or a
+/// relay slot.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-agent-sandbox-denied: sandbox-out-of-threads\r\nconnection: close\r\ncontent-length: 71\r\n\r\nagent-sandbox: too many connections open at once in the sandbox; retry\n";
 
 fn start_bridge(port: u16, socket: PathBuf) -> io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
@@ -212,8 +243,16 @@ fn start_bridge(port: u16, socket: PathBuf) -> io::Result<()> {
         let socket = socket.clone();
         let _ = conn.set_nodelay(true);
         let mut spare = conn.try_clone().ok();
+        let Some(slot) = Relay::take() else {
+            let mut conn = conn;
+            let _ = conn.write_all(BUSY);
+            continue;
+        };
         if thread::Builder::new()
-            .spawn(move || bridge(conn, &socket))
+            .spawn(move || {
+                let _slot = slot;
+                bridge(conn, &socket);
+            })
             .is_err()
         {
             if let Some(c) = spare.as_mut() {

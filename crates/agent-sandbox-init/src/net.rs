@@ -289,9 +289,17 @@ fn accept_loop(capture: &Capture, mut woken: UnixStream) {
                 };
                 let socket = capture.socket.clone();
                 let port = *port;
+                let Some(slot) = crate::Relay::take() else {
+                    // Too many connections in flight: refused at once.
+                    reset(conn);
+                    continue;
+                };
                 let spare = conn.try_clone().ok();
                 if thread::Builder::new()
-                    .spawn(move || captured(conn, &socket, &name, port))
+                    .spawn(move || {
+                        let _slot = slot;
+                        captured(conn, &socket, &name, port);
+                    })
                     .is_err()
                 {
                     // No thread to be had (the pids limit): refused at once.

@@ -342,7 +342,11 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         resources: Resources {
             memory: s.memory,
             cpus: s.cpus,
-            pids: s.pids,
+            pids: if is_gvisor(&effective) {
+                gvisor_pids(s.pids)
+            } else {
+                s.pids
+            },
             tmp_size: s.tmp_size,
             shm_size: 64 << 20,
         },
@@ -427,6 +431,16 @@ fn new_id() -> String {
     );
     h.write_u32(std::process::id());
     format!("{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// The engine's pids limit for a gVisor sandbox of `pids`. The cgroup
+/// counts gVisor's host threads, not the sandbox's processes: about 70 of
+/// the runtime's own, then (on its ptrace platform) two per thread inside,
+/// a tracer and a stub. When the runtime cannot get a thread it dies and
+/// takes the sandbox with it, so the limit is scaled to keep about `pids`
+/// threads inside, with room for the runtime.
+fn gvisor_pids(pids: i64) -> i64 {
+    pids.saturating_mul(2).saturating_add(128)
 }
 
 /// Whether an engine runtime name is gVisor's (`runsc`, or a name with

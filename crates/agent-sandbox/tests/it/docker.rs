@@ -128,7 +128,10 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         )])),
         "one sysctl, of the sandbox's own network namespace (init binds 53, 80, 443 without a capability)"
     );
-    assert_eq!(hc.pids_limit, Some(256));
+    // Under gVisor the cgroup counts the runtime's host threads: two per
+    // thread inside plus the runtime's own (README, gVisor notes).
+    let gvisor = std::env::var("AGENT_SANDBOX_RUNTIME").is_ok_and(|r| r.contains("runsc"));
+    assert_eq!(hc.pids_limit, Some(if gvisor { 640 } else { 256 }));
     assert_eq!(hc.memory, Some(1 << 30));
     assert_eq!(hc.memory_swap, hc.memory, "no swap beyond the memory limit");
     assert_eq!(hc.nano_cpus, Some(1_000_000_000));
@@ -606,7 +609,11 @@ echo alive
     let text = out.stdout_str();
     assert!(
         text.contains("resolved 600 127.100.2."),
-        "{text}{}",
+        "exit {} timed_out {} oom {} after {:?}\n{text}{}",
+        out.exit_code,
+        out.timed_out,
+        out.oom_killed,
+        out.duration,
         out.stderr_str()
     );
     assert!(text.contains("alive"), "{text}");
@@ -614,6 +621,37 @@ echo alive
         out.refusals().all(|e| e.host == "flood.test"),
         "only the flooded name reached the proxy"
     );
+}
+
+/// Init relays at most 64 connections at once (bridge and capture
+/// together): the 65th and later get init's 503 at once, so a sandbox that
+/// holds connections open cannot use up its own pids limit (under gVisor
+/// that ends the whole sandbox); once they close, the proxy serves again.
+#[tokio::test]
+async fn init_relays_a_bounded_number_of_connections_at_once() {
+    let _engine = engine_shared().await;
+    let script = r#"python3 -c '
+import socket, time
+held = [socket.create_connection(("127.0.0.1", 3128)) for _ in range(80)]
+time.sleep(1)
+busy = 0
+for s in held:
+    s.settimeout(0.2)
+    try:
+        busy += s.recv(200).startswith(b"HTTP/1.1 503")
+    except socket.timeout:
+        pass
+print("busy", busy, flush=True)
+for s in held: s.close()
+time.sleep(1)
+'
+curl -s -o /dev/null -w "after %{http_code}
+" http://blocked.test/
+"#;
+    let out = run(sandbox(), script).await;
+    let text = out.stdout_str();
+    assert!(text.contains("busy 16\n"), "{text}{}", out.stderr_str());
+    assert!(text.contains("after 403"), "{text}{}", out.stderr_str());
 }
 
 /// Names resolve inside, to a distinct synthetic loopback address each
