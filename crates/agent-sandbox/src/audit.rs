@@ -136,6 +136,7 @@ mod tests {
             via: crate::proxy::Via::Proxy,
             reason: Some("no-matching-rule".into()),
             status: 403,
+            path: None,
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,

@@ -71,6 +71,7 @@ mod builder;
 mod command;
 mod config;
 pub mod error;
+pub mod intercept;
 mod launch;
 pub mod options;
 pub mod policy;

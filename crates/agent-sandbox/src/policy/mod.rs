@@ -38,10 +38,12 @@
 
 mod addr;
 mod host;
+mod http;
 mod rule;
 
 pub use addr::{special_range, Cidr};
 pub use host::{parse_authority, Host, HostError};
+pub use http::{HttpDenial, HttpRule};
 pub use rule::{CidrRule, HostRule, Ports, RuleError, Scope};
 
 use std::collections::{HashMap, HashSet};
@@ -61,6 +63,7 @@ pub struct PolicyBuilder {
     allow_cidr: Vec<String>,
     deny_cidr: Vec<String>,
     resolve: Vec<(String, u16, String)>,
+    http: Vec<String>,
 }
 
 impl PolicyBuilder {
@@ -98,6 +101,33 @@ impl PolicyBuilder {
         self
     }
 
+    /// Allows requests to a host by method and path: `method` (`GET`,
+    /// `GET,HEAD`, or `*`), a host rule, and a path glob (`*` within a
+    /// segment, `**` across). The host is allowed for the requests its HTTP
+    /// rules describe and no others; the proxy sees them by intercepting
+    /// TLS for that host (see the README: secrets and HTTP rules).
+    pub fn allow_http(
+        mut self,
+        method: impl AsRef<str>,
+        host: impl AsRef<str>,
+        path: impl AsRef<str>,
+    ) -> Self {
+        self.http.push(format!(
+            "{} {} {}",
+            method.as_ref(),
+            host.as_ref(),
+            path.as_ref()
+        ));
+        self
+    }
+
+    /// [`allow_http`](Self::allow_http) from its text form,
+    /// `METHOD HOST PATH` (`GET api.github.com /repos/acme/**`).
+    pub fn allow_http_rule(mut self, rule: impl Into<String>) -> Self {
+        self.http.push(rule.into());
+        self
+    }
+
     /// Removes every allow, deny, allow-CIDR or deny-CIDR rule written
     /// exactly as `rule` (for sessions whose policy changes while they run).
     pub fn remove(mut self, rule: &str) -> Self {
@@ -106,6 +136,7 @@ impl PolicyBuilder {
             &mut self.deny,
             &mut self.allow_cidr,
             &mut self.deny_cidr,
+            &mut self.http,
         ] {
             list.retain(|r| r != rule);
         }
@@ -139,7 +170,15 @@ impl PolicyBuilder {
     /// The first invalid rule, with a message that names it and says what is
     /// wrong.
     pub fn build(self) -> Result<Policy, RuleError> {
-        let allow = RuleSet::new(&self.allow)?;
+        let http = self
+            .http
+            .iter()
+            .map(|t| HttpRule::parse(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        // A host an HTTP rule names is allowed (for what its rules allow).
+        let mut allowed = self.allow.clone();
+        allowed.extend(http.iter().map(|r| r.host.text.clone()));
+        let allow = RuleSet::new(&allowed)?;
         let deny = RuleSet::new(&self.deny)?;
         let allow_cidr = self
             .allow_cidr
@@ -176,6 +215,7 @@ impl PolicyBuilder {
             allow_cidr,
             deny_cidr,
             pins,
+            http,
         })
     }
 }
@@ -245,6 +285,7 @@ pub struct Policy {
     allow_cidr: Vec<CidrRule>,
     deny_cidr: Vec<CidrRule>,
     pins: HashMap<(String, u16), Vec<IpAddr>>,
+    http: Vec<HttpRule>,
 }
 
 /// Why a destination was refused.
@@ -346,6 +387,32 @@ impl Policy {
         ports.sort_unstable();
         ports.dedup();
         ports
+    }
+
+    /// The HTTP rules, in the order given.
+    pub fn http_rules(&self) -> &[HttpRule] {
+        &self.http
+    }
+
+    /// Whether an HTTP rule names `name` on `port` (the proxy must see
+    /// inside that host's TLS to apply it).
+    pub fn narrows(&self, name: &str, port: u16) -> bool {
+        self.http.iter().any(|r| r.covers_host(name, port))
+    }
+
+    /// Checks one request against the HTTP rules: `Ok(None)` when none
+    /// names the host, else the rule that allows the request.
+    ///
+    /// # Errors
+    /// The [`HttpDenial`] that refuses it.
+    pub fn check_http(
+        &self,
+        name: &str,
+        port: u16,
+        method: &str,
+        path: &str,
+    ) -> Result<Option<&HttpRule>, HttpDenial> {
+        http::check(&self.http, name, port, method, path)
     }
 
     /// A policy that allows nothing.

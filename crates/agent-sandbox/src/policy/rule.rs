@@ -49,6 +49,31 @@ pub struct HostRule {
     pub ports: Ports,
 }
 
+impl HostRule {
+    /// Parses and validates an allow-rule (`github.com`, `*.github.com`,
+    /// `.github.com`, optional `:PORT` or `:*`).
+    ///
+    /// # Errors
+    /// [`RuleError`] naming the rule and the problem.
+    pub fn parse(text: &str) -> Result<HostRule, RuleError> {
+        parse_host_rule(text)
+    }
+
+    /// Whether the rule covers the canonical `name` on `port` (an allow
+    /// rule's default ports, 80 and 443, when it names none).
+    pub fn matches(&self, name: &str, port: u16) -> bool {
+        let sub = name.len() > self.name.len()
+            && name.ends_with(self.name.as_str())
+            && name.as_bytes()[name.len() - self.name.len() - 1] == b'.';
+        let hit = match self.scope {
+            Scope::Exact => name == self.name,
+            Scope::Subdomains => sub,
+            Scope::ApexAndSubdomains => sub || name == self.name,
+        };
+        hit && self.ports.covers(port, false)
+    }
+}
+
 /// A validated CIDR rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CidrRule {

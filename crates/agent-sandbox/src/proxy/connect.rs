@@ -65,6 +65,25 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     let guard = shared.guard(started, METHOD, &target, via);
     guard.set_status(200);
     let on_upgrade = hyper::upgrade::on(&mut req);
+    if let Some(icp) = shared.interceptor_for(&target.host, target.port) {
+        let live = shared.live.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    super::intercept::serve(shared, icp, io, target, via, guard.clone()).await;
+                }
+                Err(e) => guard.set_reason(format!(
+                    "upgrade-failed; error={}",
+                    sanitize(&e.to_string())
+                )),
+            }
+            drop(guard);
+            drop(live);
+        });
+        return Response::new(empty());
+    }
     let idle = shared.limits.idle_timeout;
     let shutdown = shared.shutdown.clone();
     let live = shared.live.clone();

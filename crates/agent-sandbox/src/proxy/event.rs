@@ -59,6 +59,10 @@ pub struct AuditEvent {
     pub rule: Option<String>,
     /// How the connection came: through the proxy variables or captured.
     pub via: Via,
+    /// The request's path (never its query), for requests the proxy saw:
+    /// plain HTTP and intercepted hosts. `None` for tunnels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Why it was refused or failed (`no-matching-rule`, `special-address; ...`).
     pub reason: Option<String>,
     /// The status the proxy answered with (200 for an established tunnel;
@@ -81,6 +85,8 @@ pub(crate) const MAX_HOST_BYTES: usize = 256;
 /// Longest `method` and `reason` kept.
 pub(crate) const MAX_METHOD_BYTES: usize = 32;
 pub(crate) const MAX_REASON_BYTES: usize = 512;
+/// Longest `path` kept.
+pub(crate) const MAX_PATH_BYTES: usize = 512;
 
 /// `s` cut to at most `max` bytes on a character boundary, with `...` when cut.
 pub(crate) fn truncated(s: &str, max: usize) -> String {
@@ -149,6 +155,18 @@ impl EventGuard {
     pub(crate) fn set_reason(&self, reason: String) {
         if let Ok(mut e) = self.event.lock() {
             e.reason = Some(truncated(&reason, MAX_REASON_BYTES));
+        }
+    }
+
+    pub(crate) fn set_path(&self, path: &str) {
+        if let Ok(mut e) = self.event.lock() {
+            e.path = Some(truncated(path, MAX_PATH_BYTES));
+        }
+    }
+
+    pub(crate) fn set_rule(&self, rule: String) {
+        if let Ok(mut e) = self.event.lock() {
+            e.rule = Some(rule);
         }
     }
 

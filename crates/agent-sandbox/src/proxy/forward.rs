@@ -91,11 +91,46 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
             )
         }
     };
+    let path = uri.path().to_owned();
+    let refuse = |r: Refusal| shared.refuse(&method, &shown, port, r.path(&path));
+    let name = host.to_string();
+    let rule = match shared.policy_now().check_http(&name, port, &method, &path) {
+        Ok(r) => r.map(|r| r.text.clone()),
+        Err(d) => {
+            let mut r = Refusal::new(StatusCode::FORBIDDEN, d.to_string());
+            r.rule = Some("http rules".into());
+            return refuse(r);
+        }
+    };
+    // Secrets are never sent in clear, and never to another host: a
+    // placeholder in a plain-HTTP request is refused either way.
+    if let Some(secrets) = shared.intercept.as_ref().map(|i| &i.secrets) {
+        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        match crate::intercept::scan(secrets, req.headers(), pq, &name, port) {
+            crate::intercept::Scan::Clean => {}
+            crate::intercept::Scan::Misdirected(s) => {
+                return refuse(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("secret-for-another-host; secret={s}"),
+                ))
+            }
+            crate::intercept::Scan::ForHost(s) => {
+                return refuse(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    format!("secret-over-plain-http; secret={}", s.join(",")),
+                ))
+            }
+        }
+    }
     let target = match shared.authorize(host.clone(), port, Via::Proxy).await {
         Ok(t) => t,
         Err(r) => return shared.refuse(&method, &shown, port, r),
     };
     let guard = shared.guard(started, &method, &target, Via::Proxy);
+    guard.set_path(&path);
+    if let Some(rule) = rule {
+        guard.set_rule(rule);
+    }
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
@@ -168,7 +203,7 @@ fn upstream_failed(
 }
 
 /// Answers 101 to the client and splices the two upgraded connections.
-fn switch_protocols(
+pub(super) fn switch_protocols(
     shared: &Shared,
     mut resp: Response<Incoming>,
     client_upgrade: hyper::upgrade::OnUpgrade,
@@ -194,7 +229,7 @@ fn switch_protocols(
 /// Refuses framing that different parsers read differently (request
 /// smuggling): both `Content-Length` and `Transfer-Encoding`, several
 /// `Content-Length`s, or a transfer coding other than a lone `chunked`.
-fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
+pub(super) fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
     let cl = h.get_all(CONTENT_LENGTH).iter().count();
     let te: Vec<_> = h.get_all(TRANSFER_ENCODING).iter().collect();
     if cl > 1 {
@@ -229,7 +264,7 @@ fn host_header(host: &Host, port: u16) -> HeaderValue {
     HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("invalid"))
 }
 
-fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
+pub(super) fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -255,7 +290,7 @@ fn strip_hop_by_hop(mut headers: HeaderMap) -> HeaderMap {
 }
 
 /// Counts body bytes into the connection's event (up or down).
-fn count_body(body: Incoming, guard: Arc<EventGuard>, up: bool) -> ProxyBody {
+pub(super) fn count_body(body: Incoming, guard: Arc<EventGuard>, up: bool) -> ProxyBody {
     body.map_frame(move |frame: Frame<Bytes>| {
         if let Some(data) = frame.data_ref() {
             if up {

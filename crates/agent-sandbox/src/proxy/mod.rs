@@ -11,6 +11,7 @@
 mod connect;
 mod event;
 mod forward;
+mod intercept;
 mod listen;
 mod resolve;
 
@@ -34,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
+use crate::intercept::Interceptor;
 use crate::policy::{Host, Policy};
 use crate::Error;
 use event::EventGuard;
@@ -92,6 +94,7 @@ pub struct ProxyBuilder {
     limits: Limits,
     sandbox_id: Option<String>,
     host_addrs: Option<HashSet<IpAddr>>,
+    intercept: Option<Arc<Interceptor>>,
 }
 
 /// The allowlist proxy. Start one with [`Proxy::builder`].
@@ -109,6 +112,7 @@ impl Proxy {
             limits: Limits::default(),
             sandbox_id: None,
             host_addrs: None,
+            intercept: None,
         }
     }
 }
@@ -151,6 +155,14 @@ impl ProxyBuilder {
         self
     }
 
+    /// Intercepts TLS for the hosts `i` wants (a secret or an HTTP rule
+    /// names them): see [`Interceptor`]. Without it, HTTP rules still apply
+    /// to plain-HTTP requests, and CONNECT tunnels are never opened.
+    pub fn intercept(mut self, i: Arc<Interceptor>) -> Self {
+        self.intercept = Some(i);
+        self
+    }
+
     /// Binds the listener and starts serving in the background.
     ///
     /// # Errors
@@ -178,6 +190,7 @@ impl ProxyBuilder {
             host_addrs,
             shutdown: rx,
             live: live.clone(),
+            intercept: self.intercept,
         });
         let task = tokio::spawn(accept_loop(listener, shared));
         Ok(ProxyHandle {
@@ -272,6 +285,7 @@ pub(crate) struct Shared {
     shutdown: watch::Receiver<bool>,
     /// See `ProxyHandle::live`.
     pub(crate) live: Arc<()>,
+    intercept: Option<Arc<Interceptor>>,
 }
 
 /// A token bucket: `rate` tokens a second, holding at most `rate`.
@@ -423,6 +437,7 @@ pub(crate) struct Refusal {
     reason: String,
     rule: Option<String>,
     via: Via,
+    path: Option<String>,
 }
 
 impl Refusal {
@@ -432,7 +447,13 @@ impl Refusal {
             reason: reason.into(),
             rule: None,
             via: Via::Proxy,
+            path: None,
         }
+    }
+
+    fn path(mut self, path: &str) -> Refusal {
+        self.path = Some(event::truncated(&sanitize(path), event::MAX_PATH_BYTES));
+        self
     }
 
     fn via(mut self, via: Via) -> Refusal {
@@ -475,6 +496,7 @@ impl Shared {
             port,
             rule,
             via: Via::Proxy,
+            path: None,
             reason: None,
             status: 0,
             bytes_up: 0,
@@ -515,7 +537,28 @@ impl Shared {
         };
         let mut e = self.event(verdict, method, host, port, r.rule.clone());
         e.via = r.via;
+        e.path.clone_from(&r.path);
         self.emit_now(e, &r.reason, r.status.as_u16());
+        self.answer(method, host, port, &r)
+    }
+
+    /// The policy in force now.
+    fn policy_now(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// The interceptor, if it wants `host`:`port` under the current policy.
+    fn interceptor_for(&self, host: &Host, port: u16) -> Option<Arc<Interceptor>> {
+        let i = self.intercept.as_ref()?;
+        i.wants(&self.policy_now(), &host.to_string(), port)
+            .then(|| i.clone())
+    }
+
+    /// The response for a refusal (no event: see [`Shared::refuse`]).
+    fn answer(&self, method: &str, host: &str, port: u16, r: &Refusal) -> Response<ProxyBody> {
         // The status line's reason phrase carries the reason too: curl,
         // wget, pip, npm and Python print it verbatim.
         let (what, phrase) = if r.status == StatusCode::FORBIDDEN {
