@@ -58,21 +58,23 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         }
     };
     let shown = host.to_string();
-    let target = match shared.authorize(host, port, via).await {
-        Ok(t) => t,
-        Err(r) => return shared.refuse(METHOD, &shown, port, r),
-    };
-    let guard = shared.guard(started, METHOD, &target, via);
-    guard.set_status(200);
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    if let Some(icp) = shared.interceptor_for(&target.host, target.port) {
+    if let Some(icp) = shared.interceptor_for(&host, port) {
+        // Checked now, dialled when an allowed request needs the upstream:
+        // a refused request reaches nothing.
+        let checked = match shared.authorize_only(host, port, via).await {
+            Ok(c) => c,
+            Err(r) => return shared.refuse(METHOD, &shown, port, r),
+        };
+        let guard = shared.guard_for(started, METHOD, &checked.host, port, &checked.rule, via);
+        guard.set_status(200);
+        let on_upgrade = hyper::upgrade::on(&mut req);
         let live = shared.live.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let io = TokioIo::new(upgraded);
-                    super::intercept::serve(shared, icp, io, target, via, guard.clone()).await;
+                    super::intercept::serve(shared, icp, io, checked, via, guard.clone()).await;
                 }
                 Err(e) => guard.set_reason(format!(
                     "upgrade-failed; error={}",
@@ -84,6 +86,13 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         });
         return Response::new(empty());
     }
+    let target = match shared.authorize(host, port, via).await {
+        Ok(t) => t,
+        Err(r) => return shared.refuse(METHOD, &shown, port, r),
+    };
+    let guard = shared.guard(started, METHOD, &target, via);
+    guard.set_status(200);
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let idle = shared.limits.idle_timeout;
     let shutdown = shared.shutdown.clone();
     let live = shared.live.clone();

@@ -21,12 +21,11 @@ use hyper::header::{HeaderValue, CONNECTION, HOST, UPGRADE};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::event::EventGuard;
 use super::forward::{check_framing, count_body, strip_hop_by_hop, switch_protocols};
-use super::{sanitize, ProxyBody, Refusal, Shared, Target, Verdict, Via};
+use super::{sanitize, Checked, ProxyBody, Refusal, Shared, Verdict, Via};
 use crate::intercept::{scan, substitute, Interceptor, Scan};
 use crate::policy::Host;
 
@@ -46,8 +45,6 @@ struct Tunnel {
 
 #[derive(Default)]
 struct Pool {
-    /// The connection dialled for the CONNECT, used first.
-    first: Option<TcpStream>,
     h2: Option<http2::SendRequest<ProxyBody>>,
     idle: Vec<http1::SendRequest<ProxyBody>>,
 }
@@ -62,7 +59,7 @@ pub(super) async fn serve<S>(
     shared: Arc<Shared>,
     icp: Arc<Interceptor>,
     mut client: S,
-    target: Target,
+    target: Checked,
     via: Via,
     tunnel_event: Arc<EventGuard>,
 ) where
@@ -88,10 +85,7 @@ pub(super) async fn serve<S>(
         via,
         rule: target.rule,
         tls,
-        pool: Mutex::new(Pool {
-            first: Some(target.stream),
-            ..Pool::default()
-        }),
+        pool: Mutex::new(Pool::default()),
     });
     tunnel_event.set_reason("intercepted".into());
     if !tls {
@@ -375,7 +369,7 @@ impl Tunnel {
     /// connection, an idle HTTP/1.1 one, or a new one (checked and dialled
     /// like any connection: the policy may have changed since the CONNECT).
     async fn sender(&self, h1_only: bool) -> Result<Sender, Refusal> {
-        let first = {
+        {
             let mut pool = self.pool.lock().map_err(|_| gone())?;
             if !h1_only {
                 if let Some(h2) = pool.h2.as_ref().filter(|s| s.is_ready()) {
@@ -387,17 +381,12 @@ impl Tunnel {
                     }
                 }
             }
-            pool.first.take()
-        };
-        let stream = match first {
-            Some(s) => s,
-            None => {
-                self.shared
-                    .authorize(self.host.clone(), self.port, self.via)
-                    .await?
-                    .stream
-            }
-        };
+        }
+        let stream = self
+            .shared
+            .authorize(self.host.clone(), self.port, self.via)
+            .await?
+            .stream;
         let _ = stream.set_nodelay(true);
         let upstream_failed = |what: &str, e: &dyn std::fmt::Display| {
             Refusal::new(

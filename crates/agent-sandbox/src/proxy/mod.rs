@@ -462,6 +462,16 @@ impl Refusal {
     }
 }
 
+/// A destination the policy allows, resolved and checked, not dialled.
+pub(crate) struct Checked {
+    host: Host,
+    port: u16,
+    rule: String,
+    addrs: Vec<IpAddr>,
+    /// Resolving and connecting share one timeout.
+    deadline: tokio::time::Instant,
+}
+
 /// What a request was allowed to reach.
 pub(crate) struct Target {
     host: Host,
@@ -517,12 +527,32 @@ impl Shared {
 
     /// An event delivered when the returned guard is dropped.
     fn guard(&self, started: Instant, method: &str, target: &Target, via: Via) -> Arc<EventGuard> {
+        self.guard_for(
+            started,
+            method,
+            &target.host,
+            target.port,
+            &target.rule,
+            via,
+        )
+    }
+
+    /// [`Shared::guard`] for a destination given by its parts.
+    fn guard_for(
+        &self,
+        started: Instant,
+        method: &str,
+        host: &Host,
+        port: u16,
+        rule: &str,
+        via: Via,
+    ) -> Arc<EventGuard> {
         let mut e = self.event(
             Verdict::Allow,
             method,
-            &target.host.to_string(),
-            target.port,
-            Some(target.rule.clone()),
+            &host.to_string(),
+            port,
+            Some(rule.to_owned()),
         );
         e.via = via;
         EventGuard::new(e, started, self.sink.clone())
@@ -610,7 +640,43 @@ impl Shared {
         self.decide(host, port).await.map_err(|r| r.via(via))
     }
 
+    /// [`Shared::authorize`] without the dial (an intercepted tunnel dials
+    /// when a request it allows needs the upstream).
+    async fn authorize_only(&self, host: Host, port: u16, via: Via) -> Result<Checked, Refusal> {
+        self.check(host, port).await.map_err(|r| r.via(via))
+    }
+
     async fn decide(&self, host: Host, port: u16) -> Result<Target, Refusal> {
+        let checked = self.check(host, port).await?;
+        let deadline = checked.deadline;
+        let mut last_err = None;
+        for ip in checked.addrs {
+            match tokio::time::timeout_at(deadline, self.dialer.dial(SocketAddr::new(ip, port)))
+                .await
+            {
+                Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")),
+                Ok(Ok(stream)) => {
+                    return Ok(Target {
+                        host: checked.host,
+                        port,
+                        rule: checked.rule,
+                        stream,
+                    })
+                }
+                Ok(Err(e)) => last_err = Some(e),
+            }
+        }
+        let e = last_err
+            .map(|e| sanitize(&e.to_string()))
+            .unwrap_or_default();
+        Err(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            format!("connect-failed; error={e}"),
+        ))
+    }
+
+    /// Check the name, resolve once, check every address; dial nothing.
+    async fn check(&self, host: Host, port: u16) -> Result<Checked, Refusal> {
         let policy = self
             .policy
             .read()
@@ -651,30 +717,13 @@ impl Shared {
                 rule: Some(allowed.rule.clone()),
                 ..Refusal::new(StatusCode::FORBIDDEN, d.to_string())
             })?;
-        let mut last_err = None;
-        for ip in addrs {
-            match tokio::time::timeout_at(deadline, self.dialer.dial(SocketAddr::new(ip, port)))
-                .await
-            {
-                Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")),
-                Ok(Ok(stream)) => {
-                    return Ok(Target {
-                        host,
-                        port,
-                        rule: allowed.rule,
-                        stream,
-                    })
-                }
-                Ok(Err(e)) => last_err = Some(e),
-            }
-        }
-        let e = last_err
-            .map(|e| sanitize(&e.to_string()))
-            .unwrap_or_default();
-        Err(Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            format!("connect-failed; error={e}"),
-        ))
+        Ok(Checked {
+            host,
+            port,
+            rule: allowed.rule,
+            addrs,
+            deadline,
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 //! - `docker`: the jail against a real engine (hardening read back, escapes tried)
 //! - `session`: sessions against a real engine
 //! - `pool`: pools against a real engine
+//! - `intercept`: TLS interception (secrets, HTTP rules) in the in-process proxy
 //! - `policy`: the pure policy engine
 //! - `proxy`: the in-process proxy against local canaries
 //! - `support`: the canaries, the proxy harness and the Docker helpers
@@ -15,6 +16,7 @@ mod support;
 
 mod capture;
 mod docker;
+mod intercept;
 mod policy;
 mod pool;
 mod proxy;

@@ -85,6 +85,8 @@ pub struct Seen {
     #[allow(dead_code)]
     pub method: String,
     pub uri: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -149,6 +151,56 @@ impl HttpCanary {
         }
     }
 
+    /// The same canary over TLS with `config` (its certificate and ALPN:
+    /// h2 is served as HTTP/2, anything else as HTTP/1.1).
+    pub async fn serving_tls(
+        body: &'static str,
+        config: Arc<tokio_rustls::rustls::ServerConfig>,
+    ) -> HttpCanary {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, acceptor) = (r.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = r.clone();
+                        async move { Ok::<_, Infallible>(answer(req, r, body).await) }
+                    });
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .with_upgrades()
+                            .await;
+                    }
+                });
+            }
+        });
+        HttpCanary {
+            addr,
+            connections,
+            requests,
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -179,6 +231,7 @@ async fn answer(
         .collect();
     let method = req.method().to_string();
     let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
     let websocket = req
         .headers()
         .get("upgrade")
@@ -193,6 +246,7 @@ async fn answer(
     seen.lock().unwrap().push(Seen {
         method,
         uri: uri.clone(),
+        version,
         headers,
         body,
     });

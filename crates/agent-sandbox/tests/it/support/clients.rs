@@ -74,6 +74,15 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// The server settings (certificate for the CA's names) with `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut c = (*self.config).clone();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
 /// A static file server over TLS: `GET /a/b` is the file `root/a/b`
 /// (`index.html` for a path ending in `/`; the query is ignored, which
 /// makes a git repository's `info/refs` the dumb protocol's).

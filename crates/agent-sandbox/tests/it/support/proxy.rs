@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_sandbox::intercept::Interceptor;
 use agent_sandbox::policy::Policy;
 use agent_sandbox::proxy::{
     AuditEvent, BoxFuture, Dialer, Limits, Listen, Proxy, ProxyHandle, Resolver,
@@ -108,10 +109,34 @@ impl TestProxy {
         resolver: CountingResolver,
         limits: Limits,
     ) -> TestProxy {
+        Self::start_full(policy, resolver, limits, None).await
+    }
+
+    /// A proxy that intercepts what `icp` wants.
+    pub async fn intercepting(policy: Policy, icp: Arc<Interceptor>) -> TestProxy {
+        Self::start_full(
+            policy,
+            CountingResolver::default(),
+            Limits::default(),
+            Some(icp),
+        )
+        .await
+    }
+
+    pub async fn start_full(
+        policy: Policy,
+        resolver: CountingResolver,
+        limits: Limits,
+        icp: Option<Arc<Interceptor>>,
+    ) -> TestProxy {
         let dialer = RecordingDialer::default();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
-        let handle = Proxy::builder(policy)
+        let mut builder = Proxy::builder(policy);
+        if let Some(icp) = icp {
+            builder = builder.intercept(icp);
+        }
+        let handle = builder
             .resolver(resolver.clone())
             .dialer(dialer.clone())
             .limits(limits)
