@@ -127,6 +127,44 @@ impl SandboxBuilder {
         deny_cidr;
     }
 
+    /// Allows requests to a host by method and path (see
+    /// [`PolicyBuilder::allow_http`]): `allow_http("GET", "api.github.com",
+    /// "/repos/acme/**")`. The host is allowed for those requests only, and
+    /// its TLS is intercepted so the proxy can see them.
+    pub fn allow_http(
+        mut self,
+        method: impl AsRef<str>,
+        host: impl AsRef<str>,
+        path: impl AsRef<str>,
+    ) -> Self {
+        self.s.policy = self.s.policy.allow_http(method, host, path);
+        self
+    }
+
+    /// A secret the sandbox never sees. Inside, the environment variable
+    /// `name` holds a placeholder; the proxy puts `value` in its place in
+    /// the headers (basic-auth included) and query of requests to hosts
+    /// `host_rule` covers, and refuses requests that carry it anywhere
+    /// else. The host's TLS is intercepted (see the README).
+    pub fn secret(
+        mut self,
+        name: impl Into<String>,
+        host_rule: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.s
+            .secrets
+            .push(crate::intercept::SecretSpec::new(name, host_rule, value));
+        self
+    }
+
+    /// Trusts the roots in the PEM file `path` for the upstreams of
+    /// intercepted hosts, beside the system's roots (a corporate CA).
+    pub fn upstream_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.s.upstream_ca.push(path.into());
+        self
+    }
+
     /// Pins `name:port` to `addr`, like curl's `--resolve`.
     pub fn resolve(mut self, name: impl Into<String>, port: u16, addr: impl Into<String>) -> Self {
         self.s.policy = self.s.policy.resolve(name, port, addr);
@@ -182,8 +220,14 @@ impl SandboxBuilder {
             .deny_cidr
             .into_iter()
             .fold(rules, PolicyBuilder::deny_cidr);
+        rules = o
+            .allow_http
+            .into_iter()
+            .fold(rules, PolicyBuilder::allow_http_rule);
         self.s.policy = rules;
         self.s.resolve_specs.extend(o.resolve);
+        self.s.secrets.extend(o.secret);
+        self.s.upstream_ca.extend(o.upstream_ca);
         self.s
             .env
             .extend(o.env.into_iter().map(|e| (e.key, e.value)));

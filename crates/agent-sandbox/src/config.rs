@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::command::{CancelToken, OutputSink};
+use crate::intercept::SecretSpec;
 use crate::policy::{Policy, PolicyBuilder};
 use crate::proxy::{EventSink, Limits};
 use crate::runtime::PullProgress;
@@ -43,6 +44,8 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) runtime: Option<String>,
     pub(crate) file_limit: usize,
+    pub(crate) secrets: Vec<SecretSpec>,
+    pub(crate) upstream_ca: Vec<PathBuf>,
 }
 
 impl Default for Settings {
@@ -70,6 +73,8 @@ impl Default for Settings {
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             runtime: None,
             file_limit: 64 << 20,
+            secrets: Vec::new(),
+            upstream_ca: Vec::new(),
         }
     }
 }
@@ -83,6 +88,16 @@ pub(crate) struct Config {
     pub(crate) policy: Policy,
     /// The rules it was compiled from (pins included), for sessions to change.
     pub(crate) rules: PolicyBuilder,
+    /// The extra upstream roots, read from `upstream_ca` (PEM text).
+    pub(crate) upstream_roots: Vec<String>,
+}
+
+impl Config {
+    /// Whether sandboxes of this config intercept TLS for some hosts (a
+    /// secret or an HTTP rule): they get a CA of their own.
+    pub(crate) fn intercepts(&self) -> bool {
+        !self.s.secrets.is_empty() || !self.policy.http_rules().is_empty()
+    }
 }
 
 impl Config {
@@ -165,10 +180,43 @@ impl Settings {
                 ));
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for spec in &self.secrets {
+            crate::intercept::Secret::new(spec, "0")?;
+            if !names.insert(spec.name.as_str()) {
+                return Err(bad("secret", format!("{} is given twice", spec.name)));
+            }
+            if self.env.iter().any(|(k, _)| *k == spec.name) {
+                return Err(bad(
+                    "secret",
+                    format!(
+                        "{} is both a secret and an environment variable; the secret's variable holds its placeholder",
+                        spec.name
+                    ),
+                ));
+            }
+        }
+        let mut upstream_roots = Vec::new();
+        for path in &self.upstream_ca {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad(
+                    "upstream CA",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(bad(
+                    "upstream CA",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+            upstream_roots.push(text);
+        }
         Ok(Config {
             s: self.clone(),
             policy,
             rules,
+            upstream_roots,
         })
     }
 }

@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use agent_sandbox_wire::{InitArgs, MountCheck, MOUNT_MISMATCH_EXIT, MOUNT_MISMATCH_TEXT};
 use tokio::sync::broadcast;
 
 use crate::audit::EventLog;
 use crate::config::{Config, DEFAULT_IMAGE};
+use crate::intercept::Interceptor;
 use crate::proxy::{AuditEvent, Limits, Listen, Proxy, ProxyHandle};
 use crate::runtime::{
     labels, owner_label_value, ContainerSpec, Engine, Mount, PullProgress, Resources,
@@ -215,7 +216,20 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     let (sink_events, sink_subscribers) = (events.clone(), subscribers.clone());
     let user_sink = s.on_event.clone();
     let proxy_socket = dir.0.join("proxy.sock");
-    let proxy = Proxy::builder(config.policy.clone())
+    // A CA of this sandbox's own, only when some host is intercepted.
+    let icp = if config.intercepts() {
+        Some(Arc::new(Interceptor::new(
+            &s.secrets,
+            &config.upstream_roots,
+        )?))
+    } else {
+        None
+    };
+    let mut proxy = Proxy::builder(config.policy.clone());
+    if let Some(icp) = &icp {
+        proxy = proxy.intercept(icp.clone());
+    }
+    let proxy = proxy
         .sandbox_id(id.clone())
         .limits(fair_limits(s.proxy_limits.clone()))
         .on_event(move |e| {
@@ -253,6 +267,10 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             container: format!("/etc/{name}"),
             read_only: true,
         });
+    }
+    let mut env = sandbox_env(&s.env);
+    if let Some(icp) = &icp {
+        trust_files(&engine, &image, &dir.0, icp, &mut mounts, &mut env).await?;
     }
     mounts.extend(checked.iter().map(|c| Mount {
         host: c.path.clone(),
@@ -331,7 +349,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     let spec = ContainerSpec {
         image,
         argv,
-        env: sandbox_env(&s.env),
+        env,
         user,
         // Not /workspace: the engine would create it in the image as
         // root 0755 before mounting, and the scratch tmpfs of a sandbox
@@ -372,6 +390,72 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         go,
         config,
     })
+}
+
+/// Where Debian (and Ubuntu, and images built on them) keep the system's
+/// CA bundle: clients that read it directly trust the sandbox's CA too.
+const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// An intercepting sandbox's trust: its CA alone (`ca.pem`, for Node,
+/// which adds it to its own roots) and the image's roots plus the CA
+/// (`ca-bundle.crt`, mounted read-only over the system bundle), the usual
+/// variables pointed at them, and each secret's placeholder in its
+/// variable. The CA's key never leaves this process.
+async fn trust_files(
+    engine: &Engine,
+    image: &str,
+    dir: &Path,
+    icp: &Interceptor,
+    mounts: &mut Vec<Mount>,
+    env: &mut Vec<String>,
+) -> Result<(), Error> {
+    let image_roots = image_bundle(engine, image).await?;
+    let mut bundle = image_roots;
+    if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+        bundle.push(b'\n');
+    }
+    bundle.extend_from_slice(icp.ca_pem().as_bytes());
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, icp.ca_pem()).map_err(|e| Error::io("write", &ca, e))?;
+    let path = dir.join("ca-bundle.crt");
+    std::fs::write(&path, &bundle).map_err(|e| Error::io("write", &path, e))?;
+    mounts.push(Mount {
+        host: path,
+        container: SYSTEM_BUNDLE.into(),
+        read_only: true,
+    });
+    for k in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "PIP_CERT",
+        "GIT_SSL_CAINFO",
+    ] {
+        env.push(format!("{k}={SYSTEM_BUNDLE}"));
+    }
+    env.push(format!("NODE_EXTRA_CA_CERTS={NET_DIR}/ca.pem"));
+    for (name, placeholder) in icp.placeholders() {
+        env.push(format!("{name}={placeholder}"));
+    }
+    Ok(())
+}
+
+/// The image's CA bundle (empty if it has none), read once per image name
+/// per process.
+async fn image_bundle(engine: &Engine, image: &str) -> Result<Vec<u8>, Error> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(b) = cache.lock().ok().and_then(|c| c.get(image).cloned()) {
+        return Ok(b);
+    }
+    let bundle = engine
+        .image_file(image, SYSTEM_BUNDLE)
+        .await?
+        .unwrap_or_default();
+    if let Ok(mut c) = cache.lock() {
+        c.insert(image.to_owned(), bundle.clone());
+    }
+    Ok(bundle)
 }
 
 /// Creates `path` (it must not exist) readable and writable by its owner only.

@@ -28,8 +28,15 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::intercept::SecretSpec;
 use crate::policy::PolicyBuilder;
 use crate::Error;
+
+/// `--secret NAME=ENVVAR@HOST`, the value read from the caller's environment.
+#[cfg(feature = "clap")]
+fn parse_secret(s: &str) -> Result<SecretSpec, String> {
+    SecretSpec::from_env_spec(s, |k| std::env::var(k).ok())
+}
 
 /// A size in bytes: a number, or Docker's text (`512m`, `2g`, `1048576`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +230,47 @@ impl<'de> Deserialize<'de> for MountSpec {
     }
 }
 
+/// `secret` entries: `NAME=ENVVAR@HOST` text, or an object with `name`,
+/// `host` and `value` (or `env`, a variable of the caller to read).
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretSpec>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        Text(String),
+        Object {
+            name: String,
+            host: String,
+            #[serde(default)]
+            value: Option<String>,
+            #[serde(default)]
+            env: Option<String>,
+        },
+    }
+    let lookup = |k: &str| std::env::var(k).ok();
+    Vec::<Entry>::deserialize(d)?
+        .into_iter()
+        .map(|e| match e {
+            Entry::Text(t) => SecretSpec::from_env_spec(&t, lookup),
+            Entry::Object {
+                name,
+                host,
+                value: Some(v),
+                env: None,
+            } => Ok(SecretSpec::new(name, host, v)),
+            Entry::Object {
+                name,
+                host,
+                value: None,
+                env: Some(var),
+            } => SecretSpec::from_env_spec(&format!("{name}={var}@{host}"), lookup),
+            Entry::Object { name, .. } => {
+                Err(format!("secret {name}: give exactly one of value or env"))
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map_err(de::Error::custom)
+}
+
 /// `env` is a map in JSON (`{"CI": "1"}`), `K=V` flags on the command line.
 fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EnvVar>, D::Error> {
     Ok(BTreeMap::<String, String>::deserialize(d)?
@@ -269,6 +317,20 @@ pub struct SandboxOptions {
     /// Deny a network (wins over everything).
     #[cfg_attr(feature = "clap", arg(long, value_name = "CIDR"))]
     pub deny_cidr: Vec<String>,
+    /// Allow requests by method and path: "METHOD HOST PATH" (GET api.github.com
+    /// /repos/acme/**; method * for any). The host's TLS is intercepted.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "RULE"))]
+    pub allow_http: Vec<String>,
+    /// A secret the sandbox never sees: NAME=ENVVAR@HOST (the value from the
+    /// caller's variable ENVVAR; inside, $NAME holds a placeholder the proxy
+    /// replaces in requests to HOST). The host's TLS is intercepted.
+    #[serde(deserialize_with = "secret_list")]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME=ENVVAR@HOST", value_parser = parse_secret))]
+    pub secret: Vec<SecretSpec>,
+    /// Extra roots (PEM files) trusted for upstreams of intercepted hosts,
+    /// beside the system's (a corporate CA).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "FILE"))]
+    pub upstream_ca: Vec<PathBuf>,
     /// Pin HOST:PORT to ADDR, like curl's --resolve (the name must still be allowed).
     #[cfg_attr(feature = "clap", arg(long, value_name = "HOST:PORT:ADDR"))]
     pub resolve: Vec<String>,

@@ -16,7 +16,7 @@ use crate::policy::{HostRule, RuleError};
 pub(crate) const MARKER: &str = "agent-sandbox-secret-";
 
 /// A secret's value: never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SecretValue(String);
 
 impl SecretValue {
@@ -38,7 +38,12 @@ impl std::fmt::Debug for SecretValue {
 
 /// A secret as the caller gives it: the environment variable name the
 /// sandbox sees, the host rule it may be sent to, and the value.
-#[derive(Clone, Debug)]
+///
+/// As text (the CLI's `--secret`, a string in JSON): `NAME=ENVVAR@HOST`,
+/// the value read from the caller's environment variable `ENVVAR` when
+/// parsed. In JSON also `{"name": ..., "host": ..., "value": ...}` or
+/// `{"name": ..., "host": ..., "env": "ENVVAR"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretSpec {
     /// The environment variable that holds the placeholder inside.
     pub name: String,
@@ -46,6 +51,43 @@ pub struct SecretSpec {
     pub host: String,
     /// The value (never printed).
     pub value: SecretValue,
+}
+
+impl SecretSpec {
+    /// A secret named `name` (the variable inside) for `host` (a host rule).
+    pub fn new(name: impl Into<String>, host: impl Into<String>, value: impl Into<String>) -> Self {
+        SecretSpec {
+            name: name.into(),
+            host: host.into(),
+            value: SecretValue::new(value),
+        }
+    }
+
+    /// Parses `NAME=ENVVAR@HOST`, reading the value from `lookup(ENVVAR)`.
+    ///
+    /// # Errors
+    /// A message saying what is malformed or which variable is unset.
+    pub fn from_env_spec(
+        text: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<SecretSpec, String> {
+        let form =
+            "a secret is NAME=ENVVAR@HOST, for example GH_TOKEN=GITHUB_TOKEN@api.github.com \
+                    (the value is read from the environment variable ENVVAR)";
+        let (name, rest) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: {form}"))?;
+        let (var, host) = rest
+            .split_once('@')
+            .ok_or_else(|| format!("{text:?}: {form}"))?;
+        if name.is_empty() || var.is_empty() || host.is_empty() {
+            return Err(format!("{text:?}: {form}"));
+        }
+        let value = lookup(var)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("secret {name}: the environment variable {var} is not set"))?;
+        Ok(SecretSpec::new(name, host, value))
+    }
 }
 
 /// A validated secret with its placeholder.

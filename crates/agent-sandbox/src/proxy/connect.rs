@@ -58,6 +58,20 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         }
     };
     let shown = host.to_string();
+    if shared.intercept.is_none() && shared.policy_now().narrows(&shown, port) {
+        // HTTP rules name this host, but nothing can see inside its TLS:
+        // a tunnel would allow every request.
+        return shared.refuse(
+            METHOD,
+            &shown,
+            port,
+            Refusal::new(
+                StatusCode::FORBIDDEN,
+                "http-rules-need-interception; error=the proxy has no interceptor",
+            )
+            .via(via),
+        );
+    }
     if let Some(icp) = shared.interceptor_for(&host, port) {
         // Checked now, dialled when an allowed request needs the upstream:
         // a refused request reaches nothing.

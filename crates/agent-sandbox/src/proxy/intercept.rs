@@ -208,16 +208,6 @@ impl Tunnel {
                 ),
             );
         }
-        let policy = self.shared.policy_now();
-        let rule = match policy.check_http(&self.name, self.port, &method, &path) {
-            Ok(Some(r)) => r.text.clone(),
-            Ok(None) => self.rule.clone(),
-            Err(d) => {
-                let mut r = forbid(d.to_string());
-                r.rule = Some("http rules".into());
-                return self.refuse(&method, &path, r);
-            }
-        };
         let pq = match scan(&self.icp.secrets, req.headers(), &pq, &self.name, self.port) {
             Scan::Clean => pq,
             Scan::Misdirected(secret) => {
@@ -238,6 +228,16 @@ impl Tunnel {
                 )
             }
             Scan::ForHost(names) => substitute(&self.icp.secrets, &names, req.headers_mut(), &pq),
+        };
+        let policy = self.shared.policy_now();
+        let rule = match policy.check_http(&self.name, self.port, &method, &path) {
+            Ok(Some(r)) => r.text.clone(),
+            Ok(None) => self.rule.clone(),
+            Err(d) => {
+                let mut r = forbid(d.to_string());
+                r.rule = Some("http rules".into());
+                return self.refuse(&method, &path, r);
+            }
         };
         let websocket = req
             .headers()

@@ -614,7 +614,13 @@ impl Shared {
         };
         let mut body = format!("agent-sandbox: {method} {target} {what}: {}\n", r.reason);
         if r.status == StatusCode::FORBIDDEN {
-            body.push_str("This is a policy decision, not a network failure. Ask for the host to be added to the allowlist if it is needed.\n");
+            body.push_str(if r.reason.starts_with("secret-") {
+                "This is a policy decision, not a network failure. A secret's placeholder is only ever sent to the hosts the secret is for.\n"
+            } else if r.reason.starts_with("no-matching-http-rule") {
+                "This is a policy decision, not a network failure. Ask for an HTTP rule allowing this request if it is needed.\n"
+            } else {
+                "This is a policy decision, not a network failure. Ask for the host to be added to the allowlist if it is needed.\n"
+            });
         }
         let mut resp = Response::new(full(body));
         *resp.status_mut() = r.status;

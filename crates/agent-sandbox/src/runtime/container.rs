@@ -8,7 +8,8 @@ use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, KillContainerOptions, RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
+    KillContainerOptions, RemoveContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -195,6 +196,74 @@ impl Engine {
                 other => engine_err("create the container", other),
             })?;
         Ok(resp.id)
+    }
+
+    /// The bytes of the regular file `path` in `image` (following at most
+    /// a few symbolic links), or `None` if the image has no such file.
+    /// Read through a container that is created, never started, and removed.
+    pub(crate) async fn image_file(
+        &self,
+        image: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(vec!["/nonexistent".to_owned()]),
+            labels: Some(HashMap::from([
+                (super::labels::MANAGED.to_owned(), "1".to_owned()),
+                (
+                    super::labels::OWNER.to_owned(),
+                    super::gc::owner_label_value(),
+                ),
+            ])),
+            network_disabled: Some(true),
+            ..Default::default()
+        };
+        let id = self
+            .docker
+            .create_container(None::<CreateContainerOptions>, body)
+            .await
+            .map_err(|e| engine_err("read the image's CA bundle", e))?
+            .id;
+        let mut path = path.to_owned();
+        let mut found = None;
+        for _ in 0..4 {
+            let mut tar = Vec::new();
+            let mut stream = self.docker.download_from_container(
+                &id,
+                Some(DownloadFromContainerOptions { path: path.clone() }),
+            );
+            let mut failed = false;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => tar.extend_from_slice(&b),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+            match first_tar_entry(&tar) {
+                Some(TarEntry::File(data)) => {
+                    found = Some(data);
+                    break;
+                }
+                Some(TarEntry::Link(target)) => {
+                    path = if target.starts_with('/') {
+                        target
+                    } else {
+                        let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                        format!("{dir}/{target}")
+                    };
+                }
+                None => break,
+            }
+        }
+        let _ = self.remove(&id).await;
+        Ok(found)
     }
 
     /// Attaches to output, starts the container, and feeds every chunk of
@@ -403,5 +472,57 @@ impl Engine {
             }) => Ok(()),
             Err(e) => Err(engine_err("remove the container", e)),
         }
+    }
+}
+
+enum TarEntry {
+    File(Vec<u8>),
+    Link(String),
+}
+
+/// The first entry of a tar archive: a regular file's bytes or a symbolic
+/// link's target (what the engine's archive endpoint returns for one path).
+fn first_tar_entry(tar: &[u8]) -> Option<TarEntry> {
+    let head = tar.get(..512)?;
+    let field = |from: usize, len: usize| {
+        let f = &head[from..from + len];
+        let end = f.iter().position(|&b| b == 0).unwrap_or(len);
+        String::from_utf8_lossy(&f[..end]).trim().to_owned()
+    };
+    let size = usize::from_str_radix(&field(124, 12), 8).ok()?;
+    match head[156] {
+        b'0' | 0 => Some(TarEntry::File(tar.get(512..512 + size)?.to_vec())),
+        b'2' => Some(TarEntry::Link(field(157, 100))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tar_tests {
+    use super::*;
+
+    fn header(name: &str, size: usize, kind: u8, link: &str) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let size = format!("{size:011o}");
+        h[124..135].copy_from_slice(size.as_bytes());
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h
+    }
+
+    #[test]
+    fn the_first_entry_is_a_file_or_a_link() {
+        let mut tar = header("ca.crt", 5, b'0', "");
+        tar.extend_from_slice(b"hello");
+        tar.resize(1024, 0);
+        assert!(matches!(first_tar_entry(&tar), Some(TarEntry::File(d)) if d == b"hello"));
+        let tar = header("cert.pem", 0, b'2', "/etc/ssl/certs/ca-certificates.crt");
+        assert!(
+            matches!(first_tar_entry(&tar), Some(TarEntry::Link(t)) if t == "/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert!(first_tar_entry(b"short").is_none());
+        let truncated = header("x", 100, b'0', "");
+        assert!(first_tar_entry(&truncated).is_none());
     }
 }

@@ -266,6 +266,15 @@ impl Session {
         let mut rules = self.inner.rules.lock().map_err(|_| Error::SessionClosed)?;
         let next = f(rules.clone());
         let policy = next.clone().build()?;
+        if !policy.http_rules().is_empty() && !self.inner.launched.config.intercepts() {
+            return Err(Error::InvalidArgument {
+                what: "policy".into(),
+                reason:
+                    "HTTP rules need TLS interception, which a sandbox sets up when it starts: \
+                         start it with an HTTP rule or a secret"
+                        .into(),
+            });
+        }
         let ports = policy.capture_ports();
         self.inner
             .launched

@@ -115,7 +115,7 @@ async fn a_placeholder_becomes_the_secret_for_its_host_only() {
     let icp = Arc::new(
         Interceptor::new(
             &[secret("GH_TOKEN", &format!("api.test:{a}"))],
-            &[ca.pem.clone()],
+            std::slice::from_ref(&ca.pem),
         )
         .unwrap(),
     );
@@ -204,7 +204,7 @@ async fn basic_auth_placeholders_are_substituted_for_git_style_clients() {
     let icp = Arc::new(
         Interceptor::new(
             &[secret("GIT_TOKEN", &format!("git.test:{p}"))],
-            &[ca.pem.clone()],
+            std::slice::from_ref(&ca.pem),
         )
         .unwrap(),
     );
@@ -242,7 +242,7 @@ async fn http_rules_allow_what_they_name_and_refuse_the_rest_inside_tls() {
     let ca = TestCa::new(&["api.github.test"]);
     let api = upstream(&ca, &[b"h2", b"http/1.1"]).await;
     let p = api.port();
-    let icp = Arc::new(Interceptor::new(&[], &[ca.pem.clone()]).unwrap());
+    let icp = Arc::new(Interceptor::new(&[], std::slice::from_ref(&ca.pem)).unwrap());
     let host = format!("api.github.test:{p}");
     let policy = Policy::builder()
         .allow_http("GET", &host, "/repos/acme/**")
@@ -324,7 +324,7 @@ async fn http2_works_end_to_end() {
     let icp = Arc::new(
         Interceptor::new(
             &[secret("TOKEN", &format!("h2.test:{p}"))],
-            &[ca.pem.clone()],
+            std::slice::from_ref(&ca.pem),
         )
         .unwrap(),
     );
@@ -363,7 +363,7 @@ async fn a_websocket_upgrade_passes_through_an_intercepted_host() {
     let ca = TestCa::new(&["ws.test"]);
     let up = upstream(&ca, &[b"http/1.1"]).await;
     let p = up.port();
-    let icp = Arc::new(Interceptor::new(&[], &[ca.pem.clone()]).unwrap());
+    let icp = Arc::new(Interceptor::new(&[], std::slice::from_ref(&ca.pem)).unwrap());
     let policy = Policy::builder()
         .allow_http("GET", format!("ws.test:{p}"), "/socket")
         .resolve("ws.test", p, "127.0.0.1")
@@ -472,7 +472,7 @@ async fn a_client_that_does_not_trust_the_sandbox_ca_gets_no_data_and_an_event_s
     let ca = TestCa::new(&["api.test"]);
     let up = upstream(&ca, &[b"http/1.1"]).await;
     let p = up.port();
-    let icp = Arc::new(Interceptor::new(&[], &[ca.pem.clone()]).unwrap());
+    let icp = Arc::new(Interceptor::new(&[], std::slice::from_ref(&ca.pem)).unwrap());
     let policy = Policy::builder()
         .allow_http("GET", format!("api.test:{p}"), "/**")
         .resolve("api.test", p, "127.0.0.1")

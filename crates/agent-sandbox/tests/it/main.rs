@@ -7,6 +7,7 @@
 //! - `intercept`: TLS interception (secrets, HTTP rules) in the in-process proxy
 //! - `policy`: the pure policy engine
 //! - `proxy`: the in-process proxy against local canaries
+//! - `secrets`: secrets and HTTP rules with real clients (the clients image)
 //! - `support`: the canaries, the proxy harness and the Docker helpers
 //!
 //! The Docker-backed modules share one engine lock (`support::docker`): the
@@ -20,4 +21,5 @@ mod intercept;
 mod policy;
 mod pool;
 mod proxy;
+mod secrets;
 mod session;
