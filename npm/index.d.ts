@@ -57,6 +57,26 @@ export interface SandboxOptions {
   maxConnections?: number
   /** New connections per second the proxy accepts (default 200). */
   connectionsPerSecond?: number
+  /** Requests allowed by method and path: "GET api.github.com /repos/acme/**" (method * for any). The host's TLS is intercepted. */
+  allowHttp?: string[]
+  /** Secrets the sandbox never sees: inside, process.env[name] holds a placeholder the proxy replaces in requests to `host`. The host's TLS is intercepted. */
+  secret?: Array<Secret | string>
+  /** Extra roots (PEM files) trusted for the upstreams of intercepted hosts (a corporate CA). */
+  upstreamCa?: string[]
+}
+
+/**
+ * A secret: `{ name, host, value }`, or `{ name, host, env }` to read the
+ * value from the caller's environment variable `env`, or the CLI's text
+ * `"NAME=ENVVAR@HOST"`.
+ */
+export interface Secret {
+  /** The environment variable that holds the placeholder inside. */
+  name: string
+  /** The host rule whose requests get the value (allow-rule syntax). */
+  host: string
+  value?: string
+  env?: string
 }
 
 export interface ExecOptions {
@@ -91,6 +111,8 @@ export interface SandboxEvent {
   verdict: 'allow' | 'deny' | 'error'
   /** `capture`: init captured a connection to a name it resolved (the program ignored the proxy variables). */
   via: 'proxy' | 'capture'
+  /** The request's path (never its query), for requests the proxy saw: plain HTTP and intercepted hosts. */
+  path?: string
   method: string
   host: string
   port: number

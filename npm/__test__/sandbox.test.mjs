@@ -232,3 +232,38 @@ test('a session or pool garbage-collected without close() removes its containers
   assert.ok(before >= 2, `expected a session and a pool spare, saw ${before}`)
   assert.equal(after, 0, 'containers outlived their garbage-collected owners')
 })
+
+test('secrets stay outside the box and HTTP rules narrow a host', async () => {
+  const hits = []
+  const server = createServer((req, res) => { hits.push(req.url); res.end('ok') })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const port = server.address().port
+  const value = 'sk-node-secret-value-51c2'
+  process.env.AS_TEST_NODE_SECRET = value
+  try {
+    const s = sandbox({
+      allowHttp: [`GET api.test:${port} /ok/**`],
+      resolve: [`api.test:${port}:127.0.0.1`],
+      secret: [{ name: 'API_KEY', host: `api.test:${port}`, env: 'AS_TEST_NODE_SECRET' }],
+    })
+    const r = await s.run(
+      `echo "inside: $API_KEY"; ` +
+      `curl -s -o /dev/null -w 'ok %{http_code}\\n' http://api.test:${port}/ok/x; ` +
+      `curl -s -o /dev/null -w 'other-path %{http_code}\\n' http://api.test:${port}/admin; ` +
+      `curl -s -o /dev/null -w 'secret-in-clear %{http_code}\\n' -H "X-Key: $API_KEY" http://api.test:${port}/ok/y`,
+    )
+    assert.match(r.stdout, /inside: agent-sandbox-secret-api-key-/, r.stderr)
+    assert.ok(!(r.stdout + r.stderr).includes(value))
+    assert.ok(r.stdout.includes('ok 200\nother-path 403\nsecret-in-clear 403\n'), r.stdout)
+    assert.deepEqual(hits, ['/ok/x'])
+    const reasons = Object.fromEntries(r.refusals.map((e) => [e.path, e.reason]))
+    assert.match(reasons['/admin'], /^no-matching-http-rule/)
+    assert.equal(reasons['/ok/y'], 'secret-over-plain-http; secret=API_KEY')
+    assert.ok(!JSON.stringify(r.events).includes(value))
+    await assert.rejects(sandbox({ secret: ['T=AS_TEST_UNSET_VAR@api.test'] }).run('true'),
+      (e) => e.code === 'invalid_argument' && /AS_TEST_UNSET_VAR is not set/.test(e.message))
+  } finally {
+    delete process.env.AS_TEST_NODE_SECRET
+    server.close()
+  }
+})

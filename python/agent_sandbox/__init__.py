@@ -74,6 +74,9 @@ class Event:
     via: str = "proxy"
     """``proxy`` (the program used the proxy variables) or ``capture`` (init
     captured a connection to a name it resolved)."""
+    path: str | None = None
+    """The request's path (never its query), for requests the proxy saw:
+    plain HTTP and hosts whose TLS it intercepts (a secret or an HTTP rule)."""
 
     @property
     def allowed(self) -> bool:
@@ -218,6 +221,22 @@ def _block(coro: Coroutine[Any, Any, T]) -> T:
     return task.result()
 
 
+SecretLike = str | tuple[str, str, str] | Mapping[str, str]
+"""A secret: ``(name, host_rule, value)``; ``{"name", "host", "value"}`` or
+``{"name", "host", "env"}`` (the value read from the caller's variable
+``env``); or the CLI's text ``"NAME=ENVVAR@HOST"``."""
+
+
+def _secret(s: SecretLike) -> str | dict[str, str]:
+    if isinstance(s, str):
+        return s
+    if isinstance(s, tuple):
+        if len(s) != 3:
+            raise InvalidArgumentError("a secret is (name, host_rule, value)")
+        return {"name": s[0], "host": s[1], "value": s[2]}
+    return dict(s)
+
+
 def _json(options: Mapping[str, Any]) -> str:
     """Options as JSON for the core's options layer: paths as text, anything
     else JSON lacks as its type's name (the core then names the option)."""
@@ -245,9 +264,16 @@ class Sandbox:
                  pids: int | None = None, tmp_size: int | str | None = None, output_limit: int | str | None = None,
                  file_limit: int | str | None = None, mounts: Sequence[str] = (), user: str | None = None,
                  runtime: str | None = None, idle_timeout: float | str | None = None,
-                 max_connections: int | None = None, connections_per_second: int | None = None, **unknown: Any):
+                 max_connections: int | None = None, connections_per_second: int | None = None,
+                 allow_http: Sequence[str] = (), secret: Sequence[SecretLike] = (),
+                 upstream_ca: Sequence[str | os.PathLike] = (), **unknown: Any):
         options = {k: v for k, v in locals().items() if k not in ("self", "unknown")} | unknown
-        self._options = {k: v for k, v in options.items() if v not in (None, ())}
+        options["secret"] = [_secret(s) for s in secret]
+        self._options = {k: v for k, v in options.items() if v not in (None, (), [])}
+        if "secret" in self._options:
+            # Never shown: the repr names each secret and its host only.
+            self._options["secret"] = [f"{s['name']}@{s['host']}" if isinstance(s, dict) else s.split("=")[0]
+                                       for s in self._options["secret"]]
         self._native = _native.Sandbox(_json(options))
 
     def __repr__(self) -> str:

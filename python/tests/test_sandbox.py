@@ -445,3 +445,35 @@ def test_sessions_and_pools_dropped_without_close_remove_their_containers():
         time.sleep(0.1)
     assert not any(mine in o for o in owners), owners
     assert containers_of(f"agent-sandbox.id={sid}") == []
+
+
+def test_secrets_stay_outside_and_http_rules_narrow_a_host(canary):
+    port, hits = canary
+    value = "sk-python-secret-value-93e1"
+    s = sandbox(allow_http=[f"GET api.test:{port} /ok/**"], resolve=[f"api.test:{port}:127.0.0.1"],
+                secret=[("API_KEY", f"api.test:{port}", value)])
+    assert value not in repr(s) and "API_KEY@api.test" in repr(s)
+    r = s.run(
+        f"echo \"inside: $API_KEY\"; "
+        f"curl -s -o /dev/null -w 'ok %{{http_code}}\\n' http://api.test:{port}/ok/x; "
+        f"curl -s -o /dev/null -w 'other-path %{{http_code}}\\n' http://api.test:{port}/admin; "
+        f"curl -s -o /dev/null -w 'secret-in-clear %{{http_code}}\\n' -H \"X-Key: $API_KEY\" http://api.test:{port}/ok/y"
+    )
+    assert "inside: agent-sandbox-secret-api-key-" in r.stdout, r.stderr
+    assert value not in r.stdout + r.stderr
+    assert "ok 200\nother-path 403\nsecret-in-clear 403\n" in r.stdout
+    assert hits == ["/ok/x"], "only the allowed request reached the server"
+    reasons = {e.path: e.reason for e in r.refusals}
+    assert reasons["/admin"].startswith("no-matching-http-rule"), reasons
+    assert reasons["/ok/y"] == "secret-over-plain-http; secret=API_KEY"
+    assert all(value not in e.to_json() for e in r.events)
+
+
+def test_bad_secrets_are_clear_errors(monkeypatch):
+    with pytest.raises(PolicyError, match="environment variable name"):
+        sandbox(secret=[("1BAD", "api.test", "v")]).run("true")
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(InvalidArgumentError, match="NOT_SET_ANYWHERE is not set"):
+        sandbox(secret=["TOKEN=NOT_SET_ANYWHERE@api.test"])
+    with pytest.raises(PolicyError, match="METHOD HOST PATH"):
+        sandbox(allow_http=["GET api.test"]).run("true")

@@ -268,8 +268,8 @@ const SUMMARY_LINES: usize = 20;
 /// is one line, not six, and a flood is a count; at most [`SUMMARY_LINES`]
 /// lines.
 fn print_refusals(refusals: &[&AuditEvent], dropped: u64) {
-    /// Verdict, method, host, port, reason, via.
-    type Key<'a> = (Verdict, &'a str, &'a str, u16, &'a str, Via);
+    /// Verdict, method, host, port, path, reason, via.
+    type Key<'a> = (Verdict, &'a str, &'a str, u16, &'a str, &'a str, Via);
     let mut seen: Vec<(Key<'_>, u64)> = Vec::new();
     for e in refusals {
         let key = (
@@ -277,6 +277,7 @@ fn print_refusals(refusals: &[&AuditEvent], dropped: u64) {
             e.method.as_str(),
             e.host.as_str(),
             e.port,
+            e.path.as_deref().unwrap_or_default(),
             e.reason.as_deref().unwrap_or("denied"),
             e.via,
         );
@@ -298,7 +299,7 @@ fn print_refusals(refusals: &[&AuditEvent], dropped: u64) {
         what.push(format!("{failed} allowed but failed to connect"));
     }
     eprintln!("agent-sandbox: {}:", what.join(", "));
-    for ((verdict, method, host, port, reason, via), n) in seen.iter().take(SUMMARY_LINES) {
+    for ((verdict, method, host, port, path, reason, via), n) in seen.iter().take(SUMMARY_LINES) {
         let times = if *n > 1 {
             format!(" x{n}")
         } else {
@@ -309,7 +310,7 @@ fn print_refusals(refusals: &[&AuditEvent], dropped: u64) {
             (_, Via::Capture) => ", captured",
             _ => "",
         };
-        eprintln!("  {method} {host}:{port} ({reason}{how}){times}");
+        eprintln!("  {method} {host}:{port}{path} ({reason}{how}){times}");
     }
     if seen.len() > SUMMARY_LINES {
         eprintln!("  ... and {} more", seen.len() - SUMMARY_LINES);

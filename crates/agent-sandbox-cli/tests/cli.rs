@@ -201,6 +201,71 @@ fn run_passes_the_exit_code_and_reports_refusals() {
     );
 }
 
+/// `--secret NAME=ENVVAR@HOST` reads the value from the caller's
+/// environment: the sandbox sees a placeholder, a placeholder in clear is
+/// refused (the summary says why, with the path), and bad secrets or
+/// `--allow-http` rules exit 2 naming the problem.
+#[test]
+fn secrets_come_from_the_environment_and_never_enter_the_box() {
+    let value = "cli-secret-value-77d0";
+    let ws = workspace("secret");
+    let out = bin()
+        .env("AS_CLI_SECRET", value)
+        .args([
+            "run",
+            "--image",
+            &image(),
+            "--workspace",
+            ws.to_str().unwrap(),
+        ])
+        .args(["--secret", "API_KEY=AS_CLI_SECRET@api.test"])
+        .args(["--allow-http", "GET api.test /ok/**"])
+        .args([
+            "--",
+            "echo \"$API_KEY\"; curl -s -o /dev/null -H \"X-Key: $API_KEY\" http://api.test/ok/x",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.starts_with("agent-sandbox-secret-api-key-"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains(value) && !stderr.contains(value));
+    assert!(
+        stderr.contains("GET api.test:80/ok/x (secret-over-plain-http; secret=API_KEY)"),
+        "{stderr}"
+    );
+    for (args, says) in [
+        (
+            ["--secret", "API_KEY=AS_CLI_UNSET@api.test"],
+            "AS_CLI_UNSET is not set",
+        ),
+        (["--secret", "API_KEY"], "NAME=ENVVAR@HOST"),
+        (["--allow-http", "GET api.test"], "METHOD HOST PATH"),
+    ] {
+        let out = bin()
+            .env_remove("AS_CLI_UNSET")
+            .args([
+                "run",
+                "--image",
+                &image(),
+                "--workspace",
+                ws.to_str().unwrap(),
+            ])
+            .args(args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn run_timeout_exits_124() {
     let ws = workspace("timeout");
