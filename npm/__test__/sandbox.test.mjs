@@ -260,7 +260,7 @@ test('secrets stay outside the box and HTTP rules narrow a host', async () => {
     assert.match(reasons['/admin'], /^no-matching-http-rule/)
     assert.equal(reasons['/ok/y'], 'secret-over-plain-http; secret=API_KEY')
     assert.ok(!JSON.stringify(r.events).includes(value))
-    await assert.rejects(sandbox({ secret: ['T=AS_TEST_UNSET_VAR@api.test'] }).run('true'),
+    assert.throws(() => sandbox({ secret: ['T=AS_TEST_UNSET_VAR@api.test'] }),
       (e) => e.code === 'invalid_argument' && /AS_TEST_UNSET_VAR is not set/.test(e.message))
   } finally {
     delete process.env.AS_TEST_NODE_SECRET
