@@ -23,7 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName,
+};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -50,7 +52,10 @@ async fn run(n: usize) {
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
     let names: Vec<String> = (0..NAMES).map(|i| format!("h{i}.test")).collect();
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.clone()).unwrap().signed_by(&key, &ca).unwrap();
+    let leaf = CertificateParams::new(names.clone())
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
     let mut server = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -69,7 +74,9 @@ async fn run(n: usize) {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
                     let body = if req.uri().path() == "/bulk" {
                         Bytes::from(vec![7u8; BULK])
@@ -87,7 +94,9 @@ async fn run(n: usize) {
 
     let mut rules = Policy::builder();
     for name in &names {
-        rules = rules.allow(format!("{name}:{port}")).resolve(name, port, "127.0.0.1");
+        rules = rules
+            .allow(format!("{name}:{port}"))
+            .resolve(name, port, "127.0.0.1");
     }
     let plain = start(rules.clone().build().unwrap(), None).await;
     let icp = Arc::new(Interceptor::new(&[], &[ca.pem()]).unwrap());
@@ -121,7 +130,11 @@ async fn run(n: usize) {
     row("plain tunnel", &mut ta);
     row("intercepted", &mut tb);
     let p50 = |v: &Vec<Duration>| v[v.len() / 2].as_secs_f64() * 1e6;
-    println!("{:<26} {:>8.0}", "added by interception", p50(&tb) - p50(&ta));
+    println!(
+        "{:<26} {:>8.0}",
+        "added by interception",
+        p50(&tb) - p50(&ta)
+    );
 
     // (b) bulk.
     println!("\nbulk: one {} MiB response (MiB/s, best of 3)", BULK >> 20);
@@ -146,7 +159,10 @@ async fn run(n: usize) {
         c.get("/").await;
         cached.push(t.elapsed());
     }
-    println!("\nfirst request of a new tunnel (CONNECT + TLS + GET), {} hosts (µs)", NAMES - 1);
+    println!(
+        "\nfirst request of a new tunnel (CONNECT + TLS + GET), {} hosts (µs)",
+        NAMES - 1
+    );
     println!("{:<26} {:>8} {:>8} {:>8}", "leaf", "p50", "p90", "p99");
     row("minted", &mut minted);
     row("cached", &mut cached);
@@ -155,7 +171,12 @@ async fn run(n: usize) {
 fn row(label: &str, v: &mut [Duration]) {
     v.sort();
     let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e6;
-    println!("{label:<26} {:>8.0} {:>8.0} {:>8.0}", q(0.5), q(0.9), q(0.99));
+    println!(
+        "{label:<26} {:>8.0} {:>8.0} {:>8.0}",
+        q(0.5),
+        q(0.9),
+        q(0.99)
+    );
 }
 
 async fn client_bulk(c: &mut Client) -> f64 {
@@ -170,7 +191,9 @@ async fn start(policy: Policy, icp: Option<Arc<Interceptor>>) -> ProxyHandle {
     if let Some(i) = icp {
         b = b.intercept(i);
     }
-    b.start(&Listen::parse("127.0.0.1:0").unwrap()).await.unwrap()
+    b.start(&Listen::parse("127.0.0.1:0").unwrap())
+        .await
+        .unwrap()
 }
 
 fn roots(pem: &str) -> Arc<ClientConfig> {
@@ -194,11 +217,15 @@ struct Client {
 
 impl Client {
     async fn open(proxy: &ProxyHandle, host: &str, port: u16, tls: &Arc<ClientConfig>) -> Client {
-        let mut s = TcpStream::connect(proxy.local_addr().tcp().unwrap()).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        s.write_all(format!("CONNECT {host}:{port} HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n").as_bytes())
+        let mut s = TcpStream::connect(proxy.local_addr().tcp().unwrap())
             .await
             .unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(
+            format!("CONNECT {host}:{port} HTTP/1.1\r\nhost: {host}:{port}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -210,9 +237,14 @@ impl Client {
             .connect(ServerName::try_from(host.to_owned()).unwrap(), s)
             .await
             .unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        Client { sender, host: host.to_owned() }
+        Client {
+            sender,
+            host: host.to_owned(),
+        }
     }
 
     async fn get(&mut self, path: &str) -> Duration {
@@ -224,7 +256,10 @@ impl Client {
 
     async fn get_len(&mut self, path: &str) -> usize {
         self.sender.ready().await.unwrap();
-        let req = Request::get(path).header("host", &self.host).body(Empty::new()).unwrap();
+        let req = Request::get(path)
+            .header("host", &self.host)
+            .body(Empty::new())
+            .unwrap();
         let resp = self.sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap().to_bytes().len()
