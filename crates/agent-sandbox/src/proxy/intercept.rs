@@ -66,7 +66,8 @@ pub(super) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut first = [0u8; 1];
-    let Ok(1) = client.read(&mut first).await else {
+    let idle = shared.limits.idle_timeout;
+    let Ok(Ok(1)) = tokio::time::timeout(idle, client.read(&mut first)).await else {
         return;
     };
     // 0x16: a TLS handshake record.
