@@ -90,6 +90,8 @@ pub struct StaticHttps {
     pub port: u16,
     pub root: PathBuf,
     connections: Arc<AtomicUsize>,
+    /// The `Authorization` header of every request that had one.
+    authorizations: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl StaticHttps {
@@ -98,18 +100,23 @@ impl StaticHttps {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
+        let authorizations = Arc::new(std::sync::Mutex::new(Vec::new()));
         let acceptor = TlsAcceptor::from(ca.config.clone());
-        let (count, served) = (connections.clone(), root.clone());
+        let (count, served, auths) = (connections.clone(), root.clone(), authorizations.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, root) = (acceptor.clone(), served.clone());
+                let (acceptor, root, auths) = (acceptor.clone(), served.clone(), auths.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let root = root.clone();
+                        if let Some(a) = req.headers().get("authorization") {
+                            let a = String::from_utf8_lossy(a.as_bytes()).into_owned();
+                            auths.lock().unwrap().push(a);
+                        }
                         async move { Ok::<_, Infallible>(serve_file(&root, req.uri().path())) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -122,11 +129,16 @@ impl StaticHttps {
             port,
             root,
             connections,
+            authorizations,
         }
     }
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn authorizations(&self) -> Vec<String> {
+        self.authorizations.lock().unwrap().clone()
     }
 }
 
