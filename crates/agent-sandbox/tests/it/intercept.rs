@@ -102,6 +102,43 @@ async fn send(tls: TlsStream<TcpStream>, req: Request<Empty<Bytes>>, h2: bool) -
     }
 }
 
+/// One upstream `name` (its own CA, offering `alpn`), a secret
+/// `secret_name` for it, and an intercepting proxy that allows it.
+struct OneHost {
+    up: HttpCanary,
+    port: u16,
+    icp: Arc<Interceptor>,
+    placeholder: String,
+    proxy: TestProxy,
+}
+
+async fn one_secret_host(name: &str, secret_name: &str, alpn: &[&[u8]]) -> OneHost {
+    let ca = TestCa::new(&[name]);
+    let up = upstream(&ca, alpn).await;
+    let port = up.port();
+    let icp = Arc::new(
+        Interceptor::new(
+            &[secret(secret_name, &format!("{name}:{port}"))],
+            std::slice::from_ref(&ca.pem),
+        )
+        .unwrap(),
+    );
+    let placeholder = icp.placeholders().next().unwrap().1.to_owned();
+    let policy = Policy::builder()
+        .allow(format!("{name}:{port}"))
+        .resolve(name, port, "127.0.0.1")
+        .build()
+        .unwrap();
+    let proxy = TestProxy::intercepting(policy, icp.clone()).await;
+    OneHost {
+        up,
+        port,
+        icp,
+        placeholder,
+        proxy,
+    }
+}
+
 fn get(host: &str, path: &str) -> hyper::http::request::Builder {
     Request::get(path).header("host", host)
 }
@@ -198,23 +235,13 @@ async fn a_placeholder_becomes_the_secret_for_its_host_only() {
 
 #[tokio::test]
 async fn basic_auth_placeholders_are_substituted_for_git_style_clients() {
-    let ca = TestCa::new(&["git.test"]);
-    let git = upstream(&ca, &[b"http/1.1"]).await;
-    let p = git.port();
-    let icp = Arc::new(
-        Interceptor::new(
-            &[secret("GIT_TOKEN", &format!("git.test:{p}"))],
-            std::slice::from_ref(&ca.pem),
-        )
-        .unwrap(),
-    );
-    let placeholder = icp.placeholders().next().unwrap().1.to_owned();
-    let policy = Policy::builder()
-        .allow(format!("git.test:{p}"))
-        .resolve("git.test", p, "127.0.0.1")
-        .build()
-        .unwrap();
-    let proxy = TestProxy::intercepting(policy, icp.clone()).await;
+    let OneHost {
+        up: git,
+        port: p,
+        icp,
+        placeholder,
+        proxy,
+    } = one_secret_host("git.test", "GIT_TOKEN", &[b"http/1.1"]).await;
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
     let creds = b64.encode(format!("x-access-token:{placeholder}"));
@@ -318,23 +345,13 @@ async fn http_rules_allow_what_they_name_and_refuse_the_rest_inside_tls() {
 
 #[tokio::test]
 async fn http2_works_end_to_end() {
-    let ca = TestCa::new(&["h2.test"]);
-    let up = upstream(&ca, &[b"h2", b"http/1.1"]).await;
-    let p = up.port();
-    let icp = Arc::new(
-        Interceptor::new(
-            &[secret("TOKEN", &format!("h2.test:{p}"))],
-            std::slice::from_ref(&ca.pem),
-        )
-        .unwrap(),
-    );
-    let placeholder = icp.placeholders().next().unwrap().1.to_owned();
-    let policy = Policy::builder()
-        .allow(format!("h2.test:{p}"))
-        .resolve("h2.test", p, "127.0.0.1")
-        .build()
-        .unwrap();
-    let proxy = TestProxy::intercepting(policy, icp.clone()).await;
+    let OneHost {
+        up,
+        port: p,
+        icp,
+        placeholder,
+        proxy,
+    } = one_secret_host("h2.test", "TOKEN", &[b"h2", b"http/1.1"]).await;
     let tls = tls_via(&proxy, "h2.test", p, icp.ca_pem(), &[b"h2"])
         .await
         .unwrap();

@@ -120,35 +120,7 @@ impl HttpCanary {
     /// A canary whose 200 body is `body` (a test can tell which canary
     /// answered, from inside a sandbox).
     pub async fn serving(body: &'static str) -> HttpCanary {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (c, r) = (connections.clone(), requests.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    return;
-                };
-                c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let r = r.clone();
-                        async move { Ok::<_, Infallible>(answer(req, r, body).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
-        HttpCanary {
-            addr,
-            connections,
-            requests,
-        }
+        Self::serve(body, None).await
     }
 
     /// The same canary over TLS with `config` (its certificate and ALPN:
@@ -157,36 +129,46 @@ impl HttpCanary {
         body: &'static str,
         config: Arc<tokio_rustls::rustls::ServerConfig>,
     ) -> HttpCanary {
+        Self::serve(body, Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn serve(body: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> HttpCanary {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (c, r) = (connections.clone(), requests.clone());
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
         tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (r, acceptor) = (r.clone(), acceptor.clone());
+                let (r, tls) = (r.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(s).await else {
-                        return;
-                    };
-                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let r = r.clone();
                         async move { Ok::<_, Infallible>(answer(req, r, body).await) }
                     });
-                    if h2 {
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    let Some(acceptor) = tls else {
+                        let _ = http1
+                            .serve_connection(TokioIo::new(s), svc)
+                            .with_upgrades()
+                            .await;
+                        return;
+                    };
+                    let Ok(tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
                         let _ = hyper::server::conn::http2::Builder::new(
                             hyper_util::rt::TokioExecutor::new(),
                         )
                         .serve_connection(TokioIo::new(tls), svc)
                         .await;
                     } else {
-                        let _ = hyper::server::conn::http1::Builder::new()
+                        let _ = http1
                             .serve_connection(TokioIo::new(tls), svc)
                             .with_upgrades()
                             .await;
