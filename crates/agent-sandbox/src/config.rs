@@ -180,12 +180,8 @@ impl Settings {
                 ));
             }
         }
-        let mut names = std::collections::HashSet::new();
+        crate::intercept::validated(&self.secrets, "0")?;
         for spec in &self.secrets {
-            crate::intercept::Secret::new(spec, "0")?;
-            if !names.insert(spec.name.as_str()) {
-                return Err(bad("secret", format!("{} is given twice", spec.name)));
-            }
             if self.env.iter().any(|(k, _)| *k == spec.name) {
                 return Err(bad(
                     "secret",

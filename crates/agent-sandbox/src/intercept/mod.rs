@@ -67,19 +67,7 @@ impl Interceptor {
     /// PEM text with no certificate in it or a CA that cannot be made.
     pub fn new(secrets: &[SecretSpec], extra_roots: &[String]) -> Result<Interceptor, Error> {
         let nonce = random_hex(8)?;
-        let mut seen = std::collections::HashSet::new();
-        let secrets = secrets
-            .iter()
-            .map(|s| {
-                if !seen.insert(s.name.clone()) {
-                    return Err(Error::Policy(RuleError {
-                        rule: format!("secret {}", s.name),
-                        reason: "two secrets with the same name".into(),
-                    }));
-                }
-                Secret::new(s, &nonce).map_err(Error::Policy)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let secrets = validated(secrets, &nonce)?;
         let bad = |reason: String| Error::InvalidArgument {
             what: "interception".into(),
             reason,
@@ -195,6 +183,24 @@ impl Interceptor {
             self.upstream.clone()
         }
     }
+}
+
+/// `specs` as secrets with placeholders ending in `nonce`: each valid,
+/// no name twice.
+pub(crate) fn validated(specs: &[SecretSpec], nonce: &str) -> Result<Vec<Secret>, Error> {
+    let mut seen = std::collections::HashSet::new();
+    specs
+        .iter()
+        .map(|s| {
+            if !seen.insert(s.name.as_str()) {
+                return Err(Error::Policy(RuleError {
+                    rule: format!("secret {}", s.name),
+                    reason: "two secrets with the same name".into(),
+                }));
+            }
+            Secret::new(s, nonce).map_err(Error::Policy)
+        })
+        .collect()
 }
 
 /// The platform's roots, read once per process (unreadable entries skipped).

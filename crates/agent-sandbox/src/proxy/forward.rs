@@ -92,36 +92,13 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         }
     };
     let path = uri.path().to_owned();
-    let refuse = |r: Refusal| shared.refuse(&method, &shown, port, r.path(&path));
-    let name = host.to_string();
-    let rule = match shared.policy_now().check_http(&name, port, &method, &path) {
-        Ok(r) => r.map(|r| r.text.clone()),
-        Err(d) => {
-            let mut r = Refusal::new(StatusCode::FORBIDDEN, d.to_string());
-            r.rule = Some("http rules".into());
-            return refuse(r);
-        }
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    // Over plain HTTP a placeholder is refused wherever it goes, so there
+    // is never a secret to substitute here.
+    let rule = match shared.screen(&host.to_string(), port, &method, pq, req.headers(), false) {
+        Ok((rule, _)) => rule,
+        Err(r) => return shared.refuse(&method, &shown, port, r.path(&path)),
     };
-    // Secrets are never sent in clear, and never to another host: a
-    // placeholder in a plain-HTTP request is refused either way.
-    if let Some(secrets) = shared.intercept.as_ref().map(|i| &i.secrets) {
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
-        match crate::intercept::scan(secrets, req.headers(), pq, &name, port) {
-            crate::intercept::Scan::Clean => {}
-            crate::intercept::Scan::Misdirected(s) => {
-                return refuse(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    format!("secret-for-another-host; secret={s}"),
-                ))
-            }
-            crate::intercept::Scan::ForHost(s) => {
-                return refuse(Refusal::new(
-                    StatusCode::FORBIDDEN,
-                    format!("secret-over-plain-http; secret={}", s.join(",")),
-                ))
-            }
-        }
-    }
     let target = match shared.authorize(host.clone(), port, Via::Proxy).await {
         Ok(t) => t,
         Err(r) => return shared.refuse(&method, &shown, port, r),

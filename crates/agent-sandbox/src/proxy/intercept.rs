@@ -26,8 +26,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use super::event::EventGuard;
 use super::forward::{check_framing, count_body, strip_hop_by_hop, switch_protocols};
 use super::{sanitize, Checked, ProxyBody, Refusal, Shared, Verdict, Via};
-use crate::intercept::{scan, substitute, Interceptor, Scan};
-use crate::policy::Host;
+use crate::intercept::{substitute, Interceptor};
+use crate::policy::{parse_authority, Host};
 
 /// One intercepted tunnel: where it goes and the upstream connections it
 /// has open.
@@ -167,35 +167,26 @@ impl Tunnel {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let forbid = |reason: String| Refusal::new(StatusCode::FORBIDDEN, reason);
         // The request names the tunnel's host, or none: no fronting
         // another host through an allowed tunnel.
-        let named = req
-            .uri()
-            .authority()
-            .map(|a| a.host().to_owned())
-            .or_else(|| {
-                let h = req.headers().get(HOST)?.to_str().ok()?;
-                Some(
-                    h.rsplit_once(':')
-                        .map_or(h, |(n, p)| {
-                            if p.bytes().all(|b| b.is_ascii_digit()) {
-                                n
-                            } else {
-                                h
-                            }
-                        })
-                        .to_owned(),
-                )
-            });
+        let named = match req.uri().authority() {
+            Some(a) => Some(a.host().to_owned()),
+            None => req
+                .headers()
+                .get(HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()),
+        };
         if let Some(n) = named {
-            let n = n.trim_end_matches('.').to_ascii_lowercase();
-            let n = n.trim_start_matches('[').trim_end_matches(']');
-            if Host::parse(n).map(|h| h.to_string()).as_deref() != Ok(self.name.as_str()) {
+            let same =
+                parse_authority(&n, Some(self.port)).is_ok_and(|(h, _)| h.to_string() == self.name);
+            if !same {
                 return self.refuse(
                     &method,
                     &path,
-                    forbid(format!("host-mismatch; asked={}", sanitize(n))),
+                    Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        format!("host-mismatch; asked={}", sanitize(&n)),
+                    ),
                 );
             }
         }
@@ -209,36 +200,19 @@ impl Tunnel {
                 ),
             );
         }
-        let pq = match scan(&self.icp.secrets, req.headers(), &pq, &self.name, self.port) {
-            Scan::Clean => pq,
-            Scan::Misdirected(secret) => {
-                return self.refuse(
-                    &method,
-                    &path,
-                    forbid(format!("secret-for-another-host; secret={secret}")),
-                )
-            }
-            Scan::ForHost(names) if !self.tls => {
-                return self.refuse(
-                    &method,
-                    &path,
-                    forbid(format!(
-                        "secret-over-plain-http; secret={}",
-                        names.join(",")
-                    )),
-                )
-            }
-            Scan::ForHost(names) => substitute(&self.icp.secrets, &names, req.headers_mut(), &pq),
-        };
-        let policy = self.shared.policy_now();
-        let rule = match policy.check_http(&self.name, self.port, &method, &path) {
-            Ok(Some(r)) => r.text.clone(),
-            Ok(None) => self.rule.clone(),
-            Err(d) => {
-                let mut r = forbid(d.to_string());
-                r.rule = Some("http rules".into());
-                return self.refuse(&method, &path, r);
-            }
+        let (rule, secrets) =
+            match self
+                .shared
+                .screen(&self.name, self.port, &method, &pq, req.headers(), self.tls)
+            {
+                Ok(s) => s,
+                Err(r) => return self.refuse(&method, &path, r),
+            };
+        let rule = rule.unwrap_or_else(|| self.rule.clone());
+        let pq = if secrets.is_empty() {
+            pq
+        } else {
+            substitute(&self.icp.secrets, &secrets, req.headers_mut(), &pq)
         };
         let websocket = req
             .headers()

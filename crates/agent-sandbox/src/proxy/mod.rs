@@ -157,7 +157,8 @@ impl ProxyBuilder {
 
     /// Intercepts TLS for the hosts `i` wants (a secret or an HTTP rule
     /// names them): see [`Interceptor`]. Without it, HTTP rules still apply
-    /// to plain-HTTP requests, and CONNECT tunnels are never opened.
+    /// to plain-HTTP requests, and a CONNECT to a host they name is refused
+    /// (a tunnel would let every request through unread).
     pub fn intercept(mut self, i: Arc<Interceptor>) -> Self {
         self.intercept = Some(i);
         self
@@ -580,6 +581,47 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// What a request the proxy can read passes before it goes anywhere,
+    /// plain HTTP and intercepted alike: secret placeholders (only to the
+    /// hosts their rules cover, never in clear: `tls` says whether the
+    /// request goes upstream encrypted), then the HTTP rules. Returns the
+    /// HTTP rule that allowed it (if any names the host) and the secrets
+    /// whose placeholders it carries, to substitute.
+    fn screen(
+        &self,
+        name: &str,
+        port: u16,
+        method: &str,
+        path_and_query: &str,
+        headers: &hyper::HeaderMap,
+        tls: bool,
+    ) -> Result<(Option<String>, Vec<String>), Refusal> {
+        let forbid = |reason: String| Refusal::new(StatusCode::FORBIDDEN, reason);
+        let secrets = self.intercept.as_ref().map_or(&[][..], |i| &i.secrets[..]);
+        let names = match crate::intercept::scan(secrets, headers, path_and_query, name, port) {
+            crate::intercept::Scan::Clean => Vec::new(),
+            crate::intercept::Scan::Misdirected(s) => {
+                return Err(forbid(format!("secret-for-another-host; secret={s}")))
+            }
+            crate::intercept::Scan::ForHost(s) if !tls => {
+                return Err(forbid(format!(
+                    "secret-over-plain-http; secret={}",
+                    s.join(",")
+                )))
+            }
+            crate::intercept::Scan::ForHost(s) => s,
+        };
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        match self.policy_now().check_http(name, port, method, path) {
+            Ok(rule) => Ok((rule.map(|r| r.text.clone()), names)),
+            Err(d) => {
+                let mut r = forbid(d.to_string());
+                r.rule = Some("http rules".into());
+                Err(r)
+            }
+        }
+    }
+
     /// The interceptor, if it wants `host`:`port` under the current policy.
     fn interceptor_for(&self, host: &Host, port: u16) -> Option<Arc<Interceptor>> {
         let i = self.intercept.as_ref()?;
@@ -683,11 +725,7 @@ impl Shared {
 
     /// Check the name, resolve once, check every address; dial nothing.
     async fn check(&self, host: Host, port: u16) -> Result<Checked, Refusal> {
-        let policy = self
-            .policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
+        let policy = self.policy_now();
         let allowed = policy.check_host(&host, port).map_err(|d| Refusal {
             rule: d.rule().map(str::to_owned),
             ..Refusal::new(StatusCode::FORBIDDEN, d.to_string())

@@ -508,3 +508,56 @@ async fn a_client_that_does_not_trust_the_sandbox_ca_gets_no_data_and_an_event_s
     );
     assert!(up.requests().is_empty());
 }
+
+/// Inside an intercepted tunnel the sandbox tries request smuggling and
+/// fronting, as the plain-proxy test does outside: the CL.TE mix is
+/// answered once (chunked wins, then the connection closes, so the tail is
+/// never read), other ambiguous framing is refused, an absolute URI naming
+/// another host is refused; the upstream never sees a smuggled request.
+#[tokio::test]
+async fn smuggled_and_fronted_requests_inside_tls_reach_nothing() {
+    let OneHost {
+        up,
+        port: p,
+        icp,
+        placeholder: _,
+        proxy,
+    } = one_secret_host("api.test", "TOKEN", &[b"http/1.1"]).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: api.test\r\n\r\n";
+    let attacks = [
+        (
+            format!("POST /a HTTP/1.1\r\nHost: api.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+            "HTTP/1.1 200",
+        ),
+        (
+            format!("POST /a HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
+            "HTTP/1.1 400",
+        ),
+        (
+            format!("GET https://evil.test:{p}/x HTTP/1.1\r\nHost: api.test\r\n\r\n{smuggled}"),
+            "host-mismatch; asked=evil.test",
+        ),
+    ];
+    for (raw, says) in attacks {
+        let mut tls = tls_via(&proxy, "api.test", p, icp.ca_pem(), &[b"http/1.1"])
+            .await
+            .unwrap();
+        tls.write_all(raw.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut got))
+            .await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.contains(says), "{says}: {got}");
+        assert_eq!(
+            got.matches("HTTP/1.1 ").count(),
+            1,
+            "a second answer: {got}"
+        );
+    }
+    let seen: Vec<String> = up.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(
+        seen,
+        ["/a"],
+        "only the CL.TE request, once, reached the upstream"
+    );
+}
