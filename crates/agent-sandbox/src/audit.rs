@@ -137,6 +137,7 @@ mod tests {
             reason: Some("no-matching-rule".into()),
             status: 403,
             path: None,
+            ask: None,
             bytes_up: 0,
             bytes_down: 0,
             duration_ms: 0,

@@ -152,9 +152,46 @@ impl SandboxBuilder {
         host_rule: impl Into<String>,
         value: impl Into<String>,
     ) -> Self {
-        self.s
-            .secrets
-            .push(crate::intercept::SecretSpec::new(name, host_rule, value));
+        self.s.policy = self
+            .s
+            .policy
+            .secret(crate::intercept::SecretSpec::new(name, host_rule, value));
+        self
+    }
+
+    /// Adds the rules, presets and secrets of a policy file (read, and
+    /// its secrets' variables looked up, at each run or session start;
+    /// see [`PolicyBuilder::from_file`] for the format). Rules given one by
+    /// one add to the file's.
+    pub fn policy_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.s.policy_files.push(path.into());
+        self
+    }
+
+    /// Adds a preset's allow rules (`npm`, `pypi`, `github`, ...: see
+    /// [`crate::policy::presets`]).
+    pub fn allow_preset(mut self, name: impl Into<String>) -> Self {
+        self.s.policy = self.s.policy.allow_preset(name);
+        self
+    }
+
+    /// Calls `f` when a request matches no rule (never for a deny rule, an
+    /// IP literal, a special-range address or a malformed request): the
+    /// proxy holds the request until `f` answers, at most the
+    /// [`ask_timeout`](Self::ask_timeout) (then it is denied). See
+    /// [`crate::ask`]. Default: no callback; a miss is denied at once.
+    pub fn on_ask<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(crate::ask::AskRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = crate::ask::AskAnswer> + Send + 'static,
+    {
+        self.s.ask = Some(crate::ask::ask_fn(f));
+        self
+    }
+
+    /// How long a request waits for the ask callback. Default 30 s.
+    pub fn ask_timeout(mut self, timeout: Duration) -> Self {
+        self.s.ask_timeout = timeout;
         self
     }
 
@@ -224,9 +261,14 @@ impl SandboxBuilder {
             .allow_http
             .into_iter()
             .fold(rules, PolicyBuilder::allow_http_rule);
-        self.s.policy = rules;
         self.s.resolve_specs.extend(o.resolve);
-        self.s.secrets.extend(o.secret);
+        rules = o.secret.into_iter().fold(rules, PolicyBuilder::secret);
+        rules = o.preset.into_iter().fold(rules, PolicyBuilder::allow_preset);
+        self.s.policy = rules;
+        self.s.policy_files.extend(o.policy_file);
+        if let Some(t) = o.ask_timeout {
+            self.s.ask_timeout = t.0;
+        }
         self.s.upstream_ca.extend(o.upstream_ca);
         self.s
             .env

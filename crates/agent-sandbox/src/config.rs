@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::command::{CancelToken, OutputSink};
-use crate::intercept::SecretSpec;
 use crate::policy::{Policy, PolicyBuilder};
 use crate::proxy::{EventSink, Limits};
 use crate::runtime::PullProgress;
@@ -44,7 +43,9 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) runtime: Option<String>,
     pub(crate) file_limit: usize,
-    pub(crate) secrets: Vec<SecretSpec>,
+    pub(crate) policy_files: Vec<PathBuf>,
+    pub(crate) ask: Option<crate::ask::AskFn>,
+    pub(crate) ask_timeout: Duration,
     pub(crate) upstream_ca: Vec<PathBuf>,
 }
 
@@ -73,7 +74,9 @@ impl Default for Settings {
             idle_timeout: Some(Duration::from_secs(30 * 60)),
             runtime: None,
             file_limit: 64 << 20,
-            secrets: Vec::new(),
+            policy_files: Vec::new(),
+            ask: None,
+            ask_timeout: Duration::from_secs(30),
             upstream_ca: Vec::new(),
         }
     }
@@ -96,7 +99,7 @@ impl Config {
     /// Whether sandboxes of this config intercept TLS for some hosts (a
     /// secret or an HTTP rule): they get a CA of their own.
     pub(crate) fn intercepts(&self) -> bool {
-        !self.s.secrets.is_empty() || !self.policy.http_rules().is_empty()
+        !self.rules.secrets().is_empty() || !self.policy.http_rules().is_empty()
     }
 }
 
@@ -115,7 +118,12 @@ impl Config {
 impl Settings {
     /// Checks every input; nothing is started.
     pub(crate) fn validate(&self) -> Result<Config, Error> {
-        let mut rules = self.policy.clone();
+        // The files' rules first, then those given one by one.
+        let mut rules = PolicyBuilder::default();
+        for path in &self.policy_files {
+            rules = rules.extend(PolicyBuilder::from_file(path)?);
+        }
+        let mut rules = rules.extend(self.policy.clone());
         for spec in &self.resolve_specs {
             rules = rules.resolve_spec(spec)?;
         }
@@ -180,8 +188,8 @@ impl Settings {
                 ));
             }
         }
-        crate::intercept::validated(&self.secrets, "0")?;
-        for spec in &self.secrets {
+        crate::intercept::validated(rules.secrets(), "0")?;
+        for spec in rules.secrets() {
             if self.env.iter().any(|(k, _)| *k == spec.name) {
                 return Err(bad(
                     "secret",

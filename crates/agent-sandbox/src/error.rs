@@ -11,6 +11,19 @@ pub enum Error {
     /// A policy rule is malformed; the message names the rule.
     #[error(transparent)]
     Policy(#[from] RuleError),
+    /// A policy file holds something invalid: the file, the line and the
+    /// entry (when one entry is at fault) say where.
+    #[error("{}:{line}: {}{reason}", path.display(), rule.as_ref().map(|r| format!("{r:?}: ")).unwrap_or_default())]
+    PolicyFile {
+        /// The file.
+        path: PathBuf,
+        /// The line (1-based).
+        line: usize,
+        /// The entry as written, when one is at fault.
+        rule: Option<String>,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
     /// A listen address is malformed.
     #[error("invalid listen address {addr:?}: {reason}")]
     Listen {
@@ -120,7 +133,7 @@ impl Error {
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Policy(_) => "policy",
+            Error::Policy(_) | Error::PolicyFile { .. } => "policy",
             Error::Listen { .. } => "listen",
             Error::Bind { .. } | Error::SocketPathInUse { .. } => "bind",
             Error::DockerUnavailable { .. } => "docker_unavailable",

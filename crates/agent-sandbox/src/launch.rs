@@ -219,7 +219,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     // A CA of this sandbox's own, only when some host is intercepted.
     let icp = if config.intercepts() {
         Some(Arc::new(Interceptor::new(
-            &s.secrets,
+            config.rules.secrets(),
             &config.upstream_roots,
         )?))
     } else {

@@ -66,6 +66,7 @@
 //! The map of the modules, the data flow of a run, a session and a pool,
 //! and the invariants each layer keeps are in `ARCHITECTURE.md`.
 
+pub mod ask;
 mod audit;
 mod builder;
 mod command;

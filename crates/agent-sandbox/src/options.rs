@@ -327,6 +327,18 @@ pub struct SandboxOptions {
     #[serde(deserialize_with = "secret_list")]
     #[cfg_attr(feature = "clap", arg(long, value_name = "NAME=ENVVAR@HOST", value_parser = parse_secret))]
     pub secret: Vec<SecretSpec>,
+    /// A policy file (TOML: allow, deny, allow_cidr, deny_cidr, resolve,
+    /// http, preset, secret; see the README). Rules given here add to it.
+    #[cfg_attr(feature = "clap", arg(long = "policy", value_name = "FILE"))]
+    pub policy_file: Option<PathBuf>,
+    /// Allow a preset's hosts: pypi, npm, crates, github, go, rubygems,
+    /// debian, huggingface, openai, anthropic, gemini (`agent-sandbox presets`).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME"))]
+    pub preset: Vec<String>,
+    /// How long a request that matches no rule waits for the ask callback
+    /// before it is denied (default 30 s; only with an ask callback).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SECS"))]
+    pub ask_timeout: Option<Seconds>,
     /// Extra roots (PEM files) trusted for upstreams of intercepted hosts,
     /// beside the system's (a corporate CA).
     #[cfg_attr(feature = "clap", arg(long, value_name = "FILE"))]

@@ -37,11 +37,13 @@
 //! ```
 
 mod addr;
+mod file;
 mod host;
 mod http;
 mod rule;
 
 pub use addr::{special_range, Cidr};
+pub use file::{preset, presets, Preset};
 pub use host::{parse_authority, Host, HostError};
 pub use http::{HttpDenial, HttpRule};
 pub use rule::{CidrRule, HostRule, Ports, RuleError, Scope};
@@ -51,6 +53,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde_json::{json, Value};
+
+use crate::intercept::SecretSpec;
 
 /// Collects rules; validates them all at [`build`](PolicyBuilder::build).
 ///
@@ -64,6 +69,8 @@ pub struct PolicyBuilder {
     deny_cidr: Vec<String>,
     resolve: Vec<(String, u16, String)>,
     http: Vec<String>,
+    presets: Vec<String>,
+    secrets: Vec<SecretSpec>,
 }
 
 impl PolicyBuilder {
@@ -137,10 +144,66 @@ impl PolicyBuilder {
             &mut self.allow_cidr,
             &mut self.deny_cidr,
             &mut self.http,
+            &mut self.presets,
         ] {
             list.retain(|r| r != rule);
         }
         self
+    }
+
+    /// Adds every rule, preset and secret of `other` after this one's.
+    pub fn extend(mut self, other: PolicyBuilder) -> Self {
+        self.allow.extend(other.allow);
+        self.deny.extend(other.deny);
+        self.allow_cidr.extend(other.allow_cidr);
+        self.deny_cidr.extend(other.deny_cidr);
+        self.resolve.extend(other.resolve);
+        self.http.extend(other.http);
+        self.presets.extend(other.presets);
+        self.secrets.extend(other.secrets);
+        self
+    }
+
+    /// Adds a secret: the sandbox sees a placeholder in the variable
+    /// `spec.name`, and the proxy puts the value in requests to the hosts
+    /// `spec.host` covers (see the README: secrets and HTTP rules).
+    pub fn secret(mut self, spec: SecretSpec) -> Self {
+        self.secrets.push(spec);
+        self
+    }
+
+    /// The secrets added so far.
+    #[must_use]
+    pub fn secrets(&self) -> &[SecretSpec] {
+        &self.secrets
+    }
+
+    /// The rules as lists of text, by kind (`allow`, `deny`, `allow_cidr`,
+    /// `deny_cidr`, `resolve`, `http`, `preset`), and each secret as
+    /// `NAME@HOST` (never its value): what the bindings show as a
+    /// sandbox's policy.
+    #[must_use]
+    pub fn to_json(&self) -> Value {
+        let resolve: Vec<String> = self
+            .resolve
+            .iter()
+            .map(|(n, p, a)| format!("{n}:{p}:{a}"))
+            .collect();
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|s| format!("{}@{}", s.name, s.host))
+            .collect();
+        json!({
+            "allow": self.allow,
+            "deny": self.deny,
+            "allow_cidr": self.allow_cidr,
+            "deny_cidr": self.deny_cidr,
+            "resolve": resolve,
+            "http": self.http,
+            "preset": self.presets,
+            "secret": secrets,
+        })
     }
 
     /// Pins from curl's `HOST:PORT:ADDR` form (`a.test:443:127.0.0.1`,
@@ -177,6 +240,9 @@ impl PolicyBuilder {
             .collect::<Result<Vec<_>, _>>()?;
         // A host an HTTP rule names is allowed (for what its rules allow).
         let mut allowed = self.allow.clone();
+        for name in &self.presets {
+            allowed.extend(file::preset(name)?.allow.iter().cloned());
+        }
         allowed.extend(http.iter().map(|r| r.host.text.clone()));
         let allow = RuleSet::new(&allowed)?;
         let deny = RuleSet::new(&self.deny)?;
@@ -216,6 +282,7 @@ impl PolicyBuilder {
             deny_cidr,
             pins,
             http,
+            source: self,
         })
     }
 }
@@ -286,6 +353,8 @@ pub struct Policy {
     deny_cidr: Vec<CidrRule>,
     pins: HashMap<(String, u16), Vec<IpAddr>>,
     http: Vec<HttpRule>,
+    /// What it was built from (to grow it, and to show it).
+    source: PolicyBuilder,
 }
 
 /// Why a destination was refused.
@@ -413,6 +482,18 @@ impl Policy {
         path: &str,
     ) -> Result<Option<&HttpRule>, HttpDenial> {
         http::check(&self.http, name, port, method, path)
+    }
+
+    /// The rules this policy was built from.
+    #[must_use]
+    pub fn rules(&self) -> &PolicyBuilder {
+        &self.source
+    }
+
+    /// The addresses `name`:`port` is pinned to, if a `resolve` rule pins it.
+    #[must_use]
+    pub fn pinned(&self, name: &str, port: u16) -> Option<&[IpAddr]> {
+        self.pins.get(&(name.to_owned(), port)).map(Vec::as_slice)
     }
 
     /// A policy that allows nothing.

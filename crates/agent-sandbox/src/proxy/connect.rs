@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 
 use super::event::EventGuard;
-use super::{empty, sanitize, ProxyBody, Refusal, Shared, Via};
+use super::{empty, sanitize, Asking, ProxyBody, Refusal, Shared, Via};
 use crate::policy::parse_authority;
 
 const METHOD: &str = "CONNECT";
@@ -75,11 +75,23 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     if let Some(icp) = shared.interceptor_for(&host, port) {
         // Checked now, dialled when an allowed request needs the upstream:
         // a refused request reaches nothing.
-        let checked = match shared.authorize_only(host, port, via).await {
+        let asking = Asking::Ask {
+            method: METHOD,
+            path: None,
+        };
+        let checked = match shared.authorize_only(host, port, via, asking).await {
             Ok(c) => c,
             Err(r) => return shared.refuse(METHOD, &shown, port, r),
         };
-        let guard = shared.guard_for(started, METHOD, &checked.host, port, &checked.rule, via);
+        let guard = shared.guard_for(
+            started,
+            METHOD,
+            &checked.host,
+            port,
+            &checked.rule,
+            via,
+            checked.ask,
+        );
         guard.set_status(200);
         let on_upgrade = hyper::upgrade::on(&mut req);
         let live = shared.live.clone();
@@ -100,7 +112,11 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         });
         return Response::new(empty());
     }
-    let target = match shared.authorize(host, port, via).await {
+    let asking = Asking::Ask {
+        method: METHOD,
+        path: None,
+    };
+    let target = match shared.authorize(host, port, via, asking).await {
         Ok(t) => t,
         Err(r) => return shared.refuse(METHOD, &shown, port, r),
     };

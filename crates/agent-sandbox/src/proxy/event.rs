@@ -63,6 +63,10 @@ pub struct AuditEvent {
     /// plain HTTP and intercepted hosts. `None` for tunnels.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// When the decision was asked of the ask callback, its answer:
+    /// `once`, `sandbox`, `deny`, `timeout` or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ask: Option<String>,
     /// Why it was refused or failed (`no-matching-rule`, `special-address; ...`).
     pub reason: Option<String>,
     /// The status the proxy answered with (200 for an established tunnel;
@@ -167,6 +171,12 @@ impl EventGuard {
     pub(crate) fn set_rule(&self, rule: String) {
         if let Ok(mut e) = self.event.lock() {
             e.rule = Some(rule);
+        }
+    }
+
+    pub(crate) fn set_ask(&self, ask: &str) {
+        if let Ok(mut e) = self.event.lock() {
+            e.ask = Some(ask.to_owned());
         }
     }
 

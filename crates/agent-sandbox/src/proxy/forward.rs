@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use super::connect::tunnel;
 use super::event::EventGuard;
-use super::{sanitize, ProxyBody, Refusal, Shared, Via};
+use super::{sanitize, Asking, ProxyBody, Refusal, Shared, Via};
 use crate::policy::{parse_authority, Host};
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus
@@ -95,18 +95,31 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
     let pq = uri.path_and_query().map_or("/", |p| p.as_str());
     // Over plain HTTP a placeholder is refused wherever it goes, so there
     // is never a secret to substitute here.
-    let rule = match shared.screen(&host.to_string(), port, &method, pq, req.headers(), false) {
-        Ok((rule, _)) => rule,
+    let screened = match shared
+        .screen(&shown, port, &method, pq, req.headers(), false, Via::Proxy)
+        .await
+    {
+        Ok(s) => s,
         Err(r) => return shared.refuse(&method, &shown, port, r.path(&path)),
     };
-    let target = match shared.authorize(host.clone(), port, Via::Proxy).await {
+    let asking = Asking::Ask {
+        method: &method,
+        path: Some(&path),
+    };
+    let target = match shared
+        .authorize(host.clone(), port, Via::Proxy, asking)
+        .await
+    {
         Ok(t) => t,
-        Err(r) => return shared.refuse(&method, &shown, port, r),
+        Err(r) => return shared.refuse(&method, &shown, port, r.path(&path)),
     };
     let guard = shared.guard(started, &method, &target, Via::Proxy);
     guard.set_path(&path);
-    if let Some(rule) = rule {
+    if let Some(rule) = screened.rule {
         guard.set_rule(rule);
+    }
+    if let Some(ask) = screened.ask {
+        guard.set_ask(ask);
     }
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 

@@ -25,7 +25,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::event::EventGuard;
 use super::forward::{check_framing, count_body, strip_hop_by_hop, switch_protocols};
-use super::{sanitize, Checked, ProxyBody, Refusal, Shared, Verdict, Via};
+use super::{sanitize, Asking, Checked, ProxyBody, Refusal, Shared, Verdict, Via};
 use crate::intercept::{substitute, Interceptor};
 use crate::policy::{parse_authority, Host};
 
@@ -39,6 +39,8 @@ struct Tunnel {
     port: u16,
     via: Via,
     rule: String,
+    /// Allowed once by the ask callback: later dials need no rule either.
+    granted: bool,
     tls: bool,
     pool: Mutex<Pool>,
 }
@@ -85,6 +87,7 @@ pub(super) async fn serve<S>(
         port: target.port,
         via,
         rule: target.rule,
+        granted: target.ask == Some("once"),
         tls,
         pool: Mutex::new(Pool::default()),
     });
@@ -153,6 +156,20 @@ where
 }
 
 impl Tunnel {
+    /// How a dial for a later request may treat a miss: a tunnel the ask
+    /// callback allowed once stays allowed; one a rule allowed asks anew
+    /// (the rule may have been removed since).
+    fn asking(&self) -> Asking<'static> {
+        if self.granted {
+            Asking::Granted
+        } else {
+            Asking::Ask {
+                method: "CONNECT",
+                path: None,
+            }
+        }
+    }
+
     fn refuse(&self, method: &str, path: &str, r: Refusal) -> Response<ProxyBody> {
         self.shared
             .refuse(method, &self.name, self.port, r.via(self.via).path(path))
@@ -200,15 +217,24 @@ impl Tunnel {
                 ),
             );
         }
-        let (rule, secrets) =
-            match self
-                .shared
-                .screen(&self.name, self.port, &method, &pq, req.headers(), self.tls)
-            {
-                Ok(s) => s,
-                Err(r) => return self.refuse(&method, &path, r),
-            };
-        let rule = rule.unwrap_or_else(|| self.rule.clone());
+        let screened = match self
+            .shared
+            .screen(
+                &self.name,
+                self.port,
+                &method,
+                &pq,
+                req.headers(),
+                self.tls,
+                self.via,
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(r) => return self.refuse(&method, &path, r),
+        };
+        let (secrets, ask) = (screened.secrets, screened.ask);
+        let rule = screened.rule.unwrap_or_else(|| self.rule.clone());
         let pq = if secrets.is_empty() {
             pq
         } else {
@@ -232,6 +258,7 @@ impl Tunnel {
             .shared
             .event(Verdict::Allow, &method, &self.name, self.port, Some(rule));
         e.via = self.via;
+        e.ask = ask.map(str::to_owned);
         e.path = Some(super::event::truncated(
             &sanitize(&path),
             super::event::MAX_PATH_BYTES,
@@ -359,7 +386,7 @@ impl Tunnel {
         }
         let stream = self
             .shared
-            .authorize(self.host.clone(), self.port, self.via)
+            .authorize(self.host.clone(), self.port, self.via, self.asking())
             .await?
             .stream;
         let _ = stream.set_nodelay(true);

@@ -22,7 +22,7 @@ pub use resolve::{BoxFuture, Dialer, Resolver, SystemResolver, TcpDialer};
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -35,8 +35,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
+use crate::ask::{AskFn, AskRequest, Asker, Outcome};
 use crate::intercept::Interceptor;
-use crate::policy::{Host, Policy};
+use crate::policy::{Denial, Host, HttpDenial, Policy, PolicyBuilder, RuleError};
 use crate::Error;
 use event::EventGuard;
 
@@ -95,6 +96,7 @@ pub struct ProxyBuilder {
     sandbox_id: Option<String>,
     host_addrs: Option<HashSet<IpAddr>>,
     intercept: Option<Arc<Interceptor>>,
+    asker: Option<Arc<Asker>>,
 }
 
 /// The allowlist proxy. Start one with [`Proxy::builder`].
@@ -113,6 +115,7 @@ impl Proxy {
             sandbox_id: None,
             host_addrs: None,
             intercept: None,
+            asker: None,
         }
     }
 }
@@ -164,6 +167,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Asks `f` about requests that match no rule, waiting at most
+    /// `timeout` for its answer (see [`crate::ask`]).
+    pub fn on_ask(mut self, f: AskFn, timeout: Duration) -> Self {
+        self.asker = Some(Arc::new(Asker::new(f, timeout)));
+        self
+    }
+
     /// Binds the listener and starts serving in the background.
     ///
     /// # Errors
@@ -178,7 +188,7 @@ impl ProxyBuilder {
         })?;
         let host_addrs = self.host_addrs.unwrap_or_else(own_addrs);
         let (tx, rx) = watch::channel(false);
-        let policy = Arc::new(RwLock::new(Arc::new(self.policy)));
+        let policy = Arc::new(watch::Sender::new(Arc::new(self.policy)));
         let live = Arc::new(());
         let shared = Arc::new(Shared {
             policy: policy.clone(),
@@ -192,6 +202,7 @@ impl ProxyBuilder {
             shutdown: rx,
             live: live.clone(),
             intercept: self.intercept,
+            asker: self.asker,
         });
         let task = tokio::spawn(accept_loop(listener, shared));
         Ok(ProxyHandle {
@@ -210,7 +221,7 @@ pub struct ProxyHandle {
     local_addr: ListenAddr,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
-    policy: Arc<RwLock<Arc<Policy>>>,
+    policy: Arc<watch::Sender<Arc<Policy>>>,
     /// Held by every connection and tunnel (through `Shared` or a clone):
     /// shutdown waits until this is the last one, so every event is out.
     live: Arc<()>,
@@ -226,18 +237,28 @@ impl ProxyHandle {
     /// Replaces the policy. New requests are decided by it; connections and
     /// tunnels already open are not cut.
     pub fn set_policy(&self, policy: Policy) {
-        if let Ok(mut p) = self.policy.write() {
-            *p = Arc::new(policy);
-        }
+        self.policy.send_replace(Arc::new(policy));
+    }
+
+    /// Replaces the policy with what `f` makes of the one in force, as one
+    /// step (a rule an ask adds meanwhile is not lost).
+    ///
+    /// # Errors
+    /// `f`'s error; the policy is then unchanged.
+    pub fn update_policy<E>(&self, f: impl FnOnce(&Policy) -> Result<Policy, E>) -> Result<(), E> {
+        update(&self.policy, f)
     }
 
     /// The policy in force.
     #[must_use]
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        self.policy.borrow().clone()
+    }
+
+    /// Sees every change of the policy (an ask's rule included).
+    #[must_use]
+    pub fn watch_policy(&self) -> watch::Receiver<Arc<Policy>> {
+        self.policy.subscribe()
     }
 
     /// Stops accepting, closes open connections and tunnels, and removes a
@@ -268,6 +289,26 @@ impl Drop for ProxyHandle {
     }
 }
 
+fn update<E>(
+    policy: &watch::Sender<Arc<Policy>>,
+    f: impl FnOnce(&Policy) -> Result<Policy, E>,
+) -> Result<(), E> {
+    let mut result = Ok(());
+    let mut f = Some(f);
+    policy.send_if_modified(|p| match f.take().map(|f| f(p)) {
+        Some(Ok(next)) => {
+            *p = Arc::new(next);
+            true
+        }
+        Some(Err(e)) => {
+            result = Err(e);
+            false
+        }
+        None => false,
+    });
+    result
+}
+
 fn own_addrs() -> HashSet<IpAddr> {
     if_addrs::get_if_addrs()
         .map(|ifs| ifs.into_iter().map(|i| i.ip().to_canonical()).collect())
@@ -275,7 +316,7 @@ fn own_addrs() -> HashSet<IpAddr> {
 }
 
 pub(crate) struct Shared {
-    policy: Arc<RwLock<Arc<Policy>>>,
+    policy: Arc<watch::Sender<Arc<Policy>>>,
     resolver: Arc<dyn Resolver>,
     dialer: Arc<dyn Dialer>,
     sink: Option<EventSink>,
@@ -287,6 +328,7 @@ pub(crate) struct Shared {
     /// See `ProxyHandle::live`.
     pub(crate) live: Arc<()>,
     intercept: Option<Arc<Interceptor>>,
+    asker: Option<Arc<Asker>>,
 }
 
 /// A token bucket: `rate` tokens a second, holding at most `rate`.
@@ -439,6 +481,8 @@ pub(crate) struct Refusal {
     rule: Option<String>,
     via: Via,
     path: Option<String>,
+    /// The ask callback's answer, when it was asked.
+    ask: Option<&'static str>,
 }
 
 impl Refusal {
@@ -449,6 +493,7 @@ impl Refusal {
             rule: None,
             via: Via::Proxy,
             path: None,
+            ask: None,
         }
     }
 
@@ -471,6 +516,8 @@ pub(crate) struct Checked {
     addrs: Vec<IpAddr>,
     /// Resolving and connecting share one timeout.
     deadline: tokio::time::Instant,
+    /// The ask callback's answer, when it was asked.
+    ask: Option<&'static str>,
 }
 
 /// What a request was allowed to reach.
@@ -479,6 +526,26 @@ pub(crate) struct Target {
     port: u16,
     rule: String,
     stream: TcpStream,
+    ask: Option<&'static str>,
+}
+
+/// What [`Shared::screen`] let through: the HTTP rule that allowed the
+/// request (if any names the host), the secrets whose placeholders it
+/// carries (to substitute), and the ask callback's answer, when asked.
+pub(crate) struct Screened {
+    rule: Option<String>,
+    secrets: Vec<String>,
+    ask: Option<&'static str>,
+}
+
+/// Whether a miss may be asked about.
+#[derive(Clone, Copy)]
+pub(crate) enum Asking<'a> {
+    /// Ask (when a callback is set), about this request.
+    Ask { method: &'a str, path: Option<&'a str> },
+    /// The connection was allowed once already (an intercepted tunnel
+    /// dialling for a later request): a miss passes, other refusals hold.
+    Granted,
 }
 
 impl Shared {
@@ -508,6 +575,7 @@ impl Shared {
             rule,
             via: Via::Proxy,
             path: None,
+            ask: None,
             reason: None,
             status: 0,
             bytes_up: 0,
@@ -535,6 +603,7 @@ impl Shared {
             target.port,
             &target.rule,
             via,
+            target.ask,
         )
     }
 
@@ -547,6 +616,7 @@ impl Shared {
         port: u16,
         rule: &str,
         via: Via,
+        ask: Option<&'static str>,
     ) -> Arc<EventGuard> {
         let mut e = self.event(
             Verdict::Allow,
@@ -556,6 +626,7 @@ impl Shared {
             Some(rule.to_owned()),
         );
         e.via = via;
+        e.ask = ask.map(str::to_owned);
         EventGuard::new(e, started, self.sink.clone())
     }
 
@@ -569,25 +640,63 @@ impl Shared {
         let mut e = self.event(verdict, method, host, port, r.rule.clone());
         e.via = r.via;
         e.path.clone_from(&r.path);
+        e.ask = r.ask.map(str::to_owned);
         self.emit_now(e, &r.reason, r.status.as_u16());
         self.answer(method, host, port, &r)
     }
 
     /// The policy in force now.
     fn policy_now(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .map(|p| p.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
+        self.policy.borrow().clone()
+    }
+
+    /// Asks the callback about a miss (`None` without one, or when this
+    /// request may not ask). "Allow for this sandbox" applies `grow` to
+    /// the policy in force (`None` from it: the rule is there already, a
+    /// waiter beside this one added it).
+    async fn ask(
+        &self,
+        host: &str,
+        port: u16,
+        asking: Asking<'_>,
+        via: Via,
+        rule: String,
+        grow: impl FnOnce(&Policy) -> Option<PolicyBuilder>,
+    ) -> Option<Outcome> {
+        let (asker, Asking::Ask { method, path }) = (self.asker.as_ref()?, asking) else {
+            return None;
+        };
+        let key = match path {
+            Some(p) => format!("{host}:{port} {method} {p}"),
+            None => format!("{host}:{port}"),
+        };
+        let req = AskRequest {
+            host: host.to_owned(),
+            port,
+            method: event::truncated(method, event::MAX_METHOD_BYTES),
+            path: path.map(|p| event::truncated(&sanitize(p), event::MAX_PATH_BYTES)),
+            sandbox_id: self.sandbox_id.clone(),
+            command: None,
+            via,
+            rule,
+        };
+        let outcome = asker.ask(key, req).await;
+        if outcome == Outcome::Sandbox {
+            let _ = update(&self.policy, |p| match grow(p) {
+                Some(next) => next.build().map_err(Some),
+                None => Err(None::<RuleError>),
+            });
+        }
+        Some(outcome)
     }
 
     /// What a request the proxy can read passes before it goes anywhere,
     /// plain HTTP and intercepted alike: secret placeholders (only to the
     /// hosts their rules cover, never in clear: `tls` says whether the
-    /// request goes upstream encrypted), then the HTTP rules. Returns the
-    /// HTTP rule that allowed it (if any names the host) and the secrets
-    /// whose placeholders it carries, to substitute.
-    fn screen(
+    /// request goes upstream encrypted), then the HTTP rules (asking the
+    /// callback about a request none allows).
+    #[allow(clippy::too_many_arguments)] // one request's parts
+    async fn screen(
         &self,
         name: &str,
         port: u16,
@@ -595,7 +704,8 @@ impl Shared {
         path_and_query: &str,
         headers: &hyper::HeaderMap,
         tls: bool,
-    ) -> Result<(Option<String>, Vec<String>), Refusal> {
+        via: Via,
+    ) -> Result<Screened, Refusal> {
         let forbid = |reason: String| Refusal::new(StatusCode::FORBIDDEN, reason);
         let secrets = self.intercept.as_ref().map_or(&[][..], |i| &i.secrets[..]);
         let names = match crate::intercept::scan(secrets, headers, path_and_query, name, port) {
@@ -612,14 +722,53 @@ impl Shared {
             crate::intercept::Scan::ForHost(s) => s,
         };
         let path = path_and_query.split('?').next().unwrap_or_default();
-        match self.policy_now().check_http(name, port, method, path) {
-            Ok(rule) => Ok((rule.map(|r| r.text.clone()), names)),
-            Err(d) => {
-                let mut r = forbid(d.to_string());
-                r.rule = Some("http rules".into());
-                Err(r)
+        let denial = match self.policy_now().check_http(name, port, method, path) {
+            Ok(rule) => {
+                return Ok(Screened {
+                    rule: rule.map(|r| r.text.clone()),
+                    secrets: names,
+                    ask: None,
+                })
             }
+            Err(d) => d,
+        };
+        let refused = |d: &HttpDenial| Refusal {
+            rule: Some("http rules".into()),
+            ..forbid(d.to_string())
+        };
+        if !matches!(denial, HttpDenial::NoMatchingRule { .. }) {
+            return Err(refused(&denial));
         }
+        let rule = format!("{method} {name}:{port} {path}");
+        let literal = crate::ask::literal_glob(path).is_some();
+        let grow = |p: &Policy| {
+            (literal && !matches!(p.check_http(name, port, method, path), Ok(Some(_))))
+                .then(|| p.rules().clone().allow_http_rule(rule.clone()))
+        };
+        let asking = Asking::Ask {
+            method,
+            path: Some(path),
+        };
+        let Some(outcome) = self.ask(name, port, asking, via, rule.clone(), grow).await else {
+            return Err(refused(&denial));
+        };
+        let tag = Some(outcome.tag());
+        if let Some(reason) = outcome.refusal() {
+            return Err(Refusal {
+                ask: tag,
+                ..forbid(reason)
+            });
+        }
+        let rule = match self.policy_now().check_http(name, port, method, path) {
+            Ok(Some(r)) => r.text.clone(),
+            // A path no glob can name exactly: allowed this once.
+            _ => "ask: once".to_owned(),
+        };
+        Ok(Screened {
+            rule: Some(rule),
+            secrets: names,
+            ask: tag,
+        })
     }
 
     /// The interceptor, if it wants `host`:`port` under the current policy.
@@ -684,31 +833,60 @@ impl Shared {
     }
 
     /// Check the name, resolve once, check every address, dial a checked one.
-    async fn authorize(&self, host: Host, port: u16, via: Via) -> Result<Target, Refusal> {
-        self.decide(host, port).await.map_err(|r| r.via(via))
+    async fn authorize(
+        &self,
+        host: Host,
+        port: u16,
+        via: Via,
+        asking: Asking<'_>,
+    ) -> Result<Target, Refusal> {
+        self.decide(host, port, via, asking)
+            .await
+            .map_err(|r| r.via(via))
     }
 
     /// [`Shared::authorize`] without the dial (an intercepted tunnel dials
     /// when a request it allows needs the upstream).
-    async fn authorize_only(&self, host: Host, port: u16, via: Via) -> Result<Checked, Refusal> {
-        self.check(host, port).await.map_err(|r| r.via(via))
+    async fn authorize_only(
+        &self,
+        host: Host,
+        port: u16,
+        via: Via,
+        asking: Asking<'_>,
+    ) -> Result<Checked, Refusal> {
+        self.check(host, port, via, asking)
+            .await
+            .map_err(|r| r.via(via))
     }
 
-    async fn decide(&self, host: Host, port: u16) -> Result<Target, Refusal> {
-        let checked = self.check(host, port).await?;
+    async fn decide(
+        &self,
+        host: Host,
+        port: u16,
+        via: Via,
+        asking: Asking<'_>,
+    ) -> Result<Target, Refusal> {
+        let checked = self.check(host, port, via, asking).await?;
+        let ask = checked.ask;
         let deadline = checked.deadline;
         let mut last_err = None;
         for ip in checked.addrs {
             match tokio::time::timeout_at(deadline, self.dialer.dial(SocketAddr::new(ip, port)))
                 .await
             {
-                Err(_) => return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")),
+                Err(_) => {
+                    return Err(Refusal {
+                        ask,
+                        ..Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")
+                    })
+                }
                 Ok(Ok(stream)) => {
                     return Ok(Target {
                         host: checked.host,
                         port,
                         rule: checked.rule,
                         stream,
+                        ask,
                     })
                 }
                 Ok(Err(e)) => last_err = Some(e),
@@ -717,19 +895,95 @@ impl Shared {
         let e = last_err
             .map(|e| sanitize(&e.to_string()))
             .unwrap_or_default();
-        Err(Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            format!("connect-failed; error={e}"),
-        ))
+        Err(Refusal {
+            ask,
+            ..Refusal::new(StatusCode::BAD_GATEWAY, format!("connect-failed; error={e}"))
+        })
     }
 
-    /// Check the name, resolve once, check every address; dial nothing.
-    async fn check(&self, host: Host, port: u16) -> Result<Checked, Refusal> {
+    /// Check the name (asking about a miss), resolve once, check every
+    /// address; dial nothing.
+    async fn check(
+        &self,
+        host: Host,
+        port: u16,
+        via: Via,
+        asking: Asking<'_>,
+    ) -> Result<Checked, Refusal> {
+        let (allowed, ask) = self.check_name(&host, port, via, asking).await?;
         let policy = self.policy_now();
-        let allowed = policy.check_host(&host, port).map_err(|d| Refusal {
+        self.resolve_checked(host, port, allowed, ask, &policy)
+            .await
+            .map_err(|r| Refusal { ask, ..r })
+    }
+
+    /// The policy's word on a name, or the ask callback's on a miss.
+    async fn check_name(
+        &self,
+        host: &Host,
+        port: u16,
+        via: Via,
+        asking: Asking<'_>,
+    ) -> Result<(crate::policy::Allowed, Option<&'static str>), Refusal> {
+        let refused = |d: &Denial| Refusal {
             rule: d.rule().map(str::to_owned),
             ..Refusal::new(StatusCode::FORBIDDEN, d.to_string())
-        })?;
+        };
+        let denial = match self.policy_now().check_host(host, port) {
+            Ok(a) => return Ok((a, None)),
+            Err(d) => d,
+        };
+        let (Denial::NoMatchingRule, Host::Name(name)) = (&denial, host) else {
+            return Err(refused(&denial));
+        };
+        let once = |rule: &str| {
+            let pin = self.policy_now().pinned(name, port).map(<[IpAddr]>::to_vec);
+            crate::policy::Allowed {
+                rule: rule.to_owned(),
+                pinned: pin.is_some(),
+                addrs: pin,
+            }
+        };
+        if matches!(asking, Asking::Granted) {
+            return Ok((once("ask: once"), Some("once")));
+        }
+        let rule = format!("{name}:{port}");
+        let grow = |p: &Policy| {
+            let h = Host::Name(name.clone());
+            p.check_host(&h, port)
+                .is_err()
+                .then(|| p.rules().clone().allow(rule.clone()))
+        };
+        let Some(outcome) = self.ask(name, port, asking, via, rule.clone(), grow).await else {
+            return Err(refused(&denial));
+        };
+        let tag = Some(outcome.tag());
+        if let Some(reason) = outcome.refusal() {
+            return Err(Refusal {
+                ask: tag,
+                ..Refusal::new(StatusCode::FORBIDDEN, reason)
+            });
+        }
+        if outcome == Outcome::Sandbox {
+            // Decided by the policy as it now is: a deny rule added
+            // meanwhile still wins.
+            return match self.policy_now().check_host(host, port) {
+                Ok(a) => Ok((a, tag)),
+                Err(d) => Err(Refusal { ask: tag, ..refused(&d) }),
+            };
+        }
+        Ok((once("ask: once"), tag))
+    }
+
+    /// Resolves an allowed name once and checks every address.
+    async fn resolve_checked(
+        &self,
+        host: Host,
+        port: u16,
+        allowed: crate::policy::Allowed,
+        ask: Option<&'static str>,
+        policy: &Policy,
+    ) -> Result<Checked, Refusal> {
         let deadline = tokio::time::Instant::now() + self.limits.connect_timeout;
         let addrs = match (&allowed.addrs, &host) {
             (Some(a), _) => a.clone(),
@@ -767,6 +1021,7 @@ impl Shared {
             rule: allowed.rule,
             addrs,
             deadline,
+            ask,
         })
     }
 }
