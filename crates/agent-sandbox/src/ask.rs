@@ -265,13 +265,22 @@ mod tests {
 
     #[test]
     fn answers_parse_from_every_form_and_nonsense_is_named() {
-        assert_eq!(AskAnswer::from_json(&json!("once")), Ok(AskAnswer::AllowOnce));
-        assert_eq!(AskAnswer::from_json(&json!({"answer": "sandbox"})), Ok(AskAnswer::AllowSandbox));
+        assert_eq!(
+            AskAnswer::from_json(&json!("once")),
+            Ok(AskAnswer::AllowOnce)
+        );
+        assert_eq!(
+            AskAnswer::from_json(&json!({"answer": "sandbox"})),
+            Ok(AskAnswer::AllowSandbox)
+        );
         assert_eq!(
             AskAnswer::from_json(&json!({"answer": "deny", "reason": "not today"})),
             Ok(AskAnswer::deny("not today"))
         );
-        assert!(matches!(AskAnswer::from_json(&json!("deny")), Ok(AskAnswer::Deny(_))));
+        assert!(matches!(
+            AskAnswer::from_json(&json!("deny")),
+            Ok(AskAnswer::Deny(_))
+        ));
         for bad in [json!("yes"), json!(1), json!(null), json!({"reason": "x"})] {
             let e = AskAnswer::from_json(&bad).unwrap_err();
             assert!(e.contains("expected \"once\""), "{e}");

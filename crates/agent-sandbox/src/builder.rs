@@ -263,7 +263,10 @@ impl SandboxBuilder {
             .fold(rules, PolicyBuilder::allow_http_rule);
         self.s.resolve_specs.extend(o.resolve);
         rules = o.secret.into_iter().fold(rules, PolicyBuilder::secret);
-        rules = o.preset.into_iter().fold(rules, PolicyBuilder::allow_preset);
+        rules = o
+            .preset
+            .into_iter()
+            .fold(rules, PolicyBuilder::allow_preset);
         self.s.policy = rules;
         self.s.policy_files.extend(o.policy_file);
         if let Some(t) = o.ask_timeout {

@@ -63,6 +63,8 @@ pub(crate) struct Launched {
     /// The host directory (see [`HostSide`]), for the exec socket's path.
     dir: PathBuf,
     pub(crate) events: Arc<EventLog>,
+    /// The commands running now (what the ask callback is told).
+    pub(crate) running: Arc<Running>,
     pub(crate) subscribers: broadcast::Sender<AuditEvent>,
     pub(crate) spec: ContainerSpec,
     /// The sandbox user's numeric ids, when it is not the caller.
@@ -229,6 +231,19 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     if let Some(icp) = &icp {
         proxy = proxy.intercept(icp.clone());
     }
+    let running = Arc::new(Running::default());
+    if let Some(f) = &s.ask {
+        // The callback learns which command is running.
+        let (f, now) = (f.clone(), running.clone());
+        let asked = crate::ask::ask_fn(move |mut req: crate::ask::AskRequest| {
+            req.command = now.latest();
+            f(req)
+        });
+        proxy = proxy.on_ask(asked, s.ask_timeout);
+    }
+    if let Mode::Run { argv, .. } = &mode {
+        running.set_fixed(argv);
+    }
     let proxy = proxy
         .sandbox_id(id.clone())
         .limits(fair_limits(s.proxy_limits.clone()))
@@ -381,6 +396,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         id,
         dir: dir.0.clone(),
         host: Mutex::new(Some(HostSide { proxy, _dir: dir })),
+        running,
         events,
         subscribers,
         spec,
@@ -390,6 +406,44 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         go,
         config,
     })
+}
+
+/// The commands running in a sandbox, for the ask callback: the one-shot
+/// command, or each session exec while it runs.
+#[derive(Default)]
+pub(crate) struct Running {
+    now: Mutex<Vec<(u64, String)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Running {
+    fn set_fixed(&self, argv: &[String]) {
+        self.enter(argv);
+    }
+
+    /// Marks `argv` running until the returned id is passed to `leave`.
+    pub(crate) fn enter(&self, argv: &[String]) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shown = match argv {
+            [sh, c, cmd] if sh == "/bin/sh" && c == "-c" => cmd.clone(),
+            _ => argv.join(" "),
+        };
+        if let Ok(mut n) = self.now.lock() {
+            n.push((id, shown));
+        }
+        id
+    }
+
+    pub(crate) fn leave(&self, id: u64) {
+        if let Ok(mut n) = self.now.lock() {
+            n.retain(|(i, _)| *i != id);
+        }
+    }
+
+    /// The latest command still running.
+    pub(crate) fn latest(&self) -> Option<String> {
+        self.now.lock().ok()?.last().map(|(_, c)| c.clone())
+    }
 }
 
 /// Where Debian (and Ubuntu, and images built on them) keep the system's

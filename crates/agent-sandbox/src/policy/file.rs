@@ -309,7 +309,12 @@ secret = ["GH=TOKEN@api.github.com", { name = "NPM", env = "TOKEN", host = "regi
         assert!(format!("{b:?}").contains("redacted") && !format!("{b:?}").contains("s3cret"));
         let p = b.build().unwrap();
         let allow: Vec<&str> = p.allow_rules().collect();
-        for want in ["api.example.test", "git.example.test:22", "pypi.org", "github.com:22"] {
+        for want in [
+            "api.example.test",
+            "git.example.test:22",
+            "pypi.org",
+            "github.com:22",
+        ] {
             assert!(allow.contains(&want), "{want} in {allow:?}");
         }
         assert!(p.capture_ports().contains(&22));
@@ -320,19 +325,64 @@ secret = ["GH=TOKEN@api.github.com", { name = "NPM", env = "TOKEN", host = "regi
     #[test]
     fn every_error_names_the_file_line_and_entry() {
         let cases: &[(&str, usize, Option<&str>, &str)] = &[
-            ("allow = [\n  \"ok.test\",\n  \"*.com\",\n]", 3, Some("*.com"), ""),
+            (
+                "allow = [\n  \"ok.test\",\n  \"*.com\",\n]",
+                3,
+                Some("*.com"),
+                "",
+            ),
             ("deny = [\"a b\"]", 1, Some("a b"), ""),
-            ("\n\nallow_cidr = [\"10.0.0.0/33\"]", 3, Some("10.0.0.0/33"), ""),
+            (
+                "\n\nallow_cidr = [\"10.0.0.0/33\"]",
+                3,
+                Some("10.0.0.0/33"),
+                "",
+            ),
             ("deny_cidr = [\"nope\"]", 1, Some("nope"), ""),
-            ("resolve = [\"a.test:443\"]", 1, Some("a.test:443"), "HOST:PORT:ADDR"),
-            ("resolve = [\"a.test:443:nope\"]", 1, Some("a.test:443:nope"), "not an IP"),
-            ("http = [\"GET a.test x\"]", 1, Some("GET a.test x"), "must start with /"),
-            ("preset = [\"nosuch\"]", 1, Some("nosuch"), "the presets are"),
+            (
+                "resolve = [\"a.test:443\"]",
+                1,
+                Some("a.test:443"),
+                "HOST:PORT:ADDR",
+            ),
+            (
+                "resolve = [\"a.test:443:nope\"]",
+                1,
+                Some("a.test:443:nope"),
+                "not an IP",
+            ),
+            (
+                "http = [\"GET a.test x\"]",
+                1,
+                Some("GET a.test x"),
+                "must start with /",
+            ),
+            (
+                "preset = [\"nosuch\"]",
+                1,
+                Some("nosuch"),
+                "the presets are",
+            ),
             ("preset = [\"npm@7\"]", 1, Some("npm@7"), "npm@1"),
-            ("secret = [\"X=UNSET@a.test\"]", 1, Some("X=UNSET@a.test"), "UNSET"),
+            (
+                "secret = [\"X=UNSET@a.test\"]",
+                1,
+                Some("X=UNSET@a.test"),
+                "UNSET",
+            ),
             ("secret = [\"oops\"]", 1, Some("oops"), "NAME=ENVVAR@HOST"),
-            ("secret = [{ name = \"X\", host = \"a.test\" }]", 1, Some("X=X@a.test"), "not set"),
-            ("secret = [\"X=TOKEN@a.test\", \"X=TOKEN@b.test\"]", 1, Some("X=TOKEN@b.test"), "same name"),
+            (
+                "secret = [{ name = \"X\", host = \"a.test\" }]",
+                1,
+                Some("X=X@a.test"),
+                "not set",
+            ),
+            (
+                "secret = [\"X=TOKEN@a.test\", \"X=TOKEN@b.test\"]",
+                1,
+                Some("X=TOKEN@b.test"),
+                "same name",
+            ),
             ("\nallwo = [\"a.test\"]", 2, None, "unknown field"),
             ("allow = \"a.test\"", 1, None, "sequence"),
             ("allow = [\"a.test\"", 1, None, ""),
@@ -340,13 +390,22 @@ secret = ["GH=TOKEN@api.github.com", { name = "NPM", env = "TOKEN", host = "regi
         ];
         for (text, line, rule, words) in cases {
             let e = load(text).unwrap_err();
-            let Error::PolicyFile { path, line: l, rule: r, reason } = &e else {
+            let Error::PolicyFile {
+                path,
+                line: l,
+                rule: r,
+                reason,
+            } = &e
+            else {
                 panic!("{text}: {e:?}");
             };
             assert_eq!(path, Path::new("p.toml"));
             assert_eq!((l, r.as_deref()), (line, *rule), "{text}: {e}");
             assert!(reason.contains(words), "{text}: {e}");
-            assert!(e.to_string().starts_with(&format!("p.toml:{line}: ")), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("p.toml:{line}: ")),
+                "{e}"
+            );
             assert_eq!(e.code(), "policy");
         }
     }
@@ -357,8 +416,17 @@ secret = ["GH=TOKEN@api.github.com", { name = "NPM", env = "TOKEN", host = "regi
     fn every_preset_builds_and_every_host_is_explained() {
         let names: Vec<&str> = presets().iter().map(|p| p.name.as_str()).collect();
         for want in [
-            "pypi", "npm", "crates", "github", "go", "rubygems", "debian", "huggingface",
-            "openai", "anthropic", "gemini",
+            "pypi",
+            "npm",
+            "crates",
+            "github",
+            "go",
+            "rubygems",
+            "debian",
+            "huggingface",
+            "openai",
+            "anthropic",
+            "gemini",
         ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
             let p = PolicyBuilder::default().allow_preset(want).build().unwrap();
@@ -372,10 +440,16 @@ secret = ["GH=TOKEN@api.github.com", { name = "NPM", env = "TOKEN", host = "regi
             } else if t == "]" {
                 in_list = false;
             } else if in_list {
-                assert!(t.starts_with('"') && t.contains("# "), "no reason given: {line}");
+                assert!(
+                    t.starts_with('"') && t.contains("# "),
+                    "no reason given: {line}"
+                );
             }
         }
-        assert!(PolicyBuilder::default().allow_preset("nope").build().is_err());
+        assert!(PolicyBuilder::default()
+            .allow_preset("nope")
+            .build()
+            .is_err());
         assert!(preset("github@1").is_ok());
     }
 }

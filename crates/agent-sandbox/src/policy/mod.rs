@@ -485,7 +485,6 @@ impl Policy {
     }
 
     /// The rules this policy was built from.
-    #[must_use]
     pub fn rules(&self) -> &PolicyBuilder {
         &self.source
     }

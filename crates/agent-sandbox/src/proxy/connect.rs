@@ -83,15 +83,10 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
             Ok(c) => c,
             Err(r) => return shared.refuse(METHOD, &shown, port, r),
         };
-        let guard = shared.guard_for(
-            started,
-            METHOD,
-            &checked.host,
-            port,
-            &checked.rule,
-            via,
-            checked.ask,
-        );
+        let guard = shared.guard_for(started, METHOD, &checked.host, port, &checked.rule, via);
+        if let Some(ask) = checked.ask {
+            guard.set_ask(ask);
+        }
         guard.set_status(200);
         let on_upgrade = hyper::upgrade::on(&mut req);
         let live = shared.live.clone();

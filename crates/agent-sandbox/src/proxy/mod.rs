@@ -542,7 +542,10 @@ pub(crate) struct Screened {
 #[derive(Clone, Copy)]
 pub(crate) enum Asking<'a> {
     /// Ask (when a callback is set), about this request.
-    Ask { method: &'a str, path: Option<&'a str> },
+    Ask {
+        method: &'a str,
+        path: Option<&'a str>,
+    },
     /// The connection was allowed once already (an intercepted tunnel
     /// dialling for a later request): a miss passes, other refusals hold.
     Granted,
@@ -596,15 +599,18 @@ impl Shared {
 
     /// An event delivered when the returned guard is dropped.
     fn guard(&self, started: Instant, method: &str, target: &Target, via: Via) -> Arc<EventGuard> {
-        self.guard_for(
+        let g = self.guard_for(
             started,
             method,
             &target.host,
             target.port,
             &target.rule,
             via,
-            target.ask,
-        )
+        );
+        if let Some(ask) = target.ask {
+            g.set_ask(ask);
+        }
+        g
     }
 
     /// [`Shared::guard`] for a destination given by its parts.
@@ -616,7 +622,6 @@ impl Shared {
         port: u16,
         rule: &str,
         via: Via,
-        ask: Option<&'static str>,
     ) -> Arc<EventGuard> {
         let mut e = self.event(
             Verdict::Allow,
@@ -626,7 +631,6 @@ impl Shared {
             Some(rule.to_owned()),
         );
         e.via = via;
-        e.ask = ask.map(str::to_owned);
         EventGuard::new(e, started, self.sink.clone())
     }
 
@@ -897,7 +901,10 @@ impl Shared {
             .unwrap_or_default();
         Err(Refusal {
             ask,
-            ..Refusal::new(StatusCode::BAD_GATEWAY, format!("connect-failed; error={e}"))
+            ..Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                format!("connect-failed; error={e}"),
+            )
         })
     }
 
@@ -969,7 +976,10 @@ impl Shared {
             // meanwhile still wins.
             return match self.policy_now().check_host(host, port) {
                 Ok(a) => Ok((a, tag)),
-                Err(d) => Err(Refusal { ask: tag, ..refused(&d) }),
+                Err(d) => Err(Refusal {
+                    ask: tag,
+                    ..refused(&d)
+                }),
             };
         }
         Ok((once("ask: once"), tag))

@@ -21,8 +21,8 @@ use crate::command::{Capture, Ended, Output};
 use crate::config::Config;
 use crate::launch::{launch, ContainerGuard, Launched, Mode};
 use crate::options::{ExecOptions, RuleChange};
-use crate::policy::PolicyBuilder;
-use crate::proxy::AuditEvent;
+use crate::policy::{Policy, PolicyBuilder};
+use crate::proxy::{AuditEvent, ProxyHandle};
 use crate::{Command, Error};
 use files::Location;
 
@@ -37,8 +37,6 @@ struct Inner {
     /// The sandbox as launched: config, engine, proxy, checked mounts.
     launched: Launched,
     container: Mutex<Option<String>>,
-    /// The current rules (they start as the config's).
-    rules: Mutex<PolicyBuilder>,
     hub: Arc<ExecHub>,
     /// When the last setuid sweep began: the next one looks at files changed since.
     swept: Mutex<std::time::SystemTime>,
@@ -101,7 +99,6 @@ impl Session {
         let idle = launched.config.s.idle_timeout;
         let inner = Arc::new(Inner {
             container: Mutex::new(Some(container.keep())),
-            rules: Mutex::new(launched.config.rules.clone()),
             hub,
             swept: Mutex::new(std::time::SystemTime::now()),
             last_used: Mutex::new(Instant::now()),
@@ -111,6 +108,20 @@ impl Session {
         });
         if let Some(idle) = idle {
             tokio::spawn(idle_watch(Arc::downgrade(&inner), idle));
+        }
+        // Capture listens on the ports of the policy in force, whoever
+        // changed it (update_policy, or an ask answered "sandbox").
+        if let Some(mut policy) = inner.launched.with_proxy(ProxyHandle::watch_policy) {
+            let hub = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                while policy.changed().await.is_ok() {
+                    let ports = policy.borrow_and_update().capture_ports();
+                    match hub.upgrade() {
+                        Some(inner) => inner.hub.set_ports(ports),
+                        None => break,
+                    }
+                }
+            });
         }
         Ok(Session { inner })
     }
@@ -170,6 +181,8 @@ impl Session {
         let timeout = opts.timeout.map(|t| t.0).or(s.timeout);
         // A timeout past the clock's range is no timeout.
         let deadline = timeout.and_then(|t| started.checked_add(t));
+        let running = &self.inner.launched.running;
+        let run_id = running.enter(&argv);
         let request = agent_sandbox_wire::Request {
             argv,
             env: opts.env_pairs(),
@@ -192,7 +205,9 @@ impl Session {
                 cap.push(bytes);
             },
         )
-        .await?;
+        .await;
+        running.leave(run_id);
+        let ended = ended?;
         let events = self.inner.launched.events.since(mark);
         Ok(Output::new(
             ended,
@@ -263,26 +278,45 @@ impl Session {
         &self,
         f: impl FnOnce(PolicyBuilder) -> PolicyBuilder,
     ) -> Result<(), Error> {
-        let mut rules = self.inner.rules.lock().map_err(|_| Error::SessionClosed)?;
-        let next = f(rules.clone());
-        let policy = next.clone().build()?;
-        if !policy.http_rules().is_empty() && !self.inner.launched.config.intercepts() {
-            return Err(Error::InvalidArgument {
-                what: "policy".into(),
-                reason:
-                    "HTTP rules need TLS interception, which a sandbox sets up when it starts: \
-                         start it with an HTTP rule or a secret"
-                        .into(),
-            });
-        }
-        let ports = policy.capture_ports();
+        let intercepts = self.inner.launched.config.intercepts();
         self.inner
             .launched
-            .with_proxy(|p| p.set_policy(policy))
-            .ok_or(Error::SessionClosed)?;
-        self.inner.hub.set_ports(ports);
-        *rules = next;
+            .with_proxy(|p| {
+                p.update_policy(|now| {
+                    let next = f(now.rules().clone());
+                    if next.secrets().len() != now.rules().secrets().len() {
+                        return Err(Error::invalid(
+                            "policy",
+                            "secrets are fixed when a sandbox starts; start a new one to change them",
+                        ));
+                    }
+                    let policy = next.build()?;
+                    if !policy.http_rules().is_empty() && !intercepts {
+                        return Err(Error::invalid(
+                            "policy",
+                            "HTTP rules need TLS interception, which a sandbox sets up when it starts: \
+                             start it with an HTTP rule or a secret",
+                        ));
+                    }
+                    Ok(policy)
+                })
+            })
+            .ok_or(Error::SessionClosed)??;
+        // At once, not when the policy watch gets to it: the next exec
+        // may use a port just allowed.
+        self.inner.hub.set_ports(self.policy()?.capture_ports());
         Ok(())
+    }
+
+    /// The policy in force (rules an ask added included).
+    ///
+    /// # Errors
+    /// [`Error::SessionClosed`].
+    pub fn policy(&self) -> Result<Arc<Policy>, Error> {
+        self.inner
+            .launched
+            .with_proxy(ProxyHandle::policy)
+            .ok_or(Error::SessionClosed)
     }
 
     /// Applies one [`RuleChange`] (what the bindings and `serve` call).

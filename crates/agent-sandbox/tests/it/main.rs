@@ -1,5 +1,6 @@
 //! The crate's one integration test binary (`cargo test --test it`).
 //!
+//! - `ask`: asking on a miss in the in-process proxy
 //! - `capture`: DNS and transparent capture with real clients (the clients image)
 //! - `docker`: the jail against a real engine (hardening read back, escapes tried)
 //! - `session`: sessions against a real engine
@@ -15,6 +16,7 @@
 
 mod support;
 
+mod ask;
 mod capture;
 mod docker;
 mod intercept;

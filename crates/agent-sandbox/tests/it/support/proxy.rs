@@ -8,10 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_sandbox::ask::{ask_fn, AskAnswer, AskRequest};
 use agent_sandbox::intercept::Interceptor;
 use agent_sandbox::policy::Policy;
 use agent_sandbox::proxy::{
-    AuditEvent, BoxFuture, Dialer, Limits, Listen, Proxy, ProxyHandle, Resolver,
+    AuditEvent, BoxFuture, Dialer, Limits, Listen, Proxy, ProxyBuilder, ProxyHandle, Resolver,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -109,7 +110,22 @@ impl TestProxy {
         resolver: CountingResolver,
         limits: Limits,
     ) -> TestProxy {
-        Self::start_full(policy, resolver, limits, None).await
+        Self::start_full(policy, resolver, limits, |b| b).await
+    }
+
+    /// A proxy that asks `f` about misses, waiting at most `timeout`.
+    pub async fn asking<F, Fut>(policy: Policy, timeout: Duration, f: F) -> TestProxy
+    where
+        F: Fn(AskRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = AskAnswer> + Send + 'static,
+    {
+        Self::start_full(
+            policy,
+            CountingResolver::default(),
+            Limits::default(),
+            move |b| b.on_ask(ask_fn(f), timeout),
+        )
+        .await
     }
 
     /// A proxy that intercepts what `icp` wants.
@@ -118,7 +134,7 @@ impl TestProxy {
             policy,
             CountingResolver::default(),
             Limits::default(),
-            Some(icp),
+            |b| b.intercept(icp),
         )
         .await
     }
@@ -127,16 +143,12 @@ impl TestProxy {
         policy: Policy,
         resolver: CountingResolver,
         limits: Limits,
-        icp: Option<Arc<Interceptor>>,
+        configure: impl FnOnce(ProxyBuilder) -> ProxyBuilder,
     ) -> TestProxy {
         let dialer = RecordingDialer::default();
         let events = Arc::new(Mutex::new(Vec::new()));
         let ev = events.clone();
-        let mut builder = Proxy::builder(policy);
-        if let Some(icp) = icp {
-            builder = builder.intercept(icp);
-        }
-        let handle = builder
+        let handle = configure(Proxy::builder(policy))
             .resolver(resolver.clone())
             .dialer(dialer.clone())
             .limits(limits)
