@@ -14,6 +14,7 @@ use agent_sandbox::{
     CancelToken, Command as SandboxCommand, Sandbox, SandboxBuilder, SandboxOptions,
 };
 
+mod ask;
 mod serve;
 mod shell;
 use clap::{Args, Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     Gc,
     /// Run the allowlist proxy on its own (HTTP forwarding and CONNECT tunnels).
     Proxy(ProxyArgs),
+    /// List the presets (`--preset NAME`) with their hosts.
+    Presets,
 }
 
 /// The sandbox options (every one of them: the same names as the
@@ -56,6 +59,12 @@ struct SandboxArgs {
     /// Write audit events as JSON lines to FILE (appended), or - for stderr.
     #[arg(long, value_name = "FILE|-")]
     audit_log: Option<String>,
+    /// Ask about each request that matches no rule instead of refusing it:
+    /// `run` and `shell` ask on the terminal (once, for the sandbox, always:
+    /// added to the --policy file, or deny); `serve` sends an ask event and
+    /// waits for an answer op.
+    #[arg(long)]
+    ask: bool,
 }
 
 #[derive(Args)]
@@ -209,9 +218,32 @@ fn sandbox_builder(args: &SandboxArgs) -> Result<SandboxBuilder, agent_sandbox::
     Ok(b)
 }
 
+/// [`sandbox_builder`], asking on the terminal with `--ask`.
+fn asking_builder(args: &SandboxArgs) -> Result<SandboxBuilder, agent_sandbox::Error> {
+    let b = sandbox_builder(args)?;
+    if !args.ask {
+        return Ok(b);
+    }
+    let timeout = args
+        .options
+        .ask_timeout
+        .map_or(Duration::from_secs(30), |t| t.0);
+    ask::on_tty(b, args.options.policy_file.clone(), timeout)
+}
+
+fn presets() -> u8 {
+    for p in agent_sandbox::policy::presets() {
+        println!("{}@{}: {}", p.name, p.version, p.description);
+        for rule in &p.allow {
+            println!("  {rule}");
+        }
+    }
+    0
+}
+
 async fn run(run_args: RunArgs) -> Result<u8, agent_sandbox::Error> {
     let args = &run_args.sandbox;
-    let mut b = sandbox_builder(args)?;
+    let mut b = asking_builder(args)?;
     b = b
         .on_stdout(|bytes| {
             let mut o = std::io::stdout().lock();
@@ -431,10 +463,12 @@ fn main() -> ExitCode {
         install_signals();
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Shell(args) => shell::shell(sandbox_builder(&args.sandbox)?).await,
+            Command::Shell(args) => shell::shell(asking_builder(&args.sandbox)?).await,
             Command::Serve(args) => {
-                serve::serve(sandbox_builder(&args.sandbox)?, usize::from(args.pool)).await
+                let ask = args.sandbox.ask;
+                serve::serve(sandbox_builder(&args.sandbox)?, usize::from(args.pool), ask).await
             }
+            Command::Presets => Ok(presets()),
             Command::Gc => gc_cmd().await,
             Command::Proxy(args) => proxy(args).await.map(|()| 0),
         }

@@ -21,7 +21,17 @@
 //! - `remove`: `path`
 //! - `events` -> `events` (all so far)
 //! - `allow` / `deny` / `remove_rule`: `rule` (a policy change, new connections)
+//! - `policy` -> `policy`: the rules in force, by kind (those an ask added included)
+//! - `answer` (with `--ask`): `ask_id`, `answer` (`once`, `sandbox` or
+//!   `deny`), optional `reason` (for a deny)
 //! - `close`: closes the session, replies, and exits (so does EOF on stdin)
+//!
+//! With `--ask`, a request that matches no rule is not refused at once:
+//! `{"event":"ask","ask_id":N,"host":..,"port":..,"method":..,"path":..,
+//! "command":..,"rule":..}` goes out and the request waits for the
+//! `answer` op (at most `--ask-timeout`, default 30 s; then
+//! `{"event":"ask_expired","ask_id":N}` and a deny). Only this stream's
+//! reader answers: nothing inside the sandbox can.
 //!
 //! Errors: `{"id":..,"ok":false,"error":{"code":..,"message":..}}` with the
 //! library's stable codes (plus `bad_request`).
@@ -29,12 +39,16 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use agent_sandbox::ask::AskAnswer;
 use agent_sandbox::options::{Naming, RuleChange};
 use agent_sandbox::{Command, Error, ExecOptions, Pool, SandboxBuilder, Session};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::OnceCell;
+use tokio::sync::{oneshot, OnceCell};
 
 type Out = Arc<Mutex<std::io::Stdout>>;
 
@@ -107,12 +121,92 @@ fn command_request(req: &Value) -> Result<(Command, ExecOptions), Failure> {
     Ok((cmd, opts))
 }
 
-/// What the requests act on: the session, and the pool `run` uses.
+/// What the requests act on: the session, the pool `run` uses, and the
+/// questions waiting for an `answer`.
 struct Served {
     session: Session,
     builder: SandboxBuilder,
     pool_size: usize,
     pool: OnceCell<Pool>,
+    questions: Arc<Questions>,
+}
+
+/// The open questions, by `ask_id`.
+#[derive(Default)]
+struct Questions {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, oneshot::Sender<AskAnswer>>>,
+}
+
+/// Removes a question when its ask ends unanswered (the proxy timed it
+/// out), telling the client it expired.
+struct Expire {
+    id: u64,
+    questions: Arc<Questions>,
+    out: Out,
+}
+
+impl Drop for Expire {
+    fn drop(&mut self) {
+        let open = self
+            .questions
+            .open
+            .lock()
+            .ok()
+            .and_then(|mut o| o.remove(&self.id));
+        if open.is_some() {
+            send(
+                &self.out,
+                &json!({"event": "ask_expired", "ask_id": self.id}),
+            );
+        }
+    }
+}
+
+/// Sends each miss to the client as an `ask` event and waits for its
+/// `answer`.
+fn asking(b: SandboxBuilder, questions: Arc<Questions>, out: Out) -> SandboxBuilder {
+    b.on_ask(move |req| {
+        let (questions, out) = (questions.clone(), out.clone());
+        async move {
+            let id = questions.next.fetch_add(1, Ordering::Relaxed) + 1;
+            let (tx, rx) = oneshot::channel();
+            if let Ok(mut open) = questions.open.lock() {
+                open.insert(id, tx);
+            }
+            let _expire = Expire {
+                id,
+                questions: questions.clone(),
+                out: out.clone(),
+            };
+            let mut event = req.to_json();
+            if let Some(o) = event.as_object_mut() {
+                o.insert("event".into(), json!("ask"));
+                o.insert("ask_id".into(), json!(id));
+            }
+            send(&out, &event);
+            rx.await
+                .unwrap_or_else(|_| AskAnswer::deny("the serve client went away"))
+        }
+    })
+}
+
+fn answer(questions: &Questions, req: &Value) -> Result<Value, Failure> {
+    let id = req
+        .get("ask_id")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Failure::Bad(BadRequest("missing number field \"ask_id\"".into())))?;
+    let answer = AskAnswer::from_json(req).map_err(|e| Failure::Bad(BadRequest(e)))?;
+    let tx = questions.open.lock().ok().and_then(|mut o| o.remove(&id));
+    match tx {
+        Some(tx) => {
+            let _ = tx.send(answer);
+            Ok(json!({}))
+        }
+        None => Err(Failure::Bad(BadRequest(format!(
+            "no open question {id} (answered already, expired, or never asked)"
+        )))),
+    }
 }
 
 async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
@@ -161,6 +255,8 @@ async fn handle(served: &Served, req: &Value) -> Result<Value, Failure> {
             Ok(json!({}))
         }
         "events" => Ok(json!({ "events": session.events() })),
+        "policy" => Ok(json!({ "policy": session.policy()?.rules().to_json() })),
+        "answer" => answer(&served.questions, req),
         "allow" | "deny" | "remove_rule" => {
             session.change_rules(RuleChange::new(op, field(req, "rule")?)?)?;
             Ok(json!({}))
@@ -187,15 +283,22 @@ fn reply(id: &Value, result: Result<Value, Failure>) -> Value {
     }
 }
 
-pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize) -> Result<u8, Error> {
+pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize, ask: bool) -> Result<u8, Error> {
+    let out: Out = Arc::new(Mutex::new(std::io::stdout()));
+    let questions = Arc::new(Questions::default());
+    let b = if ask {
+        asking(b, questions.clone(), out.clone())
+    } else {
+        b
+    };
     let session = b.clone().idle_timeout(None).start().await?;
     let served = Arc::new(Served {
         session,
         builder: b,
         pool_size,
         pool: OnceCell::new(),
+        questions,
     });
-    let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     send(
         &out,
         &json!({"ready": true, "sandbox_id": served.session.id()}),

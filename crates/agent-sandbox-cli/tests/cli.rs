@@ -780,7 +780,11 @@ fn every_option_reaches_every_surface() {
     let serve = read("crates/agent-sandbox-cli/src/serve.rs");
     let mut missing = Vec::new();
     for name in names::<SandboxOptions>() {
-        let flag = format!("--{}", name.replace('_', "-"));
+        // The spelling: `--policy FILE`.
+        let flag = match name {
+            "policy_file" => "--policy".to_owned(),
+            _ => format!("--{}", name.replace('_', "-")),
+        };
         // Lists take one value per flag: --mount for `mounts`.
         if !help.contains(&format!("{flag} "))
             && !help.contains(&format!("{} ", flag.trim_end_matches('s')))

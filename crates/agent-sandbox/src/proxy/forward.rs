@@ -111,7 +111,7 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
         .await
     {
         Ok(t) => t,
-        Err(r) => return shared.refuse(&method, &shown, port, r.path(&path)),
+        Err(r) => return shared.refuse(&method, &shown, port, r),
     };
     let guard = shared.guard(started, &method, &target, Via::Proxy);
     guard.set_path(&path);
