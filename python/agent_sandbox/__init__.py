@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import json
 import os
 import threading
@@ -38,7 +39,7 @@ from .errors import (
 )
 
 __version__: str = _native.__version__
-__all__ = ["Sandbox", "Session", "Pool", "RunResult", "Event", "SandboxError", "PolicyError",
+__all__ = ["Sandbox", "Session", "Pool", "RunResult", "Event", "AskRequest", "Answer", "SandboxError", "PolicyError",
            "WorkspaceError", "DockerUnavailableError", "EngineTooOldError", "ImageNotFoundError",
            "InvalidArgumentError", "EngineError", "CancelledError", "FileError", "SessionClosedError",
            "PoolClosedError", "__version__"]
@@ -77,6 +78,8 @@ class Event:
     path: str | None = None
     """The request's path (never its query), for requests the proxy saw:
     plain HTTP and hosts whose TLS it intercepts (a secret or an HTTP rule)."""
+    ask: str | None = None
+    """When ``on_ask`` decided: ``once``, ``sandbox``, ``deny``, ``timeout`` or ``error``."""
 
     @property
     def allowed(self) -> bool:
@@ -93,6 +96,67 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.verdict} {self.method} {self.host}:{self.port} rule={self.rule!r} reason={self.reason!r})"
+
+
+@dataclass(frozen=True)
+class AskRequest:
+    """A request that matched no rule, for the ``on_ask`` callback."""
+
+    host: str
+    port: int
+    method: str
+    """``CONNECT`` for a tunnel, else the request's method."""
+    rule: str
+    """What answering ``"sandbox"`` adds (``host:port``, or an HTTP rule)."""
+    path: str | None = None
+    """The path (never the query), when the proxy sees it: plain HTTP and intercepted hosts."""
+    sandbox_id: str | None = None
+    command: str | None = None
+    """The command running in the sandbox (the latest, if several are)."""
+    via: str = "proxy"
+
+
+Answer = str | Mapping[str, str] | None
+"""What ``on_ask`` returns (or its coroutine returns): ``"once"`` (this
+request), ``"sandbox"`` (add the rule for the sandbox's life), ``"deny"``,
+``{"answer": "deny", "reason": "..."}`` (the agent reads the reason), or
+``None`` (deny). An exception is a deny with the exception as its reason."""
+
+
+def _asker(on_ask: Callable[[AskRequest], Any] | None, timeout: float | None) -> Callable[[str], str] | None:
+    """``on_ask`` as the native module calls it: JSON text in and out, on
+    one of the library's threads. A coroutine runs on the event loop the
+    sandbox call came from (it is free: it awaits the call), else on a loop
+    of its own."""
+    if on_ask is None:
+        return None
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    wait = timeout if timeout is not None else 30.0
+
+    def call(raw: str) -> str:
+        _where.in_callback = True
+        try:
+            d = json.loads(raw)
+            answer = on_ask(AskRequest(**{k: v for k, v in d.items() if k in AskRequest.__dataclass_fields__}))
+            if inspect.isawaitable(answer):
+                async def settle(a: Any = answer) -> Any:
+                    return await a
+                if loop is not None and loop.is_running():
+                    answer = asyncio.run_coroutine_threadsafe(settle(), loop).result(wait)
+                else:
+                    answer = asyncio.run(settle())
+            if answer is None:
+                answer = {"answer": "deny", "reason": "the ask callback gave no answer"}
+            return json.dumps(answer if isinstance(answer, str) else dict(answer))
+        except BaseException as e:  # noqa: BLE001 - any failure is a deny, never a crash
+            return json.dumps({"answer": "deny", "reason": f"{type(e).__name__}: {e}"})
+        finally:
+            _where.in_callback = False
+
+    return call
 
 
 @dataclass(frozen=True, repr=False)
@@ -266,8 +330,17 @@ class Sandbox:
                  runtime: str | None = None, idle_timeout: float | str | None = None,
                  max_connections: int | None = None, connections_per_second: int | None = None,
                  allow_http: Sequence[str] = (), secret: Sequence[SecretLike] = (),
-                 upstream_ca: Sequence[str | os.PathLike] = (), **unknown: Any):
-        options = {k: v for k, v in locals().items() if k not in ("self", "unknown")} | unknown
+                 upstream_ca: Sequence[str | os.PathLike] = (), policy_file: str | os.PathLike | None = None,
+                 preset: Sequence[str] = (), ask_timeout: float | str | None = None,
+                 on_ask: Callable[[AskRequest], Answer | Coroutine[Any, Any, Answer]] | None = None,
+                 **unknown: Any):
+        """``on_ask`` is called (sync or async) for each request that
+        matches no rule; the request waits for its :data:`Answer`, at most
+        ``ask_timeout`` seconds (default 30), then is denied. ``policy_file``
+        is a TOML policy (see the README); ``preset`` names rule sets
+        (``["pypi", "npm"]``)."""
+        self._on_ask, self._ask_timeout = on_ask, ask_timeout
+        options = {k: v for k, v in locals().items() if k not in ("self", "unknown", "on_ask")} | unknown
         options["secret"] = [_secret(s) for s in secret]
         self._options = {k: v for k, v in options.items() if v not in (None, (), [])}
         if "secret" in self._options:
@@ -291,7 +364,8 @@ class Sandbox:
         options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
         cancel = _native.Cancel()
         running = asyncio.ensure_future(self._native.run(cmd, options, data, _callback(on_stdout),
-                                                         _callback(on_stderr), _callback(on_event, Event._of), cancel))
+                                                         _callback(on_stderr), _callback(on_event, Event._of), cancel,
+                                                         self._asker()))
         try:
             return RunResult._of(await asyncio.shield(running))
         except asyncio.CancelledError:
@@ -304,6 +378,10 @@ class Sandbox:
         """Blocking :meth:`run_async` (same arguments); Ctrl-C removes the
         container, then raises KeyboardInterrupt."""
         return _block(self.run_async(cmd, **options))
+
+    def _asker(self) -> Callable[[str], str] | None:
+        timeout = self._ask_timeout if isinstance(self._ask_timeout, (int, float)) else None
+        return _asker(self._on_ask, timeout)
 
     def session(self) -> Session:
         """A warm sandbox for many commands: ``with sandbox.session() as s:``."""
@@ -371,7 +449,7 @@ class Session(_Started):
         self._sandbox = sandbox
 
     async def _start(self) -> Any:
-        return await self._sandbox._native.start()
+        return await self._sandbox._native.start(self._sandbox._asker())
 
     @property
     def id(self) -> str:
@@ -434,6 +512,13 @@ class Session(_Started):
         self._handle().change_rules("remove_rule", rule)
 
     @property
+    def policy(self) -> dict[str, list[str]]:
+        """The rules in force, by kind (``allow``, ``deny``, ``allow_cidr``,
+        ``deny_cidr``, ``resolve``, ``http``, ``preset``, and each secret as
+        ``NAME@HOST``): rules an ask answered ``"sandbox"`` added included."""
+        return json.loads(self._handle().policy())
+
+    @property
     def events(self) -> list[Event]:
         """Every network decision of the session so far."""
         return [Event._of(e) for e in self._handle().events()]
@@ -452,7 +537,7 @@ class Pool(_Started):
         self._sandbox, self.size = sandbox, size
 
     async def _start(self) -> Any:
-        return await self._sandbox._native.pool(self.size)
+        return await self._sandbox._native.pool(self.size, self._sandbox._asker())
 
     async def run_async(self, cmd: Command, *, env: Mapping[str, str] | None = None, workdir: str | None = None,
                         timeout: float | str | None = None, stdin: str | bytes | None = None,

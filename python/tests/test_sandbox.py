@@ -477,3 +477,76 @@ def test_bad_secrets_are_clear_errors(monkeypatch):
         sandbox(secret=["TOKEN=NOT_SET_ANYWHERE@api.test"])
     with pytest.raises(PolicyError, match="METHOD HOST PATH"):
         sandbox(allow_http=["GET api.test"]).run("true")
+
+
+def _curl(host, port, path="/"):
+    return f"curl -s -o /dev/null -w '%{{http_code}} ' http://{host}:{port}{path}"
+
+
+def test_on_ask_allows_once_for_the_sandbox_or_denies_with_a_reason(canary):
+    port, hits = canary
+    asked = []
+
+    def on_ask(req):
+        asked.append(req)
+        return {"a.test": "once", "b.test": "sandbox"}.get(req.host, {"answer": "deny", "reason": "not for this task"})
+
+    pins = [f"{h}.test:{port}:127.0.0.1" for h in "abc"]
+    s = sandbox(resolve=pins, on_ask=on_ask)
+    r = s.run(" ; ".join([_curl("a.test", port, "/a1"), _curl("a.test", port, "/a2"), _curl("b.test", port, "/b1"),
+                          _curl("b.test", port, "/b2"), _curl("c.test", port, "/c")]))
+    assert r.stdout.split() == ["200", "200", "200", "200", "403"], r.stderr
+    assert [(q.host, q.port, q.method) for q in asked] == [("a.test", port, "GET"), ("a.test", port, "GET"),
+                                                           ("b.test", port, "GET"), ("c.test", port, "GET")]
+    assert asked[0].rule == f"a.test:{port}" and asked[0].path == "/a1" and "curl" in asked[0].command
+    assert sorted(hits) == ["/a1", "/a2", "/b1", "/b2"], "c.test was never reached"
+    denied = r.refusals[0]
+    assert (denied.host, denied.ask, denied.reason) == ("c.test", "deny", "ask-denied; reason=not for this task")
+    assert [e.ask for e in r.events if e.host == "b.test"] == ["sandbox", None]
+
+
+def test_on_ask_async_raising_and_slow_callbacks(canary):
+    port, hits = canary
+
+    async def later(req):
+        await asyncio.sleep(0.05)
+        return "sandbox"
+
+    def raises(req):
+        raise ValueError("dialog closed")
+
+    def slow(req):
+        time.sleep(3)
+        return "once"
+
+    pin = [f"a.test:{port}:127.0.0.1"]
+
+    async def main():
+        box = sandbox(resolve=pin, on_ask=later)
+        async with box.session() as s:
+            r = await s.exec_async(_curl("a.test", port))
+            assert r.stdout.split() == ["200"], r.stderr
+            assert f"a.test:{port}" in s.policy["allow"], s.policy
+
+    asyncio.run(main())
+    r = sandbox(resolve=pin, on_ask=raises).run(_curl("a.test", port))
+    assert r.stdout.split() == ["403"]
+    assert r.refusals[0].reason == "ask-denied; reason=ValueError: dialog closed"
+    r = sandbox(resolve=pin, on_ask=slow, ask_timeout=0.5).run(_curl("a.test", port))
+    assert r.stdout.split() == ["403"] and r.refusals[0].ask == "timeout", r.refusals
+    assert hits == ["/"], "only the allowed request reached the canary"
+
+
+def test_policy_files_and_presets(tmp_path, canary):
+    port, hits = canary
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'preset = ["pypi"]\nallow = ["file.test:{port}"]\nresolve = ["file.test:{port}:127.0.0.1"]\n')
+    with sandbox(policy_file=policy, preset=["npm"]).session() as s:
+        assert "pypi" in s.policy["preset"] and "npm" in s.policy["preset"]
+        r = s.exec(_curl("file.test", port))
+        assert r.stdout.split() == ["200"], r.stderr
+    policy.write_text('allow = [\n  "ok.test",\n  "*.com",\n]\n')
+    with pytest.raises(PolicyError, match=r"policy.toml:3: \"\*\.com\""):
+        sandbox(policy_file=policy)
+    with pytest.raises(PolicyError, match="the presets are"):
+        sandbox(preset=["nope"])

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 
+use agent_sandbox::ask::{AskAnswer, AskRequest};
 use agent_sandbox::options::{Naming, RuleChange, SandboxOptions};
 use agent_sandbox::{CancelToken, Command, Error, ExecOptions, Output, Sandbox as Core};
 use pyo3::prelude::*;
@@ -67,6 +68,36 @@ fn text_callback(cb: Py<PyAny>) -> impl Fn(&[u8]) + Send + Sync + 'static {
     }
 }
 
+/// Adds a Python ask callback (the Python layer's wrapper: it takes the
+/// request as JSON text and returns the answer as JSON text, having run a
+/// coroutine and caught exceptions) to `b`. It runs on a blocking thread
+/// holding the GIL only while it calls.
+fn with_ask(
+    b: agent_sandbox::SandboxBuilder,
+    on_ask: Option<Py<PyAny>>,
+) -> agent_sandbox::SandboxBuilder {
+    let Some(cb) = on_ask else { return b };
+    let cb = std::sync::Arc::new(cb);
+    b.on_ask(move |req: AskRequest| {
+        let (cb, text) = (cb.clone(), req.to_json().to_string());
+        async move {
+            let called = tokio::task::spawn_blocking(move || {
+                Python::attach(|py| {
+                    cb.call1(py, (text,))
+                        .and_then(|r| r.extract::<String>(py))
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .await;
+            match called {
+                Ok(Ok(answer)) => AskAnswer::from_text(&answer),
+                Ok(Err(e)) => AskAnswer::deny(format!("the ask callback failed: {e}")),
+                Err(e) => AskAnswer::deny(format!("the ask callback failed: {e}")),
+            }
+        }
+    })
+}
+
 /// Per-command options: JSON through the core's parser, then stdin bytes
 /// and callbacks.
 fn exec_options(
@@ -115,7 +146,7 @@ impl Sandbox {
         Ok(Sandbox(b))
     }
 
-    #[pyo3(signature = (cmd, options, stdin, on_stdout, on_stderr, on_event, cancel))]
+    #[pyo3(signature = (cmd, options, stdin, on_stdout, on_stderr, on_event, cancel, on_ask=None))]
     #[allow(clippy::too_many_arguments)] // one call, from the Python layer
     fn run<'py>(
         &self,
@@ -127,9 +158,10 @@ impl Sandbox {
         on_stderr: Option<Py<PyAny>>,
         on_event: Option<Py<PyAny>>,
         cancel: &Cancel,
+        on_ask: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let opts = exec_options(options, stdin, on_stdout, on_stderr)?;
-        let mut b = self.0.clone().cancel_token(cancel.0.clone());
+        let mut b = with_ask(self.0.clone(), on_ask).cancel_token(cancel.0.clone());
         if let Some(cb) = on_event {
             let text = text_callback(cb);
             b = b.on_event(move |e| text(e.to_json().as_bytes()));
@@ -137,13 +169,24 @@ impl Sandbox {
         awaitable(py, async move { b.run_with(cmd, opts).await.map(result) })
     }
 
-    fn start<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let b = self.0.clone();
+    #[pyo3(signature = (on_ask=None))]
+    fn start<'py>(
+        &self,
+        py: Python<'py>,
+        on_ask: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let b = with_ask(self.0.clone(), on_ask);
         awaitable(py, async move { b.start().await.map(Session) })
     }
 
-    fn pool<'py>(&self, py: Python<'py>, size: usize) -> PyResult<Bound<'py, PyAny>> {
-        let b = self.0.clone();
+    #[pyo3(signature = (size, on_ask=None))]
+    fn pool<'py>(
+        &self,
+        py: Python<'py>,
+        size: usize,
+        on_ask: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let b = with_ask(self.0.clone(), on_ask);
         awaitable(py, async move { b.pool(size).await.map(Pool) })
     }
 }
@@ -231,6 +274,14 @@ impl Session {
     fn change_rules(&self, op: &str, rule: String) -> PyResult<()> {
         RuleChange::new(op, rule)
             .and_then(|c| self.0.change_rules(c))
+            .map_err(to_py_err)
+    }
+
+    /// The rules in force (an ask's included), as JSON.
+    fn policy(&self) -> PyResult<String> {
+        self.0
+            .policy()
+            .map(|p| p.rules().to_json().to_string())
             .map_err(to_py_err)
     }
 

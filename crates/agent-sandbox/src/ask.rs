@@ -123,6 +123,18 @@ impl AskAnswer {
     }
 }
 
+impl AskAnswer {
+    /// [`from_json`](Self::from_json) on text, as a binding's callback
+    /// returns it; anything unreadable is a deny that says what came.
+    #[must_use]
+    pub fn from_text(text: &str) -> AskAnswer {
+        serde_json::from_str::<Value>(text)
+            .map_err(|e| format!("the ask callback's answer is not JSON ({e})"))
+            .and_then(|v| AskAnswer::from_json(&v))
+            .unwrap_or_else(|e| AskAnswer::Deny(format!("the ask callback failed: {e}")))
+    }
+}
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// An ask callback, boxed.
