@@ -63,7 +63,38 @@ export interface SandboxOptions {
   secret?: Array<Secret | string>
   /** Extra roots (PEM files) trusted for the upstreams of intercepted hosts (a corporate CA). */
   upstreamCa?: string[]
+  /** A TOML policy file (allow, deny, allowCidr... as snake_case keys, preset, http, secret): see the README. */
+  policyFile?: string
+  /** Named rule sets: pypi, npm, crates, github, go, rubygems, debian, huggingface, openai, anthropic, gemini. */
+  preset?: string[]
+  /** How long a request that matches no rule waits for `onAsk` (default 30000; then it is denied). */
+  askTimeoutMs?: number
+  /** Called for each request that matches no rule (never for a deny rule, an IP literal or a malformed request); the request waits for the answer. */
+  onAsk?: (request: AskRequest) => AskAnswer | Promise<AskAnswer>
 }
+
+/** A request that matched no rule. */
+export interface AskRequest {
+  host: string
+  port: number
+  /** `CONNECT` for a tunnel, else the request's method. */
+  method: string
+  /** The path (never the query), when the proxy sees it: plain HTTP and intercepted hosts. */
+  path?: string | null
+  sandboxId?: string | null
+  /** The command running in the sandbox (the latest, if several are). */
+  command?: string | null
+  via: 'proxy' | 'capture'
+  /** What answering 'sandbox' adds: `host:port`, or an HTTP rule. */
+  rule: string
+}
+
+/**
+ * 'once' (this request), 'sandbox' (add the rule for the sandbox's life),
+ * 'deny', or `{ answer: 'deny', reason }` (the agent reads the reason).
+ * A throw, a rejection or no answer is a deny.
+ */
+export type AskAnswer = 'once' | 'sandbox' | 'deny' | { answer: 'once' | 'sandbox' | 'deny'; reason?: string } | null | undefined
 
 /**
  * A secret: `{ name, host, value }`, or `{ name, host, env }` to read the
@@ -113,6 +144,8 @@ export interface SandboxEvent {
   via: 'proxy' | 'capture'
   /** The request's path (never its query), for requests the proxy saw: plain HTTP and intercepted hosts. */
   path?: string
+  /** When `onAsk` decided: once, sandbox, deny, timeout or error. */
+  ask?: 'once' | 'sandbox' | 'deny' | 'timeout' | 'error'
   method: string
   host: string
   port: number
@@ -177,6 +210,8 @@ export declare class Session {
   allow(rule: string): void
   deny(rule: string): void
   removeRule(rule: string): void
+  /** The rules in force, by kind (rules an ask answered 'sandbox' added included). */
+  policy(): Record<'allow' | 'deny' | 'allowCidr' | 'denyCidr' | 'resolve' | 'http' | 'preset' | 'secret', string[]>
   events(): SandboxEvent[]
   close(): Promise<void>
 }

@@ -66,11 +66,35 @@ function commandArgs(command, options, own) {
   return [shell ? [command] : Array.from(command, String), shell, toJson(rest), stdin === undefined ? null : bytes(stdin), extra]
 }
 
+/**
+ * The user's `onAsk` as the addon calls it: the request as JSON text in, the
+ * answer as JSON text out. A throw, a rejection or no answer is a deny whose
+ * reason says so, never a crash.
+ */
+function asker(onAsk) {
+  if (!onAsk) return null
+  if (typeof onAsk !== 'function') {
+    throw new SandboxError('invalid onAsk: it must be a function (async or not)', 'invalid_argument')
+  }
+  return async (text) => {
+    try {
+      const answer = await onAsk(parsed(text))
+      if (answer == null) return JSON.stringify({ answer: 'deny', reason: 'the ask callback gave no answer' })
+      return JSON.stringify(answer)
+    } catch (e) {
+      return JSON.stringify({ answer: 'deny', reason: `${e?.name ?? 'Error'}: ${e?.message ?? String(e)}` })
+    }
+  }
+}
+
 class Sandbox {
   #native
+  #ask
   /** @param {import('./index').SandboxOptions} [options] */
   constructor(options = {}) {
-    this.options = { ...options }
+    const { onAsk, ...rest } = options ?? {}
+    this.options = { ...rest }
+    this.#ask = asker(onAsk)
     this.#native = new native.Sandbox(toJson(this.options))
   }
 
@@ -87,7 +111,7 @@ class Sandbox {
     signal?.addEventListener('abort', onAbort, { once: true })
     const events = onEvent && ((e) => onEvent(parsed(e)))
     try {
-      return parsed(await this.#native.run(argv, shell, json, stdin, onStdout, onStderr, events, cancel))
+      return parsed(await this.#native.run(argv, shell, json, stdin, onStdout, onStderr, events, cancel, this.#ask))
     } catch (e) {
       if (e instanceof SandboxError && e.code === 'cancelled' && signal) e.cause = signal.reason
       throw e
@@ -98,7 +122,7 @@ class Sandbox {
 
   /** Starts a warm sandbox for many commands. */
   async session() {
-    return new Session(await this.#native.start())
+    return new Session(await this.#native.start(this.#ask))
   }
 
   /** Starts `size` sandboxes ahead of time for fast one-shot runs. */
@@ -106,7 +130,7 @@ class Sandbox {
     if (!Number.isInteger(size) || size < 1) {
       throw new SandboxError(`pool size must be a positive integer, not ${size}`, 'invalid_argument')
     }
-    return new Pool(await this.#native.pool(size), size)
+    return new Pool(await this.#native.pool(size, this.#ask), size)
   }
 }
 
@@ -163,6 +187,11 @@ class Session {
   }
 
   /** Every network decision so far. */
+  /** The rules in force, by kind (rules an ask answered 'sandbox' added included). */
+  policy() {
+    return parsed(this.#native.policy())
+  }
+
   events() {
     return parsed(this.#native.events())
   }

@@ -267,3 +267,70 @@ test('secrets stay outside the box and HTTP rules narrow a host', async () => {
     server.close()
   }
 })
+
+test('onAsk: once, sandbox, deny with a reason, a throw, a timeout; the canary sees only what was allowed', async () => {
+  const hits = []
+  const server = createServer((req, res) => { hits.push(req.url); res.end('ok') })
+  await new Promise((r) => server.listen(0, '127.0.0.1', r))
+  const { port } = server.address()
+  const curl = (host, path) => `curl -s -o /dev/null -w '%{http_code} ' http://${host}:${port}${path}`
+  try {
+    const asked = []
+    const onAsk = async (req) => {
+      asked.push(req)
+      await new Promise((r) => setTimeout(r, 10))
+      if (req.host === 'a.test') return 'once'
+      if (req.host === 'b.test') return 'sandbox'
+      if (req.host === 't.test') throw new TypeError('dialog closed')
+      return { answer: 'deny', reason: 'not for this task' }
+    }
+    const resolve = ['a', 'b', 'c', 't'].map((h) => `${h}.test:${port}:127.0.0.1`)
+    const r = await sandbox({ resolve, onAsk }).run(
+      [curl('a.test', '/a1'), curl('a.test', '/a2'), curl('b.test', '/b1'), curl('b.test', '/b2'), curl('c.test', '/c'), curl('t.test', '/t')].join('; '),
+    )
+    assert.deepEqual(r.stdout.trim().split(' '), ['200', '200', '200', '200', '403', '403'], r.stderr)
+    assert.deepEqual(asked.map((q) => q.host), ['a.test', 'a.test', 'b.test', 'c.test', 't.test'])
+    assert.equal(asked[0].rule, `a.test:${port}`)
+    assert.equal(asked[0].path, '/a1')
+    assert.match(asked[0].command, /curl/)
+    assert.deepEqual(hits.sort(), ['/a1', '/a2', '/b1', '/b2'])
+    const reasons = r.refusals.map((e) => [e.host, e.ask, e.reason])
+    assert.deepEqual(reasons, [
+      ['c.test', 'deny', 'ask-denied; reason=not for this task'],
+      ['t.test', 'deny', 'ask-denied; reason=TypeError: dialog closed'],
+    ])
+    // No answer in time is a deny that says so.
+    const slow = sandbox({ resolve, askTimeoutMs: 300, onAsk: () => new Promise((r) => setTimeout(() => r('once'), 3000)) })
+    const t = await slow.run(curl('a.test', '/late'))
+    assert.equal(t.stdout.trim(), '403')
+    assert.equal(t.refusals[0].ask, 'timeout')
+    // A session shows the rule 'sandbox' added.
+    const s = await sandbox({ resolve, onAsk }).session()
+    try {
+      assert.equal((await s.exec(curl('b.test', '/b3'))).stdout.trim(), '200')
+      assert.deepEqual(s.policy().allow, [`b.test:${port}`])
+    } finally {
+      await s.close()
+    }
+    assert.ok(!hits.includes('/late'))
+    assert.throws(() => sandbox({ onAsk: 'yes' }), /onAsk/)
+  } finally {
+    server.close()
+  }
+})
+
+test('policyFile and preset', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'as-node-policy-'))
+  const file = join(dir, 'policy.toml')
+  const { writeFileSync } = await import('node:fs')
+  writeFileSync(file, 'preset = ["github"]\nallow = [\n  "ok.test",\n  "*.com",\n]\n')
+  assert.throws(() => sandbox({ policyFile: file }), (e) => e instanceof SandboxError && e.code === 'policy' && /policy.toml:4: "\*\.com"/.test(e.message))
+  writeFileSync(file, 'preset = ["github"]\n')
+  const s = await sandbox({ policyFile: file, preset: ['npm'] }).session()
+  try {
+    assert.deepEqual(s.policy().preset, ['github', 'npm'])
+  } finally {
+    await s.close()
+  }
+  assert.throws(() => sandbox({ preset: ['nope'] }), /the presets are/)
+})

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 
+use agent_sandbox::ask::{AskAnswer, AskRequest};
 use agent_sandbox::options::{Naming, RuleChange, SandboxOptions};
 use agent_sandbox::{CancelToken, Command, Error as CoreError, ExecOptions, Output};
 use napi::bindgen_prelude::*;
@@ -23,6 +24,10 @@ use napi_derive::napi;
 /// callback misses them (they are still in the result, up to its limits), so
 /// a flood from the sandbox never queues without bound in the host.
 type TextCallback = ThreadsafeFunction<String, (), String, Status, false, false, 1024>;
+/// The loader's ask wrapper: the request as JSON text in, a promise of the
+/// answer as JSON text out (it catches the user's exceptions itself).
+/// Weak: a sandbox kept for later does not keep the process alive.
+type AskCallback = ThreadsafeFunction<String, Promise<String>, String, Status, false, true>;
 type ErrorClass = FunctionRef<FnArgs<(String, String)>, Unknown<'static>>;
 
 /// Registers the loader's `SandboxError` class (`new SandboxError(message,
@@ -69,6 +74,28 @@ fn text_sink(cb: TextCallback) -> impl Fn(&[u8]) + Send + Sync + 'static {
             ThreadsafeFunctionCallMode::NonBlocking,
         );
     }
+}
+
+/// Adds the ask callback to `b`: called on the JS thread, awaited here.
+fn with_ask(
+    b: agent_sandbox::SandboxBuilder,
+    on_ask: Option<AskCallback>,
+) -> agent_sandbox::SandboxBuilder {
+    let Some(cb) = on_ask else { return b };
+    let cb = std::sync::Arc::new(cb);
+    b.on_ask(move |req: AskRequest| {
+        let cb = cb.clone();
+        async move {
+            let answer = match cb.call_async(req.to_json().to_string()).await {
+                Ok(promise) => promise.await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(text) => AskAnswer::from_text(&text),
+                Err(e) => AskAnswer::deny(format!("the ask callback failed: {e}")),
+            }
+        }
+    })
 }
 
 fn command(argv: Vec<String>, shell: bool) -> Command {
@@ -131,9 +158,10 @@ impl Sandbox {
         on_stderr: Option<TextCallback>,
         on_event: Option<TextCallback>,
         cancel: &Cancel,
+        on_ask: Option<AskCallback>,
     ) -> Result<PromiseRaw<'e, String>> {
         let opts = exec_options(env, &options, stdin, on_stdout, on_stderr)?;
-        let mut b = self.0.clone().cancel_token(cancel.0.clone());
+        let mut b = with_ask(self.0.clone(), on_ask).cancel_token(cancel.0.clone());
         if let Some(cb) = on_event {
             b = b.on_event(move |e| {
                 cb.call(e.to_json(), ThreadsafeFunctionCallMode::NonBlocking);
@@ -147,15 +175,24 @@ impl Sandbox {
 
     /// Starts a session.
     #[napi(ts_return_type = "Promise<Session>")]
-    pub fn start<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, Session>> {
-        let b = self.0.clone();
+    pub fn start<'e>(
+        &self,
+        env: &'e Env,
+        on_ask: Option<AskCallback>,
+    ) -> Result<PromiseRaw<'e, Session>> {
+        let b = with_ask(self.0.clone(), on_ask);
         promise(env, async move { b.start().await }, |_, s| Ok(Session(s)))
     }
 
     /// Starts a pool of `size` sandboxes.
     #[napi(ts_return_type = "Promise<Pool>")]
-    pub fn pool<'e>(&self, env: &'e Env, size: u32) -> Result<PromiseRaw<'e, Pool>> {
-        let b = self.0.clone();
+    pub fn pool<'e>(
+        &self,
+        env: &'e Env,
+        size: u32,
+        on_ask: Option<AskCallback>,
+    ) -> Result<PromiseRaw<'e, Pool>> {
+        let b = with_ask(self.0.clone(), on_ask);
         promise(env, async move { b.pool(size as usize).await }, |_, p| {
             Ok(Pool(p))
         })
@@ -264,6 +301,15 @@ impl Session {
     pub fn change_rules(&self, env: Env, op: String, rule: String) -> Result<()> {
         RuleChange::new(&op, rule)
             .and_then(|c| self.0.change_rules(c))
+            .map_err(|e| js_error(&env, &e))
+    }
+
+    /// The rules in force (an ask's included), as JSON.
+    #[napi]
+    pub fn policy(&self, env: Env) -> Result<String> {
+        self.0
+            .policy()
+            .map(|p| p.rules().to_json().to_string())
             .map_err(|e| js_error(&env, &e))
     }
 

@@ -517,7 +517,7 @@ pub enum Naming {
 }
 
 /// The options that are durations (Node spells them `...Ms`).
-const DURATIONS: &[&str] = &["timeout", "idle_timeout"];
+const DURATIONS: &[&str] = &["timeout", "idle_timeout", "ask_timeout"];
 
 impl Naming {
     /// An option's name as this surface spells it.
