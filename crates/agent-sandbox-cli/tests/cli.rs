@@ -781,7 +781,7 @@ fn every_option_reaches_every_surface() {
     let mut missing = Vec::new();
     for name in names::<SandboxOptions>() {
         // The spelling: `--policy FILE`.
-        let flag = match name {
+        let flag = match *name {
             "policy_file" => "--policy".to_owned(),
             _ => format!("--{}", name.replace('_', "-")),
         };
