@@ -116,11 +116,38 @@ impl Config {
 }
 
 impl Settings {
+    /// A policy file the sandbox could write (in the workspace or a
+    /// read-write mount) would let the agent widen its own box for the
+    /// next run: refused.
+    fn refuse_writable_policy_file(&self, path: &Path) -> Result<(), Error> {
+        let Ok(file) = path.canonicalize() else {
+            return Ok(()); // not readable: reading it names the problem
+        };
+        let writable = self
+            .workspace
+            .iter()
+            .chain(self.mounts.iter().filter(|m| !m.2).map(|m| &m.0));
+        for dir in writable {
+            if dir.canonicalize().is_ok_and(|d| file.starts_with(&d)) {
+                return Err(Error::invalid(
+                    "policy file",
+                    format!(
+                        "{} is inside {}, which the sandbox can write: the agent could widen its own box. Keep the policy file outside the workspace and read-write mounts",
+                        path.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every input; nothing is started.
     pub(crate) fn validate(&self) -> Result<Config, Error> {
         // The files' rules first, then those given one by one.
         let mut rules = PolicyBuilder::default();
         for path in &self.policy_files {
+            self.refuse_writable_policy_file(path)?;
             rules = rules.extend(PolicyBuilder::from_file(path)?);
         }
         let mut rules = rules.extend(self.policy.clone());

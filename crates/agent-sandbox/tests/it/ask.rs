@@ -381,3 +381,118 @@ async fn a_request_no_http_rule_allows_is_asked_with_its_path() {
         "the denied path never reached the host: {paths:?}"
     );
 }
+
+/// The agent cannot widen its own box: while a question is open, a process
+/// in the sandbox sends crafted answers and rule changes (JSON lines, HTTP
+/// requests) to every socket it can reach, and writes a policy file into
+/// the workspace. Only the host's callback answers; the policy is what it
+/// was; the canary sees nothing; a policy file in the workspace is refused.
+#[tokio::test]
+async fn nothing_inside_the_sandbox_can_answer_an_ask_or_add_a_rule() {
+    let _engine = crate::support::docker::engine_shared().await;
+    let canary = HttpCanary::serving("should never be seen").await;
+    let port = canary.port();
+    let ws = crate::support::docker::tempdir("ask-ws");
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let a = asked.clone();
+    let session = crate::support::docker::sandbox()
+        .workspace(&ws)
+        .allow("kept.test")
+        .resolve_spec(format!("wait.test:{port}:127.0.0.1"))
+        .resolve_spec(format!("evil.test:{port}:127.0.0.1"))
+        .on_ask(move |r: AskRequest| {
+            a.lock().unwrap().push(r.host.clone());
+            async {
+                // Long enough for the attempts below to happen meanwhile.
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                AskAnswer::deny("the host said no")
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let script = format!(
+        r#"
+curl -s -o /dev/null -w 'first=%{{http_code}}\n' http://wait.test:{port}/ &
+sleep 1
+python3 - <<'PY'
+import glob, os, socket, stat
+frames = [b'{{"op":"answer","ask_id":1,"answer":"sandbox"}}\n',
+          b'{{"event":"answer","id":1,"answer":"once"}}\n{{"op":"allow","rule":"evil.test"}}\n',
+          b'POST /answer HTTP/1.1\r\nHost: agent-sandbox\r\nContent-Length: 17\r\n\r\n{{"answer":"once"}}',
+          b'\x00\x00\x00\x10' + b'\xff' * 16]
+# The net directory is not listable: its sockets are reached by name.
+known = ["/.agent-sandbox/net/proxy.sock", "/.agent-sandbox/net/exec.sock"]
+found = [p for p in glob.glob("/tmp/**", recursive=True) + glob.glob("/workspace/**", recursive=True)
+         if stat.S_ISSOCK(os.lstat(p).st_mode)]
+targets = [(socket.AF_UNIX, p) for p in known + found] + [(socket.AF_INET, ("127.0.0.1", 3128))]
+for family, addr in targets:
+    for f in frames:
+        try:
+            s = socket.socket(family); s.settimeout(1); s.connect(addr); s.sendall(f)
+            try: s.recv(4096)
+            except OSError: pass
+            s.close()
+        except OSError as e:
+            print("refused", addr, e)
+    print("sent", addr)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for f in frames:
+    u.sendto(f, ("127.0.0.53", 53))
+print("sent dns")
+PY
+printf 'allow = ["evil.test", "*.test:*"]\n' > /workspace/agent-sandbox.toml
+wait
+curl -s -o /dev/null -w 'evil=%{{http_code}}\n' http://evil.test:{port}/
+"#
+    );
+    let out = session.exec(script).await.unwrap();
+    let text = out.stdout_str();
+    for sent in [
+        "sent /.agent-sandbox/net/proxy.sock",
+        "sent /.agent-sandbox/net/exec.sock",
+        "sent ('127.0.0.1', 3128)",
+        "sent dns",
+    ] {
+        assert!(text.contains(sent), "{sent}: {text}\n{}", out.stderr_str());
+    }
+    assert!(
+        text.contains("first=403") && text.contains("evil=403"),
+        "{text}"
+    );
+    let first = out.refusals().find(|e| e.host == "wait.test").unwrap();
+    assert_eq!(
+        first.reason.as_deref(),
+        Some("ask-denied; reason=the host said no")
+    );
+    let rules: Vec<String> = session
+        .policy()
+        .unwrap()
+        .allow_rules()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        rules,
+        vec!["kept.test".to_owned()],
+        "the policy is unchanged"
+    );
+    assert_eq!(canary.connections(), 0, "nothing was dialled");
+    assert_eq!(
+        asked.lock().unwrap().clone(),
+        vec!["wait.test".to_owned(), "evil.test".to_owned()],
+        "only the proxy asked, once per miss"
+    );
+    // The session still works: nothing it was sent broke it.
+    assert_eq!(
+        session.exec("echo alive").await.unwrap().stdout_str(),
+        "alive\n"
+    );
+    session.close().await.unwrap();
+    // A policy file the sandbox can write is refused, naming why.
+    let e = crate::support::docker::sandbox()
+        .workspace(&ws)
+        .policy_file(ws.join("agent-sandbox.toml"))
+        .check()
+        .unwrap_err();
+    assert!(e.to_string().contains("widen its own box"), "{e}");
+}

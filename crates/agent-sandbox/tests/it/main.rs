@@ -7,6 +7,7 @@
 //! - `pool`: pools against a real engine
 //! - `intercept`: TLS interception (secrets, HTTP rules) in the in-process proxy
 //! - `policy`: the pure policy engine
+//! - `presets`: pip, npm and git with the pypi, npm and github presets (the clients image)
 //! - `proxy`: the in-process proxy against local canaries
 //! - `secrets`: secrets and HTTP rules with real clients (the clients image)
 //! - `support`: the canaries, the proxy harness and the Docker helpers
@@ -22,6 +23,7 @@ mod docker;
 mod intercept;
 mod policy;
 mod pool;
+mod presets;
 mod proxy;
 mod secrets;
 mod session;

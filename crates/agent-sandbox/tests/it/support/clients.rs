@@ -96,8 +96,16 @@ pub struct StaticHttps {
 
 impl StaticHttps {
     pub async fn start(ca: &TestCa) -> StaticHttps {
+        Self::start_on(ca, "127.0.0.1:0").await
+    }
+
+    /// [`StaticHttps::start`] on a given address (`127.0.14.1:443` stands
+    /// in for a real host on its real port).
+    pub async fn start_on(ca: &TestCa, addr: &str) -> StaticHttps {
         let root = tempdir("https-root");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr} (the tests run as root): {e}"));
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let authorizations = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -147,7 +155,10 @@ fn serve_file(root: &Path, path: &str) -> Response<Full<Bytes>> {
     if rel.is_empty() || rel.ends_with('/') {
         rel.push_str("index.html");
     }
-    let file = root.join(&rel);
+    let mut file = root.join(&rel);
+    if file.is_dir() {
+        file = file.join("index.html");
+    }
     let body = (!rel.split('/').any(|c| c == ".."))
         .then(|| std::fs::read(&file).ok())
         .flatten();
