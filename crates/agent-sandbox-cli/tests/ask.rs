@@ -92,7 +92,8 @@ fn ask_prompts_on_the_terminal_and_always_writes_the_policy_file() {
     let (asked, asked_hits) = server();
     let (other, other_hits) = server();
     let dir = scratch("tty");
-    let policy = dir.join("policy.toml");
+    // Outside the workspace: a policy file the sandbox can write is refused.
+    let policy = scratch("tty-policy").join("policy.toml");
     std::fs::write(
         &policy,
         "# the team's policy\nallow = [] # grows with [a]lways\n",
