@@ -79,7 +79,7 @@ pub(super) async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> R
             method: METHOD,
             path: None,
         };
-        let checked = match shared.authorize_only(host, port, via, asking).await {
+        let checked = match shared.check(host, port, via, asking).await {
             Ok(c) => c,
             Err(r) => return shared.refuse(METHOD, &shown, port, r),
         };

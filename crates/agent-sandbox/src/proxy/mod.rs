@@ -844,32 +844,6 @@ impl Shared {
         via: Via,
         asking: Asking<'_>,
     ) -> Result<Target, Refusal> {
-        self.decide(host, port, via, asking)
-            .await
-            .map_err(|r| r.via(via))
-    }
-
-    /// [`Shared::authorize`] without the dial (an intercepted tunnel dials
-    /// when a request it allows needs the upstream).
-    async fn authorize_only(
-        &self,
-        host: Host,
-        port: u16,
-        via: Via,
-        asking: Asking<'_>,
-    ) -> Result<Checked, Refusal> {
-        self.check(host, port, via, asking)
-            .await
-            .map_err(|r| r.via(via))
-    }
-
-    async fn decide(
-        &self,
-        host: Host,
-        port: u16,
-        via: Via,
-        asking: Asking<'_>,
-    ) -> Result<Target, Refusal> {
         let checked = self.check(host, port, via, asking).await?;
         let ask = checked.ask;
         let deadline = checked.deadline;
@@ -882,7 +856,8 @@ impl Shared {
                     return Err(Refusal {
                         ask,
                         ..Refusal::new(StatusCode::GATEWAY_TIMEOUT, "connect-timeout")
-                    })
+                    }
+                    .via(via))
                 }
                 Ok(Ok(stream)) => {
                     return Ok(Target {
@@ -909,7 +884,8 @@ impl Shared {
     }
 
     /// Check the name (asking about a miss), resolve once, check every
-    /// address; dial nothing.
+    /// address; dial nothing (an intercepted tunnel dials when a request it
+    /// allows needs the upstream).
     async fn check(
         &self,
         host: Host,
@@ -917,11 +893,14 @@ impl Shared {
         via: Via,
         asking: Asking<'_>,
     ) -> Result<Checked, Refusal> {
-        let (allowed, ask) = self.check_name(&host, port, via, asking).await?;
+        let (allowed, ask) = self
+            .check_name(&host, port, via, asking)
+            .await
+            .map_err(|r| r.via(via))?;
         let policy = self.policy_now();
         self.resolve_checked(host, port, allowed, ask, &policy)
             .await
-            .map_err(|r| Refusal { ask, ..r })
+            .map_err(|r| Refusal { ask, ..r }.via(via))
     }
 
     /// The policy's word on a name, or the ask callback's on a miss.

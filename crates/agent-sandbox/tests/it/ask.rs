@@ -45,6 +45,13 @@ async fn connect_status(p: &TestProxy, authority: &str) -> (u16, String, tokio::
     (status_of(&head), head, s)
 }
 
+/// Opens a tunnel to `target`, asserts the 200 and that bytes go through.
+async fn tunnel_ok(p: &TestProxy, target: &str) {
+    let (status, head, mut s) = connect_status(p, target).await;
+    assert_eq!(status, 200, "{head}");
+    echo_through(&mut s).await;
+}
+
 async fn echo_through(s: &mut tokio::net::TcpStream) {
     s.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 4];
@@ -60,9 +67,7 @@ async fn allowed_once_reaches_the_host_and_the_next_miss_asks_again() {
     let p = TestProxy::asking(unlisted(port), Duration::from_secs(5), f).await;
     let target = format!("asked.test:{port}");
     for _ in 0..2 {
-        let (status, head, mut s) = connect_status(&p, &target).await;
-        assert_eq!(status, 200, "{head}");
-        echo_through(&mut s).await;
+        tunnel_ok(&p, &target).await;
     }
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "once means once: {seen:?}");
@@ -101,9 +106,7 @@ async fn allowed_for_the_sandbox_adds_a_rule_visible_in_the_policy() {
     let p = TestProxy::asking(unlisted(port), Duration::from_secs(5), f).await;
     let target = format!("asked.test:{port}");
     for _ in 0..3 {
-        let (status, head, mut s) = connect_status(&p, &target).await;
-        assert_eq!(status, 200, "{head}");
-        echo_through(&mut s).await;
+        tunnel_ok(&p, &target).await;
     }
     assert_eq!(
         seen.lock().unwrap().len(),
@@ -202,9 +205,7 @@ async fn a_panicking_callback_is_a_deny_with_its_message_and_the_proxy_goes_on()
             Some(format!("ask-denied; reason=the ask callback failed: {want}").as_str())
         );
     }
-    let (status, head, mut s) = connect_status(&p, &format!("listed.test:{port}")).await;
-    assert_eq!(status, 200, "{head}");
-    echo_through(&mut s).await;
+    tunnel_ok(&p, &format!("listed.test:{port}")).await;
     assert_eq!(echo.connections(), 1, "only the listed host was reached");
     let events = p.wait_events(3).await;
     assert_eq!(
@@ -242,9 +243,7 @@ async fn concurrent_misses_for_one_destination_ask_once() {
         let p = p.clone();
         let host = if i == 5 { "other.test" } else { "asked.test" };
         tasks.push(tokio::spawn(async move {
-            let (status, head, mut s) = connect_status(&p, &format!("{host}:{port}")).await;
-            assert_eq!(status, 200, "{head}");
-            echo_through(&mut s).await;
+            tunnel_ok(&p, &format!("{host}:{port}")).await
         }));
     }
     for t in tasks {
