@@ -160,7 +160,7 @@ impl PolicyBuilder {
     /// assert!(policy.allow_rules().any(|r| r == "files.pythonhosted.org"));
     /// std::fs::write(&path, "allow = [\n  \"*.com\",\n]\n").unwrap();
     /// let err = agent_sandbox::policy::PolicyBuilder::from_file(&path).unwrap_err();
-    /// assert!(err.to_string().contains("line 2"), "{err}");
+    /// assert!(err.to_string().contains("policy.toml:2: \"*.com\""), "{err}");
     /// ```
     ///
     /// # Errors
