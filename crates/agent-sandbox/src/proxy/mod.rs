@@ -654,10 +654,12 @@ impl Shared {
         self.policy.borrow().clone()
     }
 
-    /// Asks the callback about a miss (`None` without one, or when this
+    /// Asks the callback about a miss: `Ok` with an outcome that allows,
+    /// else the refusal (`refused` when there is no callback or this
     /// request may not ask). "Allow for this sandbox" applies `grow` to
     /// the policy in force (`None` from it: the rule is there already, a
     /// waiter beside this one added it).
+    #[allow(clippy::too_many_arguments)] // one miss's parts
     async fn ask(
         &self,
         host: &str,
@@ -666,9 +668,10 @@ impl Shared {
         via: Via,
         rule: String,
         grow: impl FnOnce(&Policy) -> Option<PolicyBuilder>,
-    ) -> Option<Outcome> {
-        let (asker, Asking::Ask { method, path }) = (self.asker.as_ref()?, asking) else {
-            return None;
+        refused: Refusal,
+    ) -> Result<Outcome, Refusal> {
+        let (Some(asker), Asking::Ask { method, path }) = (self.asker.as_ref(), asking) else {
+            return Err(refused);
         };
         let key = match path {
             Some(p) => format!("{host}:{port} {method} {p}"),
@@ -685,13 +688,19 @@ impl Shared {
             rule,
         };
         let outcome = asker.ask(key, req).await;
+        if let Some(reason) = outcome.refusal() {
+            return Err(Refusal {
+                ask: Some(outcome.tag()),
+                ..Refusal::new(StatusCode::FORBIDDEN, reason)
+            });
+        }
         if outcome == Outcome::Sandbox {
             let _ = update(&self.policy, |p| match grow(p) {
                 Some(next) => next.build().map_err(Some),
                 None => Err(None::<RuleError>),
             });
         }
-        Some(outcome)
+        Ok(outcome)
     }
 
     /// What a request the proxy can read passes before it goes anywhere,
@@ -753,16 +762,18 @@ impl Shared {
             method,
             path: Some(path),
         };
-        let Some(outcome) = self.ask(name, port, asking, via, rule.clone(), grow).await else {
-            return Err(refused(&denial));
-        };
+        let outcome = self
+            .ask(
+                name,
+                port,
+                asking,
+                via,
+                rule.clone(),
+                grow,
+                refused(&denial),
+            )
+            .await?;
         let tag = Some(outcome.tag());
-        if let Some(reason) = outcome.refusal() {
-            return Err(Refusal {
-                ask: tag,
-                ..forbid(reason)
-            });
-        }
         let rule = match self.policy_now().check_http(name, port, method, path) {
             Ok(Some(r)) => r.text.clone(),
             // A path no glob can name exactly: allowed this once.
@@ -940,16 +951,18 @@ impl Shared {
                 .is_err()
                 .then(|| p.rules().clone().allow(rule.clone()))
         };
-        let Some(outcome) = self.ask(name, port, asking, via, rule.clone(), grow).await else {
-            return Err(refused(&denial));
-        };
+        let outcome = self
+            .ask(
+                name,
+                port,
+                asking,
+                via,
+                rule.clone(),
+                grow,
+                refused(&denial),
+            )
+            .await?;
         let tag = Some(outcome.tag());
-        if let Some(reason) = outcome.refusal() {
-            return Err(Refusal {
-                ask: tag,
-                ..Refusal::new(StatusCode::FORBIDDEN, reason)
-            });
-        }
         if outcome == Outcome::Sandbox {
             // Decided by the policy as it now is: a deny rule added
             // meanwhile still wins.

@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use agent_sandbox::policy::preset;
 use agent_sandbox::{Sandbox, SandboxBuilder};
 
 use crate::support::clients::{clients_image, write_fixtures, StaticHttps, TestCa};
@@ -51,13 +52,21 @@ fn lay_out(root: &Path) {
     .unwrap();
 }
 
+/// Every host of the three presets is pinned to the stand-in's address on
+/// each port a rule could allow, so no name is ever resolved or dialled
+/// outside this machine, even one the clients do not use.
 fn sandbox(fixtures: &Path) -> SandboxBuilder {
     let mut b = Sandbox::builder()
         .image(clients_image())
         .timeout(Duration::from_secs(240))
         .mount(fixtures, "/fixtures");
-    for h in HOSTS {
-        b = b.resolve(h, 443, ADDR);
+    for name in ["pypi", "npm", "github"] {
+        for rule in &preset(name).unwrap().allow {
+            let host = rule.split(':').next().unwrap();
+            for port in [22, 80, 443] {
+                b = b.resolve(host, port, ADDR);
+            }
+        }
     }
     b
 }
