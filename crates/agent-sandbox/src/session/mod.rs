@@ -284,7 +284,11 @@ impl Session {
             .with_proxy(|p| {
                 p.update_policy(|now| {
                     let next = f(now.rules().clone());
-                    if next.secrets().len() != now.rules().secrets().len() {
+                    let same = |a: &crate::intercept::SecretSpec, b: &crate::intercept::SecretSpec| {
+                        a.name == b.name && a.host == b.host && a.value.expose() == b.value.expose()
+                    };
+                    let (was, is) = (now.rules().secrets(), next.secrets());
+                    if was.len() != is.len() || !was.iter().zip(is).all(|(a, b)| same(a, b)) {
                         return Err(Error::invalid(
                             "policy",
                             "secrets are fixed when a sandbox starts; start a new one to change them",
