@@ -193,7 +193,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         .or_else(|| non_empty_var("AGENT_SANDBOX_IMAGE"))
         .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
     let pull = s.on_pull.as_deref();
-    engine
+    let image_id = engine
         .ensure_image(
             &image,
             pull.map(|f| f as &(dyn Fn(&PullProgress) + Send + Sync)),
@@ -283,9 +283,41 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             read_only: true,
         });
     }
+    // Who the sandbox is: the image's users, and a line for its own ids.
+    if let Some(ids) = sandbox_ids {
+        let [passwd, group] = match &image_files(
+            &engine,
+            &image,
+            &image_id,
+            &["/etc/passwd", "/etc/group"],
+        )
+        .await?[..]
+        {
+            [p, g] => identity_files(p.as_deref(), g.as_deref(), ids),
+            _ => [None, None],
+        };
+        for (name, text) in [("passwd", passwd), ("group", group)] {
+            let Some(text) = text else { continue };
+            let path = dir.0.join(name);
+            std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+            mounts.push(Mount {
+                host: path,
+                container: format!("/etc/{name}"),
+                read_only: true,
+            });
+        }
+    }
     let mut env = sandbox_env(&s.env);
     if let Some(icp) = &icp {
-        trust_files(&engine, &image, &dir.0, icp, &mut mounts, &mut env).await?;
+        trust_files(
+            &engine,
+            (&image, &image_id),
+            &dir.0,
+            icp,
+            &mut mounts,
+            &mut env,
+        )
+        .await?;
     }
     mounts.extend(checked.iter().map(|c| Mount {
         host: c.path.clone(),
@@ -457,14 +489,17 @@ const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// variable. The CA's key never leaves this process.
 async fn trust_files(
     engine: &Engine,
-    image: &str,
+    (image, image_id): (&str, &str),
     dir: &Path,
     icp: &Interceptor,
     mounts: &mut Vec<Mount>,
     env: &mut Vec<String>,
 ) -> Result<(), Error> {
-    let image_roots = image_bundle(engine, image).await?;
-    let mut bundle = image_roots;
+    let mut bundle = image_files(engine, image, image_id, &[SYSTEM_BUNDLE])
+        .await?
+        .pop()
+        .flatten()
+        .unwrap_or_default();
     if !bundle.is_empty() && !bundle.ends_with(b"\n") {
         bundle.push(b'\n');
     }
@@ -494,22 +529,114 @@ async fn trust_files(
     Ok(())
 }
 
-/// The image's CA bundle (empty if it has none), read once per image name
-/// per process.
-async fn image_bundle(engine: &Engine, image: &str) -> Result<Vec<u8>, Error> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
+/// Files of `image` (`None` where it has none). An image's files never
+/// change under its ID (a content hash), so each is read from the engine
+/// once, through one container for all those missing, and kept in memory
+/// and in the caller's cache directory (a CLI run is a new process each
+/// time; reading costs a container create and remove, about 80 ms here).
+async fn image_files(
+    engine: &Engine,
+    image: &str,
+    image_id: &str,
+    paths: &[&'static str],
+) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    type Cache = HashMap<(String, &'static str), Option<Vec<u8>>>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if let Some(b) = cache.lock().ok().and_then(|c| c.get(image).cloned()) {
-        return Ok(b);
+    // Without an ID (an engine that gave none) nothing is kept on disk.
+    let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
+    let on_disk = (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| cache_dir().join("image-files").join(hex));
+    let key = |p: &'static str| (if hex.is_empty() { image } else { hex }.to_owned(), p);
+    // "+" marks a file the image has, "-" one it has not.
+    let disk_name = |p: &str| p.trim_start_matches('/').replace('/', "%");
+    let cached = |p: &'static str| -> Option<Option<Vec<u8>>> {
+        if let Some(f) = cache.lock().ok()?.get(&key(p)) {
+            return Some(f.clone());
+        }
+        let stored = std::fs::read(on_disk.as_ref()?.join(disk_name(p))).ok()?;
+        let f = match stored.split_first()? {
+            (b'+', data) => Some(data.to_vec()),
+            (b'-', []) => None,
+            _ => return None,
+        };
+        cache.lock().ok()?.insert(key(p), f.clone());
+        Some(f)
+    };
+    let missing: Vec<&'static str> = paths
+        .iter()
+        .copied()
+        .filter(|p| cached(p).is_none())
+        .collect();
+    if !missing.is_empty() {
+        let read = engine.image_files(image, &missing).await?;
+        if let Some(dir) = &on_disk {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        for (p, f) in missing.into_iter().zip(read) {
+            if let Some(dir) = &on_disk {
+                let mut stored = vec![if f.is_some() { b'+' } else { b'-' }];
+                stored.extend_from_slice(f.as_deref().unwrap_or_default());
+                // Written aside and renamed: a reader never sees half a file.
+                let tmp = dir.join(format!(".{}.{}", disk_name(p), new_id()));
+                if std::fs::write(&tmp, &stored)
+                    .and_then(|()| std::fs::rename(&tmp, dir.join(disk_name(p))))
+                    .is_err()
+                {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+            if let Ok(mut c) = cache.lock() {
+                c.insert(key(p), f);
+            }
+        }
     }
-    let bundle = engine
-        .image_file(image, SYSTEM_BUNDLE)
-        .await?
-        .unwrap_or_default();
-    if let Ok(mut c) = cache.lock() {
-        c.insert(image.to_owned(), bundle.clone());
+    Ok(paths.iter().map(|p| cached(p).flatten()).collect())
+}
+
+/// `/etc/passwd` and `/etc/group` for a sandbox running as `uid:gid`: the
+/// image's own, with a `sandbox` entry added for an id they do not name
+/// (`ssh` refuses to run without one: "No user exists for uid"). `None`
+/// for a file that already names the id: the image's stays as it is.
+fn identity_files(
+    passwd: Option<&[u8]>,
+    group: Option<&[u8]>,
+    (uid, gid): (u32, u32),
+) -> [Option<Vec<u8>>; 2] {
+    fn add(
+        file: Option<&[u8]>,
+        id: u32,
+        fallback: &str,
+        line: impl Fn(&str) -> String,
+    ) -> Option<Vec<u8>> {
+        let text = String::from_utf8_lossy(file.unwrap_or(fallback.as_bytes())).into_owned();
+        let fields = |l: &str| l.split(':').map(str::to_owned).collect::<Vec<_>>();
+        let entries: Vec<Vec<String>> = text.lines().map(fields).collect();
+        if entries
+            .iter()
+            .any(|f| f.get(2).and_then(|i| i.parse().ok()) == Some(id))
+        {
+            return None;
+        }
+        let taken = |n: &str| entries.iter().any(|f| f[0] == n);
+        let name = if taken("sandbox") {
+            format!("sandbox-{id}")
+        } else {
+            "sandbox".to_owned()
+        };
+        let mut out = text;
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&line(&name));
+        Some(out.into_bytes())
     }
-    Ok(bundle)
+    [
+        add(passwd, uid, "root:x:0:0:root:/root:/bin/sh\n", |n| {
+            format!("{n}:x:{uid}:{gid}:agent-sandbox:/tmp:/bin/sh\n")
+        }),
+        add(group, gid, "root:x:0:\n", |n| format!("{n}:x:{gid}:\n")),
+    ]
 }
 
 /// Creates `path` (it must not exist) readable and writable by its owner only.
@@ -766,16 +893,21 @@ fn collect_orphans_once(engine: &Engine) {
 
 /// Writes the embedded init binary to the cache directory (once per
 /// version) and returns its path.
+/// The caller's cache directory for agent-sandbox.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("agent-sandbox")
+}
+
 fn init_binary() -> Result<PathBuf, Error> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     INIT_BINARY.hash(&mut h);
     let name = format!("init-{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish());
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("agent-sandbox");
+    let base = cache_dir();
     let path = base.join(&name);
     if std::fs::read(&path).is_ok_and(|b| b == INIT_BINARY) {
         return Ok(path);
@@ -791,4 +923,58 @@ fn init_binary() -> Result<PathBuf, Error> {
         return Err(Error::io("write", &path, e));
     }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_files;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin";
+    const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
+
+    fn text(f: &Option<Vec<u8>>) -> &str {
+        std::str::from_utf8(f.as_deref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ids_the_image_names_keep_its_files() {
+        let [p, g] = identity_files(
+            Some(PASSWD.as_bytes()),
+            Some(GROUP.as_bytes()),
+            (65534, 65534),
+        );
+        assert!(p.is_none() && g.is_none());
+        let [p, g] = identity_files(
+            Some(PASSWD.as_bytes()),
+            Some(GROUP.as_bytes()),
+            (65534, 4242),
+        );
+        assert!(p.is_none());
+        assert_eq!(text(&g), format!("{GROUP}sandbox:x:4242:\n"));
+    }
+
+    #[test]
+    fn other_ids_get_a_sandbox_entry_after_the_images() {
+        let [p, g] = identity_files(
+            Some(PASSWD.as_bytes()),
+            Some(GROUP.as_bytes()),
+            (1000, 1000),
+        );
+        assert_eq!(
+            text(&p),
+            format!("{PASSWD}\nsandbox:x:1000:1000:agent-sandbox:/tmp:/bin/sh\n")
+        );
+        assert_eq!(text(&g), format!("{GROUP}sandbox:x:1000:\n"));
+        // A name the image already uses is not taken twice.
+        let mine = format!("{PASSWD}\nsandbox:x:999:999::/:/bin/sh\n");
+        let [p, _] = identity_files(Some(mine.as_bytes()), None, (1000, 1000));
+        assert!(text(&p).ends_with("\nsandbox-1000:x:1000:1000:agent-sandbox:/tmp:/bin/sh\n"));
+        // An image without the files gets root's line and the sandbox's.
+        let [p, g] = identity_files(None, None, (7, 8));
+        assert_eq!(
+            text(&p),
+            "root:x:0:0:root:/root:/bin/sh\nsandbox:x:7:8:agent-sandbox:/tmp:/bin/sh\n"
+        );
+        assert_eq!(text(&g), "root:x:0:\nsandbox:x:8:\n");
+    }
 }

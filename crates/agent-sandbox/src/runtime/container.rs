@@ -198,14 +198,14 @@ impl Engine {
         Ok(resp.id)
     }
 
-    /// The bytes of the regular file `path` in `image` (following at most
-    /// a few symbolic links), or `None` if the image has no such file.
-    /// Read through a container that is created, never started, and removed.
-    pub(crate) async fn image_file(
+    /// The bytes of each regular file of `paths` in `image` (following at
+    /// most a few symbolic links), `None` where the image has no such file.
+    /// Read through one container that is created, never started, and removed.
+    pub(crate) async fn image_files(
         &self,
         image: &str,
-        path: &str,
-    ) -> Result<Option<Vec<u8>>, Error> {
+        paths: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let body = ContainerCreateBody {
             image: Some(image.to_owned()),
             cmd: Some(vec!["/nonexistent".to_owned()]),
@@ -223,35 +223,32 @@ impl Engine {
             .docker
             .create_container(None::<CreateContainerOptions>, body)
             .await
-            .map_err(|e| engine_err("read the image's CA bundle", e))?
+            .map_err(|e| engine_err("read files from the image", e))?
             .id;
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            files.push(self.container_file(&id, path).await);
+        }
+        let _ = self.remove(&id).await;
+        Ok(files)
+    }
+
+    /// The regular file `path` in container `id`, following at most a few
+    /// symbolic links; `None` if there is none.
+    async fn container_file(&self, id: &str, path: &str) -> Option<Vec<u8>> {
         let mut path = path.to_owned();
-        let mut found = None;
         for _ in 0..4 {
             let mut tar = Vec::new();
             let mut stream = self.docker.download_from_container(
-                &id,
+                id,
                 Some(DownloadFromContainerOptions { path: path.clone() }),
             );
-            let mut failed = false;
             while let Some(chunk) = stream.next().await {
-                match chunk {
-                    Ok(b) => tar.extend_from_slice(&b),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
+                tar.extend_from_slice(&chunk.ok()?);
             }
-            if failed {
-                break;
-            }
-            match first_tar_entry(&tar) {
-                Some(TarEntry::File(data)) => {
-                    found = Some(data);
-                    break;
-                }
-                Some(TarEntry::Link(target)) => {
+            match first_tar_entry(&tar)? {
+                TarEntry::File(data) => return Some(data),
+                TarEntry::Link(target) => {
                     path = if target.starts_with('/') {
                         target
                     } else {
@@ -259,11 +256,9 @@ impl Engine {
                         format!("{dir}/{target}")
                     };
                 }
-                None => break,
             }
         }
-        let _ = self.remove(&id).await;
-        Ok(found)
+        None
     }
 
     /// Attaches to output, starts the container, and feeds every chunk of

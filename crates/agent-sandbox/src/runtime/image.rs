@@ -22,6 +22,7 @@ pub struct PullProgress {
 impl Engine {
     /// Makes sure `image` is present: uses the local copy if there is one,
     /// otherwise pulls it, calling `progress` for every status line.
+    /// Returns the image's ID (its content hash, `sha256:...`).
     ///
     /// # Errors
     /// [`Error::ImageNotFound`] if it is not local and cannot be pulled.
@@ -29,9 +30,9 @@ impl Engine {
         &self,
         image: &str,
         progress: Option<&(dyn Fn(&PullProgress) + Send + Sync)>,
-    ) -> Result<(), Error> {
-        if self.docker.inspect_image(image).await.is_ok() {
-            return Ok(());
+    ) -> Result<String, Error> {
+        if let Ok(found) = self.docker.inspect_image(image).await {
+            return Ok(found.id.unwrap_or_default());
         }
         let (name, tag) = split_tag(image);
         let opts = CreateImageOptions {
@@ -71,7 +72,7 @@ impl Engine {
         self.docker
             .inspect_image(image)
             .await
-            .map(|_| ())
+            .map(|found| found.id.unwrap_or_default())
             .map_err(|e| Error::ImageNotFound {
                 image: image.to_owned(),
                 reason: e.to_string(),

@@ -235,16 +235,19 @@ async fn git_over_ssh_works_through_a_host_port_rule() {
 cp /fixtures/key /tmp/key && chmod 600 /tmp/key
 export GIT_SSH_COMMAND="ssh -i /tmp/key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=10"
 git clone -q ssh://{user}@git.test:{s}{bare} /tmp/repo && cat /tmp/repo/README
+echo "whoami:$(whoami) group:$(id -gn)"
 echo '--- other port'
 $GIT_SSH_COMMAND -p {c} {user}@git.test true; echo "ssh-exit:$?"
 "#,
         user = sshd.user,
         bare = bare.display()
     );
-    // No workspace: the sandbox runs as `nobody`, whom ssh finds in the
-    // image's /etc/passwd.
+    // Run as the workspace's owner, an id the image's /etc/passwd does not
+    // name: ssh needs an entry ("No user exists for uid"), which the
+    // sandbox's own /etc/passwd adds.
     let out = w
         .sandbox()
+        .workspace(tempdir("ssh-ws"))
         .allow(format!("git.test:{s}"))
         .resolve("git.test", s, "127.0.0.1")
         .resolve("git.test", c, "127.0.0.1")
@@ -255,6 +258,11 @@ $GIT_SSH_COMMAND -p {c} {user}@git.test true; echo "ssh-exit:$?"
     let (cloned, other) = text.split_once("--- other port").unwrap_or((&text, ""));
     assert!(
         cloned.contains("cloned through agent-sandbox"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        cloned.contains("whoami:sandbox group:sandbox"),
         "{}",
         show(&out)
     );

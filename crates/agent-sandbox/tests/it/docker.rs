@@ -189,7 +189,11 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         [
             ("/.agent-sandbox/init", "ro"),
             ("/.agent-sandbox/net", "ro"),
+            // The image's users plus the sandbox's own (its uid is not
+            // in the base image's).
+            ("/etc/group", "ro"),
             ("/etc/hosts", "ro"),
+            ("/etc/passwd", "ro"),
             ("/etc/resolv.conf", "ro"),
             ("/workspace", "rw")
         ],
@@ -1479,8 +1483,10 @@ async fn the_mount_table_is_exactly_the_expected_one() {
     let expected: Vec<(String, String)> = [
         ("/.agent-sandbox/init", "ro"),
         ("/.agent-sandbox/net", "ro"),
+        ("/etc/group", "ro"),
         ("/etc/hostname", "ro"),
         ("/etc/hosts", "ro"),
+        ("/etc/passwd", "ro"),
         ("/etc/resolv.conf", "ro"),
         ("/workspace", "rw"),
     ]
