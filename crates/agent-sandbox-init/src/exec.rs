@@ -142,10 +142,52 @@ fn drain(mut reader: UnixStream) -> io::Result<()> {
     Ok(())
 }
 
+/// An exposed port: connects to `port` on the sandbox's loopback (IPv4,
+/// then IPv6) for the host and splices the two until either side ends.
+/// Only the host opens these (it asked for the connection this came on).
+fn forward(
+    mut from_host: UnixStream,
+    writer: &Mutex<UnixStream>,
+    payload: &[u8],
+) -> io::Result<()> {
+    let port = match payload {
+        [a, b] => u16::from_be_bytes([*a, *b]),
+        _ => return write_frame(writer, tag::FAILURE, b"malformed forward request"),
+    };
+    let local = [
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ];
+    let mut tcp = match std::net::TcpStream::connect(&local[..]) {
+        Ok(t) => t,
+        Err(e) => {
+            let text = format!("nothing in the sandbox accepts connections on port {port}: {e}");
+            return write_frame(writer, tag::FAILURE, text.as_bytes());
+        }
+    };
+    write_frame(writer, tag::FORWARD, &[])?;
+    let mut to_host = writer
+        .lock()
+        .map_err(|_| io::Error::other("poisoned"))?
+        .try_clone()?;
+    let mut tcp_in = tcp.try_clone()?;
+    let back = thread::Builder::new().spawn(move || {
+        let _ = io::copy(&mut tcp_in, &mut to_host);
+        let _ = to_host.shutdown(std::net::Shutdown::Write);
+    })?;
+    let _ = io::copy(&mut from_host, &mut tcp);
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
+    Ok(())
+}
+
 fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
     let mut reader = conn.try_clone()?;
     let writer = Arc::new(Mutex::new(conn));
     let (tag, payload) = read_frame(&mut reader)?;
+    if tag == tag::FORWARD {
+        return forward(reader, &writer, &payload);
+    }
     let Some(req) = (tag == tag::REQUEST)
         .then(|| Request::decode(&payload))
         .flatten()

@@ -19,6 +19,10 @@ use std::path::PathBuf;
 /// [`STDERR`](tag::STDERR), [`FAILURE`](tag::FAILURE) text, [`OOM`](tag::OOM)
 /// (empty: the memory limit killed the command) and [`EXIT`](tag::EXIT)
 /// (`i32`). If the host hangs up, the command's process group gets SIGKILL.
+/// Instead of a request, the host may send [`FORWARD`](tag::FORWARD) + a
+/// port: init connects to that port on the sandbox's loopback, answers
+/// `FORWARD` (empty) or [`FAILURE`](tag::FAILURE), and from then on the
+/// connection carries raw bytes both ways (an exposed port).
 pub mod tag {
     /// Init to host, control: init is up.
     pub const CONNECTED: u8 = b'C';
@@ -34,6 +38,10 @@ pub mod tag {
     pub const ACCEPT: u8 = b'A';
     /// Host to init: the exec request ([`Request`](super::Request)).
     pub const REQUEST: u8 = b'R';
+    /// Host to init, instead of a request: connect to this port (u16
+    /// big-endian) on the sandbox's loopback and splice. Init to host: empty,
+    /// connected (raw bytes follow both ways).
+    pub const FORWARD: u8 = b'W';
     /// Host to init: stdin bytes; empty is EOF.
     pub const STDIN: u8 = b'I';
     /// Host to init: a signal (`i32`) for the command's process group.

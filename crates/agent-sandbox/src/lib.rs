@@ -89,4 +89,4 @@ pub use config::DEFAULT_IMAGE;
 pub use error::Error;
 pub use options::{parse_size, ExecOptions, SandboxOptions};
 pub use pool::Pool;
-pub use session::{DirEntry, Listing, Session};
+pub use session::{Chunk, DirEntry, Listing, NewOutput, Pipe, Process, Session};

@@ -22,13 +22,15 @@ fn io_err(e: std::io::Error) -> Error {
 }
 
 /// Runs `argv` through the channel at `socket`, feeding `stdin`, calling
-/// `on_output(is_stderr, bytes)` for every chunk, and killing the process
-/// group at `deadline`.
+/// `on_output(is_stderr, bytes)` for every chunk, sending each signal that
+/// arrives on `signals` to the command's process group, and killing the
+/// process group at `deadline`.
 pub(crate) async fn exec(
     stream: UnixStream,
     request: &Request,
     stdin: Option<&[u8]>,
     deadline: Option<Instant>,
+    signals: Option<tokio::sync::mpsc::UnboundedReceiver<i32>>,
     mut on_output: impl FnMut(bool, &[u8]),
 ) -> Result<Ended, Error> {
     let (mut r, mut w) = stream.into_split();
@@ -43,6 +45,16 @@ pub(crate) async fn exec(
     // reading cannot deadlock against us.
     let writer = AbortOnDrop(tokio::spawn(async move {
         let _ = w.write_all(&out).await;
+        if let Some(mut signals) = signals {
+            while let Some(s) = signals.recv().await {
+                if w.write_all(&frame(tag::SIGNAL, &s.to_be_bytes()))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
         // Keep the write half open until the exec ends: closing it would
         // tell init the host went away.
         std::future::pending::<()>().await;
@@ -88,6 +100,22 @@ pub(crate) async fn exec(
             }
             _ => {}
         }
+    }
+}
+
+/// Asks init to connect to `port` on the sandbox's loopback over `stream`
+/// (a fresh exec connection); on success the stream carries that TCP
+/// connection's bytes. `Err` says why not (nothing listening, ...).
+pub(crate) async fn forward(mut stream: UnixStream, port: u16) -> Result<UnixStream, String> {
+    stream
+        .write_all(&frame(tag::FORWARD, &port.to_be_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    match read_small_frame(&mut stream).await {
+        Ok((tag::FORWARD, _)) => Ok(stream),
+        Ok((tag::FAILURE, text)) => Err(String::from_utf8_lossy(&text).into_owned()),
+        Ok(_) => Err("the sandbox's init does not forward ports (an older init?)".into()),
+        Err(e) => Err(format!("the sandbox closed the connection: {e}")),
     }
 }
 

@@ -7,11 +7,14 @@
 
 mod channel;
 mod files;
+mod ports;
+mod process;
 
 use channel::ExecHub;
 pub use files::{DirEntry, Listing};
+pub use process::{Chunk, NewOutput, Pipe, Process};
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -43,6 +46,12 @@ struct Inner {
     last_used: Mutex<Instant>,
     active: AtomicUsize,
     closed: AtomicBool,
+    /// Background processes (`spawn`): running ones and the latest ended.
+    processes: Mutex<Vec<Process>>,
+    next_process: AtomicU64,
+    /// Exposed ports: the host address and the listener's task.
+    exposed:
+        Mutex<std::collections::HashMap<u16, (std::net::SocketAddr, tokio::task::AbortHandle)>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -104,6 +113,9 @@ impl Session {
             last_used: Mutex::new(Instant::now()),
             active: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            processes: Mutex::default(),
+            next_process: AtomicU64::new(1),
+            exposed: Mutex::default(),
             launched,
         });
         if let Some(idle) = idle {
@@ -193,6 +205,7 @@ impl Session {
             &request,
             opts.stdin.as_deref(),
             deadline,
+            None,
             |is_err, bytes| {
                 let (cap, cb) = if is_err {
                     (&mut err, &opts.on_stderr)
@@ -589,10 +602,18 @@ impl Inner {
         self.container.lock().ok().and_then(|mut c| c.take())
     }
 
-    /// Stops the proxy and the exec channel and removes the host directory.
+    /// Stops the proxy, the exec channel and the exposed ports' listeners,
+    /// and removes the host directory.
     async fn release_host_side(&self) {
+        self.close_ports();
         self.launched.release().await;
         self.hub.stop();
+    }
+
+    fn close_ports(&self) {
+        if let Ok(mut m) = self.exposed.lock() {
+            m.drain().for_each(|(_, (_, task))| task.abort());
+        }
     }
 
     async fn close(&self) -> Result<(), Error> {
@@ -607,6 +628,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.close_ports();
         self.hub.stop();
         let container = self.container.get_mut().ok().and_then(Option::take);
         if let Some(id) = container {

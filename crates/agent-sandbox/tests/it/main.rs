@@ -27,3 +27,4 @@ mod presets;
 mod proxy;
 mod secrets;
 mod session;
+mod spawn;

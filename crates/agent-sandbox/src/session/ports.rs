@@ -1,0 +1,104 @@
+//! Exposed ports: a listener on the host's loopback whose connections init
+//! carries to a port inside the sandbox, over the exec channel. The
+//! sandbox still has no network: only the host opens these connections.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::Error;
+
+impl super::Session {
+    /// Opens a listener on the host's `127.0.0.1` (port `host_port`, or a
+    /// free one) that forwards each connection to `port` on the sandbox's
+    /// loopback (a dev server started with [`spawn`](super::Session::spawn)).
+    /// Returns the host address. A connection made while nothing listens
+    /// inside is closed at once. Exposing a port again returns the same
+    /// address; the listener closes with [`unexpose`](super::Session::unexpose)
+    /// or the session.
+    ///
+    /// # Errors
+    /// [`Error::SessionClosed`], [`Error::InvalidArgument`] (port 0),
+    /// [`Error::Bind`] (the host port is taken).
+    pub async fn expose(&self, port: u16, host_port: Option<u16>) -> Result<SocketAddr, Error> {
+        let _busy = self.busy()?;
+        if port == 0 {
+            return Err(Error::invalid("port", "0 is not a port to expose"));
+        }
+        if let Some((addr, _)) = self.exposed_entry(port) {
+            return Ok(addr);
+        }
+        let want = SocketAddr::from(([127, 0, 0, 1], host_port.unwrap_or(0)));
+        let listener = TcpListener::bind(want)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: want.to_string(),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("read the address of", want.to_string(), e))?;
+        let hub = self.inner.hub.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    // Out of descriptors: try again shortly.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = hub.open().await else { return };
+                    if let Ok(mut inside) = super::channel::forward(stream, port).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut inside).await;
+                    }
+                });
+            }
+        });
+        let mut map = self
+            .inner
+            .exposed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.is_closed() {
+            task.abort();
+            return Err(Error::SessionClosed);
+        }
+        if let Some((first, _)) = map.get(&port) {
+            // Exposed twice at once: keep the first.
+            task.abort();
+            return Ok(*first);
+        }
+        map.insert(port, (addr, task.abort_handle()));
+        Ok(addr)
+    }
+
+    fn exposed_entry(&self, port: u16) -> Option<(SocketAddr, tokio::task::AbortHandle)> {
+        self.inner.exposed.lock().ok()?.get(&port).cloned()
+    }
+
+    /// Closes the host listener of an exposed `port` (connections already
+    /// open end with the sandbox or their peers). Whether it was exposed.
+    pub fn unexpose(&self, port: u16) -> bool {
+        let entry = self
+            .inner
+            .exposed
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&port));
+        entry.map(|(_, task)| task.abort()).is_some()
+    }
+
+    /// The exposed ports: `(port inside, host address)`, by port.
+    #[must_use]
+    pub fn exposed(&self) -> Vec<(u16, SocketAddr)> {
+        let mut list: Vec<_> = self
+            .inner
+            .exposed
+            .lock()
+            .map(|m| m.iter().map(|(p, (a, _))| (*p, *a)).collect())
+            .unwrap_or_default();
+        list.sort_unstable();
+        list
+    }
+}
