@@ -213,7 +213,34 @@ export declare class Session {
   /** The rules in force, by kind (rules an ask answered 'sandbox' added included). */
   policy(): Record<'allow' | 'deny' | 'allowCidr' | 'denyCidr' | 'resolve' | 'http' | 'preset' | 'secret', string[]>
   events(): SandboxEvent[]
+  /** Starts a command in the background; resolves once it started. `timeoutMs` applies only if given. */
+  spawn(command: Cmd, options?: ExecOptions): Promise<Process>
+  /** Background processes: every running one and the latest ended. */
+  processes(): Process[]
+  /** Forwards a port on the host's 127.0.0.1 (a free one unless given) to `port` inside; resolves to '127.0.0.1:PORT'. */
+  expose(port: number, hostPort?: number): Promise<string>
+  /** Closes an exposed port's host listener; whether it was exposed. */
+  unexpose(port: number): boolean
+  /** Exposed ports: port inside -> host address. */
+  exposed(): Record<string, string>
   close(): Promise<void>
+}
+
+/** A background process of a session; iterate it for its output. Dropping it does not stop it. */
+export declare class Process {
+  /** `p1`, `p2`, ... in its session. */
+  readonly id: string
+  readonly command: string[]
+  readonly running: boolean
+  /** The exit code once it ended (null while it runs, or if the session ended first). */
+  readonly exitCode: number | null
+  signal(signal: number): void
+  kill(): void
+  /** Output since the last call (never waits). */
+  readOutput(): { stdout: string; stderr: string; dropped: number; exitCode: number | null }
+  /** Resolves at the end; rejects with 'session_closed' if the session ended first. */
+  wait(): Promise<RunResult>
+  [Symbol.asyncIterator](): AsyncIterator<{ pipe: 'stdout' | 'stderr'; data: Buffer }>
 }
 
 /** Fresh sandboxes started ahead of time: each run gets its own, and ends it afterwards. */

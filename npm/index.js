@@ -186,14 +186,40 @@ class Session {
     this.#native.changeRules('removeRule', rule)
   }
 
-  /** Every network decision so far. */
   /** The rules in force, by kind (rules an ask answered 'sandbox' added included). */
   policy() {
     return parsed(this.#native.policy())
   }
 
+  /** Every network decision so far. */
   events() {
     return parsed(this.#native.events())
+  }
+
+  /** Starts a command in the background; resolves once it started. */
+  async spawn(command, options) {
+    const [argv, shell, json, stdin, { onStdout, onStderr }] = commandArgs(command, options, ['onStdout', 'onStderr'])
+    return new Process(await this.#native.spawn(argv, shell, json, stdin, onStdout, onStderr))
+  }
+
+  /** Background processes: every running one and the latest ended. */
+  processes() {
+    return this.#native.processes().map((p) => new Process(p))
+  }
+
+  /** Forwards a port on the host's 127.0.0.1 to `port` inside; resolves to '127.0.0.1:PORT'. */
+  expose(port, hostPort) {
+    return this.#native.expose(port, hostPort ?? null)
+  }
+
+  /** Closes an exposed port's host listener; whether it was exposed. */
+  unexpose(port) {
+    return this.#native.unexpose(port)
+  }
+
+  /** Exposed ports: { [portInside]: '127.0.0.1:PORT' }. */
+  exposed() {
+    return parsed(this.#native.exposed())
   }
 
   /** Stops and removes the sandbox. Idempotent. */
@@ -203,6 +229,60 @@ class Session {
 
   [asyncDispose]() {
     return this.close()
+  }
+}
+
+/**
+ * A background process of a session. `for await (const { pipe, data } of proc)`
+ * yields its output from the oldest byte kept until it ends. Dropping it does
+ * not stop the process.
+ */
+class Process {
+  #native
+  constructor(handle) {
+    this.#native = handle
+    this.id = handle.id
+    this.command = handle.command
+  }
+
+  get running() {
+    return this.#native.running
+  }
+
+  /** The exit code once it ended (null while it runs, or if the session ended first). */
+  get exitCode() {
+    return this.#native.exitCode ?? null
+  }
+
+  /** Sends a signal (a number) to its process group. */
+  signal(signal) {
+    this.#native.signal(signal)
+  }
+
+  /** Kills its process group; wait() then resolves with exit code 137. */
+  kill() {
+    this.#native.kill()
+  }
+
+  /** Output since the last call: { stdout, stderr (strings), dropped, exitCode }. */
+  readOutput() {
+    const o = this.#native.takeOutput()
+    return { stdout: o.stdout.toString(), stderr: o.stderr.toString(), dropped: o.dropped, exitCode: o.exitCode ?? null }
+  }
+
+  /** Resolves at the end with its result (output kept, events of its lifetime). */
+  async wait() {
+    return parsed(await this.#native.wait())
+  }
+
+  async *[Symbol.asyncIterator]() {
+    let cursor = 0
+    for (;;) {
+      const c = await this.#native.nextChunk(cursor)
+      if (!c) return
+      cursor = c.cursor
+      yield { pipe: c.pipe, data: c.data }
+    }
   }
 }
 
@@ -230,4 +310,4 @@ class Pool {
   }
 }
 
-module.exports = { Sandbox, Session, Pool, SandboxError }
+module.exports = { Sandbox, Session, Process, Pool, SandboxError }

@@ -1,4 +1,4 @@
 import cjs from './index.js'
 
-export const { Sandbox, Session, Pool, SandboxError } = cjs
+export const { Sandbox, Session, Process, Pool, SandboxError } = cjs
 export default cjs

@@ -334,3 +334,44 @@ test('policyFile and preset', async () => {
   }
   assert.throws(() => sandbox({ preset: ['nope'] }), /the presets are/)
 })
+
+test('background processes stream and end; an exposed port reaches a server inside', async () => {
+  const ws = workspace('spawn')
+  execFileSync('sh', ['-c', `echo served from the sandbox > ${ws}/hello.txt`])
+  const s = await sandbox({ workspace: ws }).session()
+  let host
+  let server
+  try {
+    const p = await s.spawn('for i in 1 2 3; do echo line$i; sleep 0.1; done; echo oops >&2; exec sleep 1000')
+    assert.equal(p.id, 'p1')
+    assert.equal(p.running, true)
+    const seen = []
+    for await (const { pipe, data } of p) {
+      seen.push(`${pipe}:${data}`)
+      if (pipe === 'stderr') break
+    }
+    assert.equal(seen.join(''), 'stdout:line1\nstdout:line2\nstdout:line3\nstderr:oops\n')
+    const got = p.readOutput()
+    assert.equal(got.stdout, 'line1\nline2\nline3\n')
+    assert.equal(got.exitCode, null)
+    p.kill()
+    const r = await p.wait()
+    assert.equal(r.exitCode, 137)
+    assert.equal(p.exitCode, 137)
+    server = await s.spawn(['python3', '-m', 'http.server', '8000', '--bind', '127.0.0.1'])
+    host = await s.expose(8000)
+    assert.match(host, /^127\.0\.0\.1:\d+$/)
+    assert.deepEqual(s.exposed(), { 8000: host })
+    let body = ''
+    for (let i = 0; i < 100 && !body.includes('served'); i++) {
+      body = await fetch(`http://${host}/hello.txt`).then((r) => r.text(), () => '')
+      if (!body.includes('served')) await new Promise((r) => setTimeout(r, 100))
+    }
+    assert.equal(body, 'served from the sandbox\n')
+    assert.deepEqual(s.processes().map((q) => q.id), ['p1', 'p2'])
+  } finally {
+    await s.close()
+  }
+  await assert.rejects(server.wait(), (e) => e.code === 'session_closed')
+  await assert.rejects(fetch(`http://${host}/hello.txt`))
+})

@@ -39,7 +39,7 @@ from .errors import (
 )
 
 __version__: str = _native.__version__
-__all__ = ["Sandbox", "Session", "Pool", "RunResult", "Event", "AskRequest", "Answer", "SandboxError", "PolicyError",
+__all__ = ["Sandbox", "Session", "Process", "ProcessOutput", "Pool", "RunResult", "Event", "AskRequest", "Answer", "SandboxError", "PolicyError",
            "WorkspaceError", "DockerUnavailableError", "EngineTooOldError", "ImageNotFoundError",
            "InvalidArgumentError", "EngineError", "CancelledError", "FileError", "SessionClosedError",
            "PoolClosedError", "__version__"]
@@ -523,8 +523,133 @@ class Session(_Started):
         """Every network decision of the session so far."""
         return [Event._of(e) for e in self._handle().events()]
 
+    async def spawn_async(self, cmd: Command, *, env: Mapping[str, str] | None = None, workdir: str | None = None,
+                          timeout: float | str | None = None, stdin: str | bytes | None = None,
+                          output_limit: int | str | None = None, on_stdout: Output | None = None,
+                          on_stderr: Output | None = None, **unknown: Any) -> Process:
+        """Starts ``cmd`` in the background and returns at once (a dev server,
+        a watcher). Its output is kept (the newest ``output_limit`` bytes);
+        ``timeout`` applies only if given. It ends with :meth:`Process.kill`,
+        its own exit, or the session."""
+        options, data = _exec_options(env, workdir, timeout, stdin, output_limit, unknown)
+        return Process(await self._handle().spawn(cmd, options, data, _callback(on_stdout), _callback(on_stderr)))
+
+    def spawn(self, cmd: Command, **options: Any) -> Process:
+        """Blocking :meth:`spawn_async` (same arguments); returns once it started."""
+        return _block(self.spawn_async(cmd, **options))
+
+    @property
+    def processes(self) -> list[Process]:
+        """Background processes: every running one and the latest ended."""
+        return [Process(p) for p in self._handle().processes()]
+
+    async def expose_async(self, port: int, host_port: int | None = None) -> str:
+        """Forwards ``127.0.0.1:HOST_PORT`` on the host (a free port unless
+        given) to ``port`` inside the sandbox; returns ``"127.0.0.1:PORT"``.
+        Closed with :meth:`unexpose` or the session."""
+        return await self._handle().expose(port, host_port)
+
+    def expose(self, port: int, host_port: int | None = None) -> str:
+        return _block(self.expose_async(port, host_port))
+
+    def unexpose(self, port: int) -> bool:
+        """Closes an exposed port's host listener; whether it was exposed."""
+        return self._handle().unexpose(port)
+
+    @property
+    def exposed(self) -> dict[int, str]:
+        """Exposed ports: port inside -> host address."""
+        return dict(self._handle().exposed())
+
     def __repr__(self) -> str:
         return f"Session(id={self._native.id!r})" if self._native else "Session(not started)"
+
+
+@dataclass(frozen=True)
+class ProcessOutput:
+    """Output of a background process since the last :meth:`Process.read_output`."""
+
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    dropped: int
+    """Bytes that were dropped before they were read (more than the output limit in between)."""
+    exit_code: int | None
+    """The exit code once it ended, else ``None``."""
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode("utf-8", "replace")
+
+
+class Process:
+    """A background process of a session (:meth:`Session.spawn`). Iterate it
+    (``for pipe, data in proc`` or ``async for``) for its output as
+    ``("stdout" | "stderr", bytes)`` from the oldest byte kept until it
+    ends. Dropping it does not stop the process."""
+
+    def __init__(self, native: Any):
+        self._native = native
+
+    @property
+    def id(self) -> str:
+        return self._native.id
+
+    @property
+    def command(self) -> list[str]:
+        return self._native.command
+
+    @property
+    def running(self) -> bool:
+        return self._native.running
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code once it ended (``None`` while it runs, or if the session ended first)."""
+        return self._native.exit_code
+
+    def signal(self, signal: int) -> None:
+        """Sends ``signal`` to the process's group."""
+        self._native.signal(signal)
+
+    def kill(self) -> None:
+        """Kills the process's group (SIGKILL); :meth:`wait` then returns exit code 137."""
+        self._native.kill()
+
+    def read_output(self) -> ProcessOutput:
+        """The output that arrived since the last call (never blocks)."""
+        out, err, dropped, code = self._native.take_output()
+        return ProcessOutput(out, err, dropped, code)
+
+    async def wait_async(self) -> RunResult:
+        """Waits for the end; the result holds the output kept and the
+        network events of its lifetime. SessionClosedError if the session
+        ended first."""
+        return RunResult._of(await self._native.wait())
+
+    def wait(self) -> RunResult:
+        return _block(self.wait_async())
+
+    async def _next(self, cursor: int) -> tuple[str, bytes, int] | None:
+        return await self._native.next_chunk(cursor)
+
+    async def __aiter__(self):
+        cursor = 0
+        while (chunk := await self._next(cursor)) is not None:
+            pipe, data, cursor = chunk
+            yield pipe, data
+
+    def __iter__(self):
+        cursor = 0
+        while (chunk := _block(self._next(cursor))) is not None:
+            pipe, data, cursor = chunk
+            yield pipe, data
+
+    def __repr__(self) -> str:
+        return f"Process(id={self.id!r}, command={self.command!r}, exit_code={self.exit_code!r})"
 
 
 class Pool(_Started):

@@ -550,3 +550,53 @@ def test_policy_files_and_presets(tmp_path, canary):
         sandbox(policy_file=policy)
     with pytest.raises(PolicyError, match="the presets are"):
         sandbox(preset=["nope"])
+
+
+def test_background_processes_stream_and_end_with_kill_or_the_session(tmp_path):
+    (tmp_path / "hello.txt").write_text("served from the sandbox\n")
+    with sandbox(workspace=tmp_path).session() as s:
+        p = s.spawn("for i in 1 2 3; do echo line$i; sleep 0.1; done; echo oops >&2; exec sleep 1000")
+        assert p.id == "p1" and p.running and p.exit_code is None
+        seen = []
+        for pipe, data in p:
+            seen.append((pipe, data))
+            if pipe == "stderr":
+                break
+        assert b"".join(d for k, d in seen if k == "stdout") == b"line1\nline2\nline3\n"
+        assert seen[-1] == ("stderr", b"oops\n")
+        got = p.read_output()
+        assert got.stdout == "line1\nline2\nline3\n" and got.stderr == "oops\n" and got.exit_code is None
+        assert p.read_output().stdout == ""
+        p.kill()
+        r = p.wait()
+        assert r.exit_code == 137 and p.exit_code == 137 and not p.running
+        # A dev server reached from the host through an exposed port.
+        server = s.spawn("exec python3 -m http.server 8000 --bind 127.0.0.1")
+        addr = s.expose(8000)
+        host, port = addr.rsplit(":", 1)
+        assert host == "127.0.0.1" and s.exposed == {8000: addr}
+        body = b""
+        for _ in range(100):
+            try:
+                with socket.create_connection((host, int(port)), timeout=5) as c:
+                    c.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+                    body = b"".join(iter(lambda: c.recv(65536), b""))
+            except OSError:
+                body = b""
+            if body.startswith(b"HTTP/1.0 200"):
+                break
+            time.sleep(0.1)
+        assert body.endswith(b"served from the sandbox\n"), body
+        assert [q.id for q in s.processes] == ["p1", "p2"]
+
+        async def async_side():
+            q = await s.spawn_async(["sh", "-c", "echo a; echo b >&2; exit 4"])
+            chunks = [c async for c in q]
+            return chunks, (await q.wait_async()).exit_code
+
+        chunks, code = asyncio.run(async_side())
+        assert sorted(chunks) == [("stderr", b"b\n"), ("stdout", b"a\n")] and code == 4
+    with pytest.raises(agent_sandbox.SessionClosedError):
+        server.wait()
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2)

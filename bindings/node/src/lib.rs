@@ -319,11 +319,181 @@ impl Session {
         serde_json::to_string(&self.0.events()).unwrap_or_default()
     }
 
+    /// Starts a command in the background; resolves once it started.
+    #[napi(ts_return_type = "Promise<Process>")]
+    pub fn spawn<'e>(
+        &self,
+        env: &'e Env,
+        command_argv: Vec<String>,
+        shell: bool,
+        options: String,
+        stdin: Option<Buffer>,
+        on_stdout: Option<TextCallback>,
+        on_stderr: Option<TextCallback>,
+    ) -> Result<PromiseRaw<'e, Process>> {
+        let opts = exec_options(env, &options, stdin, on_stdout, on_stderr)?;
+        let (s, cmd) = (self.0.clone(), command(command_argv, shell));
+        promise(env, async move { s.spawn(cmd, opts).await }, |_, p| {
+            Ok(Process(p))
+        })
+    }
+
+    /// Background processes: running ones and the latest ended.
+    #[napi]
+    pub fn processes(&self) -> Vec<Process> {
+        self.0.processes().into_iter().map(Process).collect()
+    }
+
+    /// Forwards a host loopback port to `port` inside; resolves to `127.0.0.1:PORT`.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn expose<'e>(
+        &self,
+        env: &'e Env,
+        port: u16,
+        host_port: Option<u16>,
+    ) -> Result<PromiseRaw<'e, String>> {
+        let s = self.0.clone();
+        promise(
+            env,
+            async move { s.expose(port, host_port).await },
+            |_, a| Ok(a.to_string()),
+        )
+    }
+
+    /// Closes an exposed port's host listener; whether it was exposed.
+    #[napi]
+    pub fn unexpose(&self, port: u16) -> bool {
+        self.0.unexpose(port)
+    }
+
+    /// `{"PORT": "127.0.0.1:HOSTPORT"}` as JSON.
+    #[napi]
+    pub fn exposed(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .exposed()
+            .into_iter()
+            .map(|(p, a)| (p.to_string(), a.to_string().into()))
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
     /// Removes the sandbox(es). Idempotent.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, ()>> {
         let s = self.0.clone();
         promise(env, async move { s.close().await }, |_, ()| Ok(()))
+    }
+}
+
+/// Output of a background process since the last `takeOutput`.
+#[napi(object)]
+pub struct TakenOutput {
+    /// Standard output.
+    pub stdout: Buffer,
+    /// Standard error.
+    pub stderr: Buffer,
+    /// Bytes dropped before they were taken.
+    pub dropped: i64,
+    /// The exit code once it ended.
+    pub exit_code: Option<i64>,
+}
+
+/// A piece of a background process's output and the cursor after it.
+#[napi(object)]
+pub struct ProcessChunk {
+    /// `stdout` or `stderr`.
+    pub pipe: String,
+    /// The bytes.
+    pub data: Buffer,
+    /// Where the next read goes on from.
+    pub cursor: i64,
+}
+
+/// A background process of a session.
+#[napi]
+pub struct Process(agent_sandbox::Process);
+
+#[napi]
+impl Process {
+    /// `p1`, `p2`, ... in its session.
+    #[napi(getter)]
+    pub fn id(&self) -> String {
+        self.0.id().to_owned()
+    }
+
+    /// The command as it runs.
+    #[napi(getter)]
+    pub fn command(&self) -> Vec<String> {
+        self.0.command().to_vec()
+    }
+
+    /// The exit code once it ended.
+    #[napi(getter)]
+    pub fn exit_code(&self) -> Option<i64> {
+        self.0.exit_code()
+    }
+
+    /// Whether it still runs.
+    #[napi(getter)]
+    pub fn running(&self) -> bool {
+        self.0.is_running()
+    }
+
+    /// Sends a signal to its process group.
+    #[napi]
+    pub fn signal(&self, signal: i32) {
+        self.0.signal(signal);
+    }
+
+    /// Kills its process group.
+    #[napi]
+    pub fn kill(&self) {
+        self.0.kill();
+    }
+
+    /// Output since the last call.
+    #[napi]
+    pub fn take_output(&self) -> TakenOutput {
+        let n = self.0.take_output();
+        TakenOutput {
+            stdout: n.stdout.into(),
+            stderr: n.stderr.into(),
+            dropped: i64::try_from(n.dropped).unwrap_or(i64::MAX),
+            exit_code: n.exit_code,
+        }
+    }
+
+    /// The next chunk at or after `cursor`; null at the end.
+    #[napi(ts_return_type = "Promise<ProcessChunk | null>")]
+    pub fn next_chunk<'e>(
+        &self,
+        env: &'e Env,
+        cursor: i64,
+    ) -> Result<PromiseRaw<'e, Option<ProcessChunk>>> {
+        let p = self.0.clone();
+        promise(
+            env,
+            async move {
+                let mut at = u64::try_from(cursor).unwrap_or(0);
+                let c = p.next_chunk(&mut at).await;
+                Ok(c.map(|c| (c, at)))
+            },
+            |_, c| {
+                Ok(c.map(|(c, at)| ProcessChunk {
+                    pipe: c.pipe.as_str().to_owned(),
+                    data: c.data.into(),
+                    cursor: i64::try_from(at).unwrap_or(i64::MAX),
+                }))
+            },
+        )
+    }
+
+    /// Waits for the end; resolves to the result's JSON.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn wait<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, String>> {
+        let p = self.0.clone();
+        promise(env, async move { p.wait().await }, |_, o| Ok(json(o)))
     }
 }
 

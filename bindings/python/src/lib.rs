@@ -290,9 +290,120 @@ impl Session {
         self.0.events().iter().map(|e| e.to_json()).collect()
     }
 
+    #[pyo3(signature = (cmd, options, stdin, on_stdout, on_stderr))]
+    fn spawn<'py>(
+        &self,
+        py: Python<'py>,
+        cmd: Cmd,
+        options: &str,
+        stdin: Option<Vec<u8>>,
+        on_stdout: Option<Py<PyAny>>,
+        on_stderr: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (s, opts) = (
+            self.0.clone(),
+            exec_options(options, stdin, on_stdout, on_stderr)?,
+        );
+        awaitable(py, async move { s.spawn(cmd, opts).await.map(Process) })
+    }
+
+    fn processes(&self) -> Vec<Process> {
+        self.0.processes().into_iter().map(Process).collect()
+    }
+
+    /// The host address as `"127.0.0.1:PORT"`.
+    #[pyo3(signature = (port, host_port=None))]
+    fn expose<'py>(
+        &self,
+        py: Python<'py>,
+        port: u16,
+        host_port: Option<u16>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.0.clone();
+        awaitable(py, async move {
+            s.expose(port, host_port).await.map(|a| a.to_string())
+        })
+    }
+
+    fn unexpose(&self, port: u16) -> bool {
+        self.0.unexpose(port)
+    }
+
+    /// `[(port, "127.0.0.1:PORT")]`.
+    fn exposed(&self) -> Vec<(u16, String)> {
+        self.0
+            .exposed()
+            .into_iter()
+            .map(|(p, a)| (p, a.to_string()))
+            .collect()
+    }
+
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = self.0.clone();
         awaitable(py, async move { s.close().await })
+    }
+}
+
+/// A background process of a session.
+#[pyclass(frozen, module = "agent_sandbox._native")]
+struct Process(agent_sandbox::Process);
+
+#[pymethods]
+impl Process {
+    #[getter]
+    fn id(&self) -> &str {
+        self.0.id()
+    }
+
+    #[getter]
+    fn command(&self) -> Vec<String> {
+        self.0.command().to_vec()
+    }
+
+    #[getter]
+    fn exit_code(&self) -> Option<i64> {
+        self.0.exit_code()
+    }
+
+    #[getter]
+    fn running(&self) -> bool {
+        self.0.is_running()
+    }
+
+    fn signal(&self, signal: i32) {
+        self.0.signal(signal);
+    }
+
+    fn kill(&self) {
+        self.0.kill();
+    }
+
+    /// `(stdout, stderr, dropped, exit_code)` since the last call.
+    fn take_output(&self, py: Python<'_>) -> (Py<PyBytes>, Py<PyBytes>, u64, Option<i64>) {
+        let n = self.0.take_output();
+        (
+            PyBytes::new(py, &n.stdout).unbind(),
+            PyBytes::new(py, &n.stderr).unbind(),
+            n.dropped,
+            n.exit_code,
+        )
+    }
+
+    /// `(pipe, bytes, next cursor)`, or `None` at the end.
+    fn next_chunk<'py>(&self, py: Python<'py>, cursor: u64) -> PyResult<Bound<'py, PyAny>> {
+        let p = self.0.clone();
+        awaitable(py, async move {
+            let mut cursor = cursor;
+            let chunk = p.next_chunk(&mut cursor).await;
+            Ok(chunk.map(|c| {
+                Python::attach(|py| (c.pipe.as_str(), PyBytes::new(py, &c.data).unbind(), cursor))
+            }))
+        })
+    }
+
+    fn wait<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let p = self.0.clone();
+        awaitable(py, async move { p.wait().await.map(result) })
     }
 }
 
@@ -330,6 +441,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sandbox>()?;
     m.add_class::<Cancel>()?;
     m.add_class::<Session>()?;
+    m.add_class::<Process>()?;
     m.add_class::<Pool>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -158,11 +158,20 @@ fn forward(
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
     ];
-    let mut tcp = match std::net::TcpStream::connect(&local[..]) {
-        Ok(t) => t,
-        Err(e) => {
-            let text = format!("nothing in the sandbox accepts connections on port {port}: {e}");
-            return write_frame(writer, tag::FAILURE, text.as_bytes());
+    // A server that is still starting gets about a second.
+    let mut tries = 0;
+    let mut tcp = loop {
+        match std::net::TcpStream::connect(&local[..]) {
+            Ok(t) => break t,
+            Err(_) if tries < 10 => {
+                tries += 1;
+                thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                let text =
+                    format!("nothing in the sandbox accepts connections on port {port}: {e}");
+                return write_frame(writer, tag::FAILURE, text.as_bytes());
+            }
         }
     };
     write_frame(writer, tag::FORWARD, &[])?;

@@ -13,7 +13,8 @@ impl super::Session {
     /// free one) that forwards each connection to `port` on the sandbox's
     /// loopback (a dev server started with [`spawn`](super::Session::spawn)).
     /// Returns the host address. A connection made while nothing listens
-    /// inside is closed at once. Exposing a port again returns the same
+    /// inside (after init's retries for a server still starting, about
+    /// 1 s) is reset. Exposing a port again returns the same
     /// address; the listener closes with [`unexpose`](super::Session::unexpose)
     /// or the session.
     ///
@@ -48,9 +49,21 @@ impl super::Session {
                 };
                 let hub = hub.clone();
                 tokio::spawn(async move {
-                    let Ok(stream) = hub.open().await else { return };
-                    if let Ok(mut inside) = super::channel::forward(stream, port).await {
-                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut inside).await;
+                    let inside = match hub.open().await {
+                        Ok(stream) => super::channel::forward(stream, port).await.ok(),
+                        Err(_) => None,
+                    };
+                    match inside {
+                        Some(mut inside) => {
+                            let _ = tokio::io::copy_bidirectional(&mut tcp, &mut inside).await;
+                        }
+                        // Nothing listens inside: a reset, the nearest thing
+                        // to "connection refused" after an accept (a plain
+                        // close can race a client's first write: Node's
+                        // fetch then waits forever).
+                        None => {
+                            let _ = tcp.set_zero_linger();
+                        }
                     }
                 });
             }
