@@ -15,6 +15,7 @@ use agent_sandbox::{
 };
 
 mod ask;
+mod mcp;
 mod serve;
 mod shell;
 use clap::{Args, Parser, Subcommand};
@@ -42,6 +43,10 @@ enum Command {
     /// stdin/stdout (exec, write_file, read_file, list, remove, events, allow,
     /// deny, remove_rule, close).
     Serve(ServeArgs),
+    /// Open a session and serve it to an MCP client over stdio (tools:
+    /// run_command, read_file, write_file, list_files, remove_file,
+    /// start_process, process_output, stop_process, request_access).
+    Mcp(McpArgs),
     /// Remove sandbox containers whose owning process is gone.
     Gc,
     /// Run the allowlist proxy on its own (HTTP forwarding and CONNECT tunnels).
@@ -71,6 +76,42 @@ struct SandboxArgs {
 struct ShellArgs {
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    publish: PublishArgs,
+}
+
+/// Ports of the session reached from the host.
+#[derive(Args)]
+struct PublishArgs {
+    /// Forward a port on the host's 127.0.0.1 (HOSTPORT, or a free one) to
+    /// PORT inside the sandbox (a dev server); the sandbox still has no
+    /// network. Repeatable.
+    #[arg(long = "publish", value_name = "[HOSTPORT:]PORT", value_parser = parse_publish)]
+    publish: Vec<(u16, Option<u16>)>,
+}
+
+/// `PORT` or `HOSTPORT:PORT` (Docker's order) -> (port inside, host port).
+fn parse_publish(s: &str) -> Result<(u16, Option<u16>), String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "{p:?} is not a port (1-65535); the form is PORT or HOSTPORT:PORT"
+            )),
+        }
+    };
+    match s.split_once(':') {
+        Some((host, inside)) => Ok((port(inside)?, Some(port(host)?))),
+        None => Ok((port(s)?, None)),
+    }
+}
+
+#[derive(Args)]
+struct McpArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(flatten)]
+    publish: PublishArgs,
 }
 
 #[derive(Args)]
@@ -84,6 +125,8 @@ struct ServeArgs {
     /// the pool is created at the first `run`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pool: u16,
+    #[command(flatten)]
+    publish: PublishArgs,
 }
 
 #[derive(Args)]
@@ -463,10 +506,23 @@ fn main() -> ExitCode {
         install_signals();
         match cli.command {
             Command::Run(args) => run(args).await,
-            Command::Shell(args) => shell::shell(asking_builder(&args.sandbox)?).await,
+            Command::Shell(args) => {
+                shell::shell(asking_builder(&args.sandbox)?, &args.publish.publish).await
+            }
             Command::Serve(args) => {
                 let ask = args.sandbox.ask;
-                serve::serve(sandbox_builder(&args.sandbox)?, usize::from(args.pool), ask).await
+                let b = sandbox_builder(&args.sandbox)?;
+                serve::serve(b, usize::from(args.pool), ask, &args.publish.publish).await
+            }
+            Command::Mcp(args) => {
+                let o = &args.sandbox.options;
+                let ask = args
+                    .sandbox
+                    .ask
+                    .then(|| o.ask_timeout.map_or(Duration::from_secs(30), |t| t.0));
+                let limit = o.output_limit.map(|l| l.as_usize());
+                let b = sandbox_builder(&args.sandbox)?;
+                mcp::serve(b, ask, &args.publish.publish, limit).await
             }
             Command::Presets => Ok(presets()),
             Command::Gc => gc_cmd().await,

@@ -1,5 +1,6 @@
 //! `agent-sandbox serve --stdio`: a session for another program, as JSON
-//! lines. First line out: `{"ready":true,"sandbox_id":...}`. Then one reply
+//! lines. First line out: `{"ready":true,"sandbox_id":...,"published":{PORT:"127.0.0.1:HOSTPORT"}}`
+//! (`--publish`). Then one reply
 //! per request, carrying the request's `id`; requests run concurrently, so
 //! replies may come out of order.
 //!
@@ -283,7 +284,12 @@ fn reply(id: &Value, result: Result<Value, Failure>) -> Value {
     }
 }
 
-pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize, ask: bool) -> Result<u8, Error> {
+pub(crate) async fn serve(
+    b: SandboxBuilder,
+    pool_size: usize,
+    ask: bool,
+    publish: &[(u16, Option<u16>)],
+) -> Result<u8, Error> {
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let questions = Arc::new(Questions::default());
     let b = if ask {
@@ -292,6 +298,18 @@ pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize, ask: bool) -> Res
         b
     };
     let session = b.clone().idle_timeout(None).start().await?;
+    let mut published = serde_json::Map::new();
+    for (port, host_port) in publish {
+        match session.expose(*port, *host_port).await {
+            Ok(addr) => {
+                published.insert(port.to_string(), addr.to_string().into());
+            }
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(e);
+            }
+        }
+    }
     let served = Arc::new(Served {
         session,
         builder: b,
@@ -301,7 +319,7 @@ pub(crate) async fn serve(b: SandboxBuilder, pool_size: usize, ask: bool) -> Res
     });
     send(
         &out,
-        &json!({"ready": true, "sandbox_id": served.session.id()}),
+        &json!({"ready": true, "sandbox_id": served.session.id(), "published": published}),
     );
     let mut input = BufReader::new(tokio::io::stdin());
     let mut tasks = tokio::task::JoinSet::new();

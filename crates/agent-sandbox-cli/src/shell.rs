@@ -5,12 +5,21 @@ use std::io::{IsTerminal, Write};
 use agent_sandbox::{Error, ExecOptions, SandboxBuilder};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-pub(crate) async fn shell(b: SandboxBuilder) -> Result<u8, Error> {
+pub(crate) async fn shell(b: SandboxBuilder, publish: &[(u16, Option<u16>)]) -> Result<u8, Error> {
     let session = b
         .on_pull(crate::pull_progress)
         .idle_timeout(None)
         .start()
         .await?;
+    for (port, host_port) in publish {
+        match session.expose(*port, *host_port).await {
+            Ok(addr) => eprintln!("agent-sandbox: port {port} in the sandbox is at http://{addr}"),
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(e);
+            }
+        }
+    }
     eprintln!(
         "agent-sandbox shell: sandbox {} (read-only root, /workspace writable, network only to allowed hosts). Leave with exit or Ctrl-D.",
         session.id()
