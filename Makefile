@@ -33,6 +33,7 @@ test: setup ## build everything and run every test (Docker tests included)
 	$(MAKE) test-gvisor
 	scripts/python-test.sh
 	scripts/node-test.sh
+	scripts/integrations-test.sh
 
 # The Docker, session and pool suites again under gVisor. Left out, each for a
 # difference of the runtime, not of agent-sandbox (see the README's gVisor notes):
@@ -62,6 +63,9 @@ python-test: setup ## build the wheel, install it in a fresh venv, run pytest
 
 node-test: setup ## build the addon, npm pack, install the tarball fresh, node --test + tsc
 	scripts/node-test.sh
+
+integrations-test: setup ## the MCP server and the framework adapters against the MCP SDKs, openai-agents, deepagents (after python-test)
+	scripts/integrations-test.sh
 
 demo: setup build ## a sandboxed run that shows the allowlist and the jail working
 	scripts/demo.sh $(BIN)
