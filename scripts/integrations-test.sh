@@ -27,5 +27,9 @@ if ! cmp -s "$pkg" "$cache/node/package.json" 2>/dev/null; then
   cp "$pkg" "$cache/node/"
   (cd "$cache/node" && npm install --silent --no-audit --no-fund)
 fi
+# The package as users get it: packed, then installed (its addon built by node-test.sh).
+[[ -f "$root/npm/agent-sandbox.linux-x64-gnu.node" ]] || "$root/scripts/node-build.sh"
+tgz=$(cd "$root/npm" && npm pack --silent --pack-destination "$cache")
+(cd "$cache/node" && npm install --silent --no-audit --no-fund --no-save "$cache/$tgz")
 cp "$root"/tests/integrations/node/*.test.mjs "$cache/node/"
 (cd "$cache/node" && node --test ./*.test.mjs)
