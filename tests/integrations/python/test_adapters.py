@@ -124,3 +124,18 @@ def test_deepagents_drives_the_backend(workspace):
         assert missing.error == "file_not_found", missing
         [outside] = backend.upload_files([("/etc/x", b"no")])
         assert outside.error is not None
+
+
+def test_the_examples_run(workspace):
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "examples", "integrations")
+    env = {**os.environ, "AGENT_SANDBOX_IMAGE": IMAGE, "LANGSMITH_TRACING": "false"}
+    for name, expect in [("openai_agents_sandbox.py", "done: 42\n42 the answer is in answer.txt"),
+                         ("deepagents_sandbox.py", "hello from the sandbox")]:
+        (workspace / name).mkdir()
+        os.chown(workspace / name, 1000, 1000) if os.getuid() == 0 else None
+        p = subprocess.run([sys.executable, os.path.join(root, name), str(workspace / name)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0 and expect in p.stdout, (name, p.stdout, p.stderr)
