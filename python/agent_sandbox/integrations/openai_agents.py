@@ -54,9 +54,11 @@ class AgentSandboxClientOptions(BaseSandboxClientOptions):
 
 
 class AgentSandboxSessionState(SandboxSessionState):
+    """What the SDK stores: the sandbox id only. The sandbox's options (its
+    policy, secrets, mounts) stay with the client, never in stored state."""
+
     type: Literal["agent_sandbox"] = "agent_sandbox"
     sandbox_id: str = ""
-    sandbox_options: dict[str, Any] = {}
 
 
 class AgentSandboxSession(BaseSandboxSession):
@@ -160,17 +162,23 @@ class AgentSandboxClient(BaseSandboxClient[AgentSandboxClientOptions]):
     backend_id = "agent_sandbox"
     supports_default_options = True
 
+    def __init__(self, options: AgentSandboxClientOptions | None = None) -> None:
+        super().__init__()
+        # Used by resume(): the options a stored state could otherwise widen.
+        self._options = options or AgentSandboxClientOptions()
+
     async def create(self, *, snapshot: Any = None, manifest: Manifest | None = None,
                      options: AgentSandboxClientOptions | None = None) -> SandboxSession:
         manifest = manifest or Manifest(root=WORKSPACE)
         if manifest.root != WORKSPACE:
             raise ValueError(f"an agent-sandbox workspace is {WORKSPACE}, not {manifest.root!r}: use Manifest(root={WORKSPACE!r})")
         self._validate_manifest_for_create(manifest)
-        sandbox_options = dict((options or AgentSandboxClientOptions()).sandbox)
-        session = await Sandbox(**sandbox_options).session().start_async()
+        if options is not None:
+            self._options = options
+        session = await Sandbox(**dict(self._options.sandbox)).session().start_async()
         sid = uuid.uuid4()
         state = AgentSandboxSessionState(
-            session_id=sid, manifest=manifest, sandbox_id=session.id, sandbox_options=sandbox_options,
+            session_id=sid, manifest=manifest, sandbox_id=session.id,
             # The workspace is the caller's directory (or scratch): no copies of it by default.
             snapshot=resolve_snapshot(snapshot or NoopSnapshotSpec(), str(sid)),
         )
@@ -183,11 +191,11 @@ class AgentSandboxClient(BaseSandboxClient[AgentSandboxClientOptions]):
         return session
 
     async def resume(self, state: SandboxSessionState) -> SandboxSession:
-        """A new sandbox with the same options (a sandbox's processes and
-        /tmp do not outlive it; its workspace, a host directory, does)."""
+        """A new sandbox with this client's options (a sandbox's processes
+        and /tmp do not outlive it; its workspace, a host directory, does)."""
         if not isinstance(state, AgentSandboxSessionState):
             raise TypeError(f"not an agent-sandbox session state: {type(state).__name__}")
-        session = await Sandbox(**state.sandbox_options).session().start_async()
+        session = await Sandbox(**dict(self._options.sandbox)).session().start_async()
         state.sandbox_id = session.id
         return self._wrap_session(AgentSandboxSession(state, session))
 

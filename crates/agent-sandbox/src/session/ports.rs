@@ -8,6 +8,9 @@ use tokio::net::TcpListener;
 
 use crate::Error;
 
+/// Connections one exposed port carries at once; more are reset.
+const MAX_FORWARDED: usize = 64;
+
 impl super::Session {
     /// Opens a listener on the host's `127.0.0.1` (port `host_port`, or a
     /// free one) that forwards each connection to `port` on the sandbox's
@@ -40,6 +43,9 @@ impl super::Session {
             .local_addr()
             .map_err(|e| Error::io("read the address of", want.to_string(), e))?;
         let hub = self.inner.hub.clone();
+        // Anything on the host (a browser tab too) can connect: a bound on
+        // connections at once keeps the sandbox's threads and pids for it.
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut tcp, _)) = listener.accept().await else {
@@ -47,8 +53,13 @@ impl super::Session {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    let _ = tcp.set_zero_linger();
+                    continue;
+                };
                 let hub = hub.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let inside = match hub.open().await {
                         Ok(stream) => super::channel::forward(stream, port).await.ok(),
                         Err(_) => None,

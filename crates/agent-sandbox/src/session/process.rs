@@ -225,6 +225,7 @@ impl Process {
     /// `cursor` moves past the chunk returned; output dropped before it
     /// was read (more than the output limit behind) is skipped.
     pub async fn next_chunk(&self, cursor: &mut u64) -> Option<Chunk> {
+        // Subscribed before the first look: a change after it wakes us.
         let mut changed = self.inner.changed.subscribe();
         loop {
             {
@@ -245,7 +246,6 @@ impl Process {
                     return None;
                 }
             }
-            changed.borrow_and_update();
             if changed.changed().await.is_err() {
                 return None;
             }
@@ -285,12 +285,12 @@ impl Process {
     /// # Errors
     /// [`Error::SessionClosed`] if the session ended first.
     pub async fn wait(&self) -> Result<Output, Error> {
+        // Subscribed before the first look: a change after it wakes us.
         let mut changed = self.inner.changed.subscribe();
         loop {
             if let Some(ended) = &self.state().ended {
                 return ended.clone().ok_or(Error::SessionClosed);
             }
-            changed.borrow_and_update();
             if changed.changed().await.is_err() {
                 return Err(Error::SessionClosed);
             }
