@@ -13,6 +13,7 @@ and the CLI's (see the README's option table).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import inspect
@@ -39,6 +40,9 @@ from .errors import (
 )
 
 __version__: str = _native.__version__
+# Before the interpreter finalizes, the native module's threads stop
+# calling into Python (one that did then would abort the process).
+atexit.register(_native._interpreter_exiting)
 __all__ = ["Sandbox", "Session", "Process", "ProcessOutput", "Pool", "RunResult", "Event", "AskRequest", "Answer", "SandboxError", "PolicyError",
            "WorkspaceError", "DockerUnavailableError", "EngineTooOldError", "ImageNotFoundError",
            "InvalidArgumentError", "EngineError", "CancelledError", "FileError", "SessionClosedError",

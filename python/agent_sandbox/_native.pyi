@@ -3,6 +3,7 @@
 from typing import Any, Awaitable, Callable
 
 __version__: str
+def _interpreter_exiting() -> None: ...
 Cmd = str | list[str]
 Text = Callable[[str], Any] | None
 

@@ -13,9 +13,40 @@ use agent_sandbox::{CancelToken, Command, Error, ExecOptions, Output, Sandbox as
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+/// Set by the Python layer's `atexit` hook: the interpreter is about to
+/// finalize. A library thread that attached to Python from then on (an
+/// exec finishing, a dropped handle's output, an ask) would abort the
+/// process ("PyGILState_Release ... finalizing"): measured 2 in 30 exits
+/// of `examples/integrations/openai_agents_sandbox.py` before this.
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[pyfunction]
+fn _interpreter_exiting(py: Python<'_>) {
+    EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A thread that looked before the flag may be waiting for the GIL the
+    // exiting thread holds: let it finish now, not during finalization.
+    py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+}
+
+fn exiting() -> bool {
+    EXITING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `Python::attach` for the library's own threads: once the interpreter
+/// is exiting, the thread parks for good instead (the process is ending;
+/// nothing it would deliver has a reader).
+fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> R {
+    if exiting() {
+        loop {
+            std::thread::park();
+        }
+    }
+    Python::attach(f)
+}
+
 /// Raises the `agent_sandbox.errors` class of the core's error code.
 fn to_py_err(e: Error) -> PyErr {
-    Python::attach(|py| {
+    attach(|py| {
         let made = py
             .import("agent_sandbox.errors")
             .and_then(|m| m.getattr("_from_code"))
@@ -37,7 +68,14 @@ fn awaitable<'py, T>(
 where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    pyo3_async_runtimes::tokio::future_into_py(py, async move { fut.await.map_err(to_py_err) })
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let r = fut.await;
+        if exiting() {
+            // Completing would attach to a finalizing interpreter.
+            std::future::pending::<()>().await;
+        }
+        r.map_err(to_py_err)
+    })
 }
 
 /// A command: one string through `/bin/sh -c`, or a list as given.
@@ -60,7 +98,7 @@ impl From<Cmd> for Command {
 /// unraisable and do not stop the command.
 fn text_callback(cb: Py<PyAny>) -> impl Fn(&[u8]) + Send + Sync + 'static {
     move |bytes: &[u8]| {
-        Python::attach(|py| {
+        attach(|py| {
             if let Err(e) = cb.call1(py, (String::from_utf8_lossy(bytes),)) {
                 e.write_unraisable(py, None);
             }
@@ -82,7 +120,7 @@ fn with_ask(
         let (cb, text) = (cb.clone(), req.to_json().to_string());
         async move {
             let called = tokio::task::spawn_blocking(move || {
-                Python::attach(|py| {
+                attach(|py| {
                     cb.call1(py, (text,))
                         .and_then(|r| r.extract::<String>(py))
                         .map_err(|e| e.to_string())
@@ -123,7 +161,7 @@ fn exec_options(
 type Result3 = (String, Py<PyBytes>, Py<PyBytes>);
 
 fn result(o: Output) -> Result3 {
-    Python::attach(|py| {
+    attach(|py| {
         (
             o.to_json(false).to_string(),
             PyBytes::new(py, &o.stdout).unbind(),
@@ -248,7 +286,7 @@ impl Session {
         let s = self.0.clone();
         awaitable(py, async move {
             let data = s.read_file(&path).await?;
-            Ok(Python::attach(|py| PyBytes::new(py, &data).unbind()))
+            Ok(attach(|py| PyBytes::new(py, &data).unbind()))
         })
     }
 
@@ -396,7 +434,7 @@ impl Process {
             let mut cursor = cursor;
             let chunk = p.next_chunk(&mut cursor).await;
             Ok(chunk.map(|c| {
-                Python::attach(|py| (c.pipe.as_str(), PyBytes::new(py, &c.data).unbind(), cursor))
+                attach(|py| (c.pipe.as_str(), PyBytes::new(py, &c.data).unbind(), cursor))
             }))
         })
     }
@@ -443,6 +481,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Session>()?;
     m.add_class::<Process>()?;
     m.add_class::<Pool>()?;
+    m.add_function(wrap_pyfunction!(_interpreter_exiting, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
