@@ -275,13 +275,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     // Names resolve through init (see the init crate's `net.rs`), and
     // /etc/hosts names only localhost and the sandbox.
     for (name, text) in [("resolv.conf", RESOLV_CONF), ("hosts", HOSTS)] {
-        let path = dir.0.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
-        mounts.push(Mount {
-            host: path,
-            container: format!("/etc/{name}"),
-            read_only: true,
-        });
+        mounts.push(etc_file(&dir.0, name, text.as_bytes())?);
     }
     // Who the sandbox is: the image's users, and a line for its own ids.
     if let Some(ids) = sandbox_ids {
@@ -297,14 +291,9 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             _ => [None, None],
         };
         for (name, text) in [("passwd", passwd), ("group", group)] {
-            let Some(text) = text else { continue };
-            let path = dir.0.join(name);
-            std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
-            mounts.push(Mount {
-                host: path,
-                container: format!("/etc/{name}"),
-                read_only: true,
-            });
+            if let Some(text) = text {
+                mounts.push(etc_file(&dir.0, name, &text)?);
+            }
         }
     }
     let mut env = sandbox_env(&s.env);
@@ -527,6 +516,18 @@ async fn trust_files(
         env.push(format!("{name}={placeholder}"));
     }
     Ok(())
+}
+
+/// Writes `text` as `name` in the sandbox's host directory `dir`: a
+/// read-only mount over `/etc/NAME`.
+fn etc_file(dir: &Path, name: &str, text: &[u8]) -> Result<Mount, Error> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    Ok(Mount {
+        host: path,
+        container: format!("/etc/{name}"),
+        read_only: true,
+    })
 }
 
 /// Files of `image` (`None` where it has none). An image's files never
