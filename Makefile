@@ -55,7 +55,7 @@ GVISOR_SKIP := fork_bomb_is_contained_by_the_pids_limit exhausting_pids_refuses_
 	run_stdin_is_private_to_the_sandbox_user \
 	the_mount_table_is_exactly_the_expected_one privileged_attacks_fail_even_as_root_inside
 test-gvisor: setup ## the Docker, session and pool suites under gVisor (runsc)
-	AGENT_SANDBOX_RUNTIME=runsc cargo test -p agent-sandbox --test it -- docker:: session:: pool:: capture:: secrets:: ask::nothing_inside \
+	AGENT_SANDBOX_RUNTIME=runsc cargo test -p agent-sandbox --test it -- docker:: session:: pool:: capture:: secrets:: ask::nothing_inside spawn:: \
 		$(foreach t,$(GVISOR_SKIP),--skip $(t))
 
 python-test: setup ## build the wheel, install it in a fresh venv, run pytest

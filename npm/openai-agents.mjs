@@ -15,6 +15,9 @@ import { formatExecResponse, truncateOutput } from '@openai/agents-core/sandbox/
 import { Sandbox } from './index.mjs'
 
 const WORKSPACE = '/workspace'
+// The SDK's defaults: how long exec_command and write_stdin wait for a command.
+const EXEC_YIELD_MS = 10_000
+const POLL_YIELD_MS = 250
 
 function inWorkspace(path) {
   return path.startsWith('/') ? path : `${WORKSPACE}/${path}`
@@ -34,19 +37,68 @@ export class AgentSandboxSession {
     return true
   }
 
+  // The SDK's unified exec: a command runs as a background process of the
+  // session; exec waits up to yieldTimeMs (10 s by default) and returns
+  // either its exit code or a session id that write_stdin polls. There is
+  // no terminal and no input after the start: write_stdin's characters
+  // are refused with a note, except Ctrl-C (\u0003), which sends SIGINT.
   async exec({ cmd, workdir, yieldTimeMs }) {
     const started = Date.now()
-    const r = await this.session.exec(cmd, { workdir, timeoutMs: yieldTimeMs ?? undefined })
-    let output = r.stdout + r.stderr
-    for (const e of r.refusals) output += `\n[agent-sandbox: network request to ${e.host}:${e.port} refused: ${e.reason}]`
-    if (r.timedOut) output += '\n[agent-sandbox: the command timed out and was killed]'
-    return { output, stdout: r.stdout, stderr: r.stderr, wallTimeSeconds: (Date.now() - started) / 1000, exitCode: r.exitCode }
+    const p = await this.session.spawn(cmd, { workdir })
+    return this.#collect(p, yieldTimeMs ?? EXEC_YIELD_MS, started, '')
   }
 
   async execCommand(args) {
-    const r = await this.exec(args)
-    const { text, originalTokenCount } = truncateOutput(r.output, args.maxOutputTokens)
-    return formatExecResponse({ output: text, wallTimeSeconds: r.wallTimeSeconds, exitCode: r.exitCode, originalTokenCount })
+    return this.#format(await this.exec(args), args.maxOutputTokens)
+  }
+
+  supportsPty() {
+    return true
+  }
+
+  async writeStdin({ sessionId, chars, yieldTimeMs, maxOutputTokens }) {
+    const p = this.#processes.get(sessionId)
+    if (!p) {
+      return formatExecResponse({ output: `write_stdin failed: session not found: ${sessionId}`, wallTimeSeconds: 0, exitCode: 1 })
+    }
+    const text = chars ?? ''
+    if (text.includes('\u0003')) p.signal(2)
+    const note = text.replaceAll('\u0003', '').length > 0
+      ? '[agent-sandbox: a running command takes no input; give its input when starting it (for example with a pipe or a heredoc)]\n'
+      : ''
+    const r = await this.#collect(p, yieldTimeMs ?? POLL_YIELD_MS, Date.now(), note)
+    return this.#format(r, maxOutputTokens)
+  }
+
+  #processes = new Map()
+  #nextId = 1
+
+  // Waits up to `ms` for `p` to end; the output since the last look.
+  async #collect(p, ms, started, note) {
+    let timer
+    const ended = await Promise.race([
+      p.wait(),
+      new Promise((resolve) => { timer = setTimeout(() => resolve(null), ms) }),
+    ]).finally(() => clearTimeout(timer))
+    const o = p.readOutput()
+    let output = note + (o.dropped ? `[agent-sandbox: ${o.dropped} bytes of output dropped]\n` : '') + o.stdout + o.stderr
+    const wallTimeSeconds = (Date.now() - started) / 1000
+    if (ended === null) {
+      let id = [...this.#processes].find(([, q]) => q === p)?.[0]
+      if (id === undefined) {
+        id = this.#nextId++
+        this.#processes.set(id, p)
+      }
+      return { output, stdout: o.stdout, stderr: o.stderr, wallTimeSeconds, sessionId: id }
+    }
+    for (const [id, q] of this.#processes) if (q === p) this.#processes.delete(id)
+    for (const e of ended.refusals) output += `\n[agent-sandbox: network request to ${e.host}:${e.port} refused: ${e.reason}]`
+    return { output, stdout: o.stdout, stderr: o.stderr, wallTimeSeconds, exitCode: ended.exitCode }
+  }
+
+  #format(r, maxOutputTokens) {
+    const { text, originalTokenCount } = truncateOutput(r.output, maxOutputTokens)
+    return formatExecResponse({ output: text, wallTimeSeconds: r.wallTimeSeconds, exitCode: r.exitCode, sessionId: r.sessionId, originalTokenCount })
   }
 
   async readFile({ path }) {

@@ -115,13 +115,16 @@ pub(crate) fn asking(b: SandboxBuilder, peer: PeerCell, timeout: Duration) -> Sa
     b.on_ask(move |req: AskRequest| {
         let peer = peer.clone();
         async move {
-            let what = match (&req.method, &req.path) {
-                (m, Some(p)) => format!("{m} {}:{}{p}", req.host, req.port),
-                _ => format!("{}:{}", req.host, req.port),
+            // Everything the sandbox chose is quoted (`{:?}`): a path or a
+            // command cannot write the question's own words.
+            let what = match &req.path {
+                Some(p) => format!("{:?} {}:{} path {p:?}", req.method, req.host, req.port),
+                None => format!("{}:{}", req.host, req.port),
             };
             let command = req.command.as_deref().unwrap_or("a command");
             let message = format!(
-                "The sandboxed agent's {command:?} wants to reach {what}, which the sandbox's policy does not allow. Allow it once, for this session (\"sandbox\"), or deny?"
+                "The sandboxed agent's command {command:?} wants to reach {what}, which the sandbox's policy does not allow. Allowing it for this session adds the rule {:?}. Allow it once, for this session (\"sandbox\"), or deny?",
+                req.rule
             );
             match ask_person(&peer, message, timeout).await {
                 Some(Ok(Decision::Once)) => AskAnswer::AllowOnce,
@@ -135,6 +138,29 @@ pub(crate) fn asking(b: SandboxBuilder, peer: PeerCell, timeout: Duration) -> Sa
 
 fn tool_error(e: &Error) -> CallToolResult {
     CallToolResult::structured_error(json!({"code": e.code(), "message": e.to_string()}))
+}
+
+/// A tool's result: `ok`'s JSON, or the error with its stable code.
+fn reply<T>(result: Result<T, Error>, ok: impl FnOnce(T) -> Value) -> CallToolResult {
+    match result {
+        Ok(v) => CallToolResult::structured(ok(v)),
+        Err(e) => tool_error(&e),
+    }
+}
+
+/// `request_access` names one host: not a wildcard, a range, a port or a
+/// rule of another kind (the person is asked about exactly one name).
+fn exact_host(host: &str) -> Result<(), String> {
+    let odd = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')));
+    match odd {
+        _ if host.is_empty() => Err("host is empty".into()),
+        Some(c) => Err(format!(
+            "host must be one exact host name (like pypi.org), not {host:?}: {c:?} is not allowed (no wildcards, ranges, ports or paths; the port goes in port)"
+        )),
+        None => Ok(()),
+    }
 }
 
 fn bad(message: impl Into<String>) -> CallToolResult {
@@ -253,18 +279,15 @@ impl McpServer {
         if let Some(input) = a.stdin {
             o = o.stdin(input.into_bytes());
         }
-        Ok(match self.session.exec_with(a.command, o).await {
-            Ok(out) => {
-                let mut v = out.to_json(true);
-                if let Some(m) = v.as_object_mut() {
-                    m.remove("events");
-                    m.remove("setid_stripped");
-                    m.remove("sandbox_id");
-                }
-                CallToolResult::structured(v)
+        Ok(reply(self.session.exec_with(a.command, o).await, |out| {
+            let mut v = out.to_json(true);
+            if let Some(m) = v.as_object_mut() {
+                m.remove("events");
+                m.remove("setid_stripped");
+                m.remove("sandbox_id");
             }
-            Err(e) => tool_error(&e),
-        })
+            v
+        }))
     }
 
     #[tool(
@@ -274,21 +297,18 @@ impl McpServer {
         &self,
         Parameters(a): Parameters<PathArg>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(match self.session.read_file(&a.path).await {
-            Ok(data) => match String::from_utf8(data) {
-                Ok(text) => CallToolResult::structured(
-                    json!({"path": a.path, "content": text, "encoding": "utf-8"}),
-                ),
+        let path = a.path.clone();
+        Ok(reply(
+            self.session.read_file(&a.path).await,
+            |data| match String::from_utf8(data) {
+                Ok(text) => json!({"path": path, "content": text, "encoding": "utf-8"}),
                 Err(e) => {
                     use base64::Engine as _;
                     let b64 = base64::engine::general_purpose::STANDARD.encode(e.into_bytes());
-                    CallToolResult::structured(
-                        json!({"path": a.path, "content": b64, "encoding": "base64"}),
-                    )
+                    json!({"path": path, "content": b64, "encoding": "base64"})
                 }
             },
-            Err(e) => tool_error(&e),
-        })
+        ))
     }
 
     #[tool(
@@ -299,16 +319,11 @@ impl McpServer {
         Parameters(a): Parameters<WriteFile>,
     ) -> Result<CallToolResult, McpError> {
         let n = a.content.len();
-        Ok(
-            match self
-                .session
-                .write_file(&a.path, a.content.into_bytes())
-                .await
-            {
-                Ok(()) => CallToolResult::structured(json!({"path": a.path, "bytes": n})),
-                Err(e) => tool_error(&e),
-            },
-        )
+        let done = self
+            .session
+            .write_file(&a.path, a.content.into_bytes())
+            .await;
+        Ok(reply(done, |()| json!({"path": a.path, "bytes": n})))
     }
 
     #[tool(
@@ -320,21 +335,16 @@ impl McpServer {
     ) -> Result<CallToolResult, McpError> {
         let path = a.path.unwrap_or_else(|| "/workspace".into());
         let max = a.max_entries.unwrap_or(DEFAULT_LIST).max(1);
-        Ok(match self.session.listing(&path).await {
-            Ok(l) => {
-                let truncated = l.truncated || l.entries.len() > max;
-                let entries: Vec<Value> = l
-                    .entries
-                    .iter()
-                    .take(max)
-                    .map(|e| json!({"name": e.name, "kind": e.kind, "size": e.size}))
-                    .collect();
-                CallToolResult::structured(
-                    json!({"path": path, "entries": entries, "truncated": truncated}),
-                )
-            }
-            Err(e) => tool_error(&e),
-        })
+        Ok(reply(self.session.listing(&path).await, |l| {
+            let truncated = l.truncated || l.entries.len() > max;
+            let entries: Vec<Value> = l
+                .entries
+                .iter()
+                .take(max)
+                .map(|e| json!({"name": e.name, "kind": e.kind, "size": e.size}))
+                .collect();
+            json!({"path": path, "entries": entries, "truncated": truncated})
+        }))
     }
 
     #[tool(
@@ -344,10 +354,10 @@ impl McpServer {
         &self,
         Parameters(a): Parameters<PathArg>,
     ) -> Result<CallToolResult, McpError> {
-        Ok(match self.session.remove(&a.path).await {
-            Ok(()) => CallToolResult::structured(json!({"path": a.path, "removed": true})),
-            Err(e) => tool_error(&e),
-        })
+        Ok(reply(
+            self.session.remove(&a.path).await,
+            |()| json!({"path": a.path, "removed": true}),
+        ))
     }
 
     #[tool(
@@ -358,10 +368,10 @@ impl McpServer {
         Parameters(a): Parameters<StartProcess>,
     ) -> Result<CallToolResult, McpError> {
         let o = exec_options(a.workdir, a.env, self.output_limit);
-        Ok(match self.session.spawn(a.command, o).await {
-            Ok(p) => CallToolResult::structured(json!({"process_id": p.id(), "running": true})),
-            Err(e) => tool_error(&e),
-        })
+        Ok(reply(
+            self.session.spawn(a.command, o).await,
+            |p| json!({"process_id": p.id(), "running": true}),
+        ))
     }
 
     #[tool(
@@ -404,10 +414,10 @@ impl McpServer {
         p.kill();
         Ok(
             match tokio::time::timeout(Duration::from_secs(10), p.wait()).await {
-                Ok(Ok(out)) => CallToolResult::structured(
-                    json!({"process_id": p.id(), "running": false, "exit_code": out.exit_code}),
+                Ok(done) => reply(
+                    done,
+                    |out| json!({"process_id": p.id(), "running": false, "exit_code": out.exit_code}),
                 ),
-                Ok(Err(e)) => tool_error(&e),
                 Err(_) => bad("the process did not end within 10 s of being killed"),
             },
         )
@@ -422,6 +432,9 @@ impl McpServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let _ = self.peer.set(ctx.peer.clone());
+        if let Err(why) = exact_host(&a.host) {
+            return Ok(bad(why));
+        }
         let port = a.port.unwrap_or(443);
         let rule = format!("{}:{port}", a.host);
         // The rule must parse before a person is asked about it.
@@ -444,21 +457,16 @@ impl McpServer {
             ));
         }
         let message = format!(
-            "The sandboxed agent asks for network access to {rule}. Its reason: {:?}. Allow it for this session (\"sandbox\"), or deny? (\"once\" counts as \"sandbox\" here: there is no connection waiting.)",
+            "The sandboxed agent asks for network access to {rule:?}. Its reason: {:?}. Allow it for this session (\"sandbox\"), or deny? (\"once\" counts as \"sandbox\" here: there is no connection waiting.)",
             a.reason
         );
         Ok(
             match ask_person(&self.peer, message, self.ask_timeout).await {
-                Some(Ok(Decision::Once | Decision::Sandbox)) => {
-                    match RuleChange::new("allow", rule.clone())
-                        .and_then(|c| self.session.change_rules(c))
-                    {
-                        Ok(()) => {
-                            CallToolResult::structured(json!({"granted": true, "rule": rule}))
-                        }
-                        Err(e) => tool_error(&e),
-                    }
-                }
+                Some(Ok(Decision::Once | Decision::Sandbox)) => reply(
+                    RuleChange::new("allow", rule.clone())
+                        .and_then(|c| self.session.change_rules(c)),
+                    |()| json!({"granted": true, "rule": rule}),
+                ),
                 Some(Ok(Decision::Deny(why))) => refused(&format!("the person denied it ({why})")),
                 Some(Err(why)) => refused(&why),
                 None => refused("the MCP client cannot ask its user (no elicitation support)"),
@@ -584,4 +592,33 @@ pub(crate) async fn serve(
     };
     session.close().await?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exact_host;
+
+    #[test]
+    fn request_access_takes_one_exact_host() {
+        for ok in [
+            "pypi.org",
+            "files.pythonhosted.org",
+            "127.0.0.1",
+            "a-b_c.test",
+        ] {
+            assert!(exact_host(ok).is_ok(), "{ok}");
+        }
+        for wide in [
+            "",
+            "*",
+            "*.test",
+            "10.0.0.0/8",
+            "x.test:*",
+            "GET x.test /",
+            "::1",
+            "x.test\n",
+        ] {
+            assert!(exact_host(wide).is_err(), "{wide:?}");
+        }
+    }
 }

@@ -86,6 +86,9 @@ struct PollFd {
 /// keep coming after the exit at most.
 const QUIET_AFTER_EXIT: Duration = Duration::from_millis(100);
 const MAX_AFTER_EXIT: Duration = Duration::from_secs(5);
+/// Stdin frames (the host sends up to 1 MiB each) read ahead of a command
+/// that has not read them yet; past this, the reader waits.
+const STDIN_AHEAD: usize = 16;
 
 /// Forwards a pipe until EOF, or, once the command has exited (`exited`
 /// holds the moment), until the pipe has been quiet for a moment. The pump
@@ -270,18 +273,35 @@ fn serve_one(conn: UnixStream, reaped: Arc<Reaped>) -> io::Result<()> {
             return no_thread(e);
         }
     }
-    let mut stdin = child.stdin.take();
+    // Stdin is written by its own thread, up to STDIN_AHEAD frames behind
+    // the reader: a command that does not read its input must not hold up
+    // the signal and hang-up frames queued after it.
+    let mut stdin = match child.stdin.take() {
+        Some(mut pipe) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(STDIN_AHEAD);
+            if let Err(e) = thread::Builder::new().spawn(move || {
+                for data in rx {
+                    if pipe.write_all(&data).is_err() {
+                        return;
+                    }
+                }
+            }) {
+                return no_thread(e);
+            }
+            Some(tx)
+        }
+        None => None,
+    };
     let done = Arc::new(AtomicBool::new(false));
     let done_r = done.clone();
     let feeder = thread::Builder::new().spawn(move || {
         loop {
             match read_frame(&mut reader) {
+                // Dropping the sender ends the writer, which closes the pipe.
                 Ok((tag::STDIN, data)) if data.is_empty() => stdin = None,
                 Ok((tag::STDIN, data)) => {
-                    if let Some(s) = stdin.as_mut() {
-                        if s.write_all(&data).is_err() {
-                            stdin = None;
-                        }
+                    if stdin.as_ref().is_some_and(|s| s.send(data).is_err()) {
+                        stdin = None;
                     }
                 }
                 Ok((tag::SIGNAL, sig)) if sig.len() == 4 => {

@@ -547,7 +547,9 @@ async fn image_files(
     // Without an ID (an engine that gave none) nothing is kept on disk.
     let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
     let on_disk = (!hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| cache_dir().join("image-files").join(hex));
+        .then(|| crate::workspace::cache_dir().join("image-files"))
+        .filter(|d| private_dir(d))
+        .map(|d| d.join(hex));
     let key = |p: &'static str| (if hex.is_empty() { image } else { hex }.to_owned(), p);
     // "+" marks a file the image has, "-" one it has not.
     let disk_name = |p: &str| p.trim_start_matches('/').replace('/', "%");
@@ -894,13 +896,23 @@ fn collect_orphans_once(engine: &Engine) {
 
 /// Writes the embedded init binary to the cache directory (once per
 /// version) and returns its path.
-/// The caller's cache directory for agent-sandbox.
-fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("agent-sandbox")
+
+/// Creates `dir` (0700) if absent; whether only this user can change it
+/// and the directory above it, so what is read back from it is what this
+/// user wrote (a cache under a shared `/tmp`, or one a sandbox could
+/// write through its workspace, is not used).
+fn private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir);
+    let me = rustix::process::geteuid().as_raw();
+    let ours = |d: &Path| {
+        std::fs::symlink_metadata(d)
+            .is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o022 == 0)
+    };
+    ours(dir) && dir.parent().is_some_and(ours)
 }
 
 fn init_binary() -> Result<PathBuf, Error> {
@@ -908,7 +920,7 @@ fn init_binary() -> Result<PathBuf, Error> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     INIT_BINARY.hash(&mut h);
     let name = format!("init-{}-{:016x}", env!("CARGO_PKG_VERSION"), h.finish());
-    let base = cache_dir();
+    let base = crate::workspace::cache_dir();
     let path = base.join(&name);
     if std::fs::read(&path).is_ok_and(|b| b == INIT_BINARY) {
         return Ok(path);

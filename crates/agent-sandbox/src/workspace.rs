@@ -223,6 +223,16 @@ pub(crate) fn identity(path: &Path) -> Option<(PathBuf, u64, u64)> {
     Some((p, st.st_dev, st.st_ino))
 }
 
+/// The caller's cache directory for agent-sandbox (the init binary, what
+/// was read from images).
+pub(crate) fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("agent-sandbox")
+}
+
 /// Walks `path` (see the module docs) and refuses what must never be
 /// mounted: `/`, the home directory itself, anything that does not exist or
 /// is not a directory, and anything that holds the Docker socket.
@@ -247,6 +257,19 @@ pub(crate) fn check_dir(path: &Path, engine_socket: Option<&Path>) -> Result<Che
         if canonical == home {
             return Err(refuse(path, "is your home directory itself (SSH keys, cloud credentials, shell history); mount a project directory inside it instead"));
         }
+    }
+    // A sandbox that could write agent-sandbox's own cache could plant
+    // what later sandboxes are given (their /etc/passwd, CA bundle).
+    let cache = cache_dir();
+    let cache = cache.canonicalize().unwrap_or(cache);
+    if cache.starts_with(&canonical) || canonical.starts_with(&cache) {
+        return Err(refuse(
+            path,
+            format!(
+                "holds agent-sandbox's cache directory {}; mount a project directory instead",
+                cache.display()
+            ),
+        ));
     }
     let sockets = [
         Some(Path::new("/var/run/docker.sock")),
@@ -499,6 +522,24 @@ mod tests {
         assert!(err.contains("Docker socket"), "{err}");
         assert!(check_dir(&dir, Some(&sock)).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The agent-sandbox cache (what later sandboxes get as their
+    /// /etc/passwd and CA bundle) is never writable from a sandbox: a
+    /// workspace that holds it, or is inside it, is refused.
+    #[test]
+    fn a_workspace_holding_the_cache_directory_is_refused() {
+        let cache = cache_dir();
+        std::fs::create_dir_all(cache.join("image-files")).unwrap();
+        let above = cache.parent().unwrap();
+        for dir in [above, &cache, &cache.join("image-files")] {
+            let err = check_dir(dir, None).unwrap_err().to_string();
+            assert!(
+                err.contains("cache directory") || err.contains("home directory"),
+                "{}: {err}",
+                dir.display()
+            );
+        }
     }
 
     /// Finding: run 1 plants `sub -> /etc` in its workspace; run 2 names

@@ -50,3 +50,26 @@ test('an exposed port of a session resolves to the host loopback', async () => {
     await s.shutdown()
   }
 })
+
+test('a long command yields a session id that write_stdin polls and Ctrl-C interrupts', async () => {
+  const model = new ScriptedModel([
+    [functionCall('exec_command', { cmd: 'for i in 1 2 3; do echo tick$i; sleep 0.4; done', yield_time_ms: 100 }, { callId: 'e1' })],
+    [functionCall('write_stdin', { session_id: 1, chars: '', yield_time_ms: 5000 }, { callId: 'e2' })],
+    [functionCall('exec_command', { cmd: 'trap "echo interrupted; exit 3" INT; echo waiting; while :; do sleep 0.1; done', yield_time_ms: 300 }, { callId: 'e3' })],
+    [functionCall('write_stdin', { session_id: 2, chars: 'typed', yield_time_ms: 200 }, { callId: 'e4' })],
+    [functionCall('write_stdin', { session_id: 2, chars: '\u0003', yield_time_ms: 5000 }, { callId: 'e5' })],
+    [functionCall('write_stdin', { session_id: 2, chars: '', yield_time_ms: 10 }, { callId: 'e6' })],
+    [assistantMessage('done')],
+  ])
+  const agent = new SandboxAgent({ name: 'dev', instructions: 'work in the sandbox', model, defaultManifest: new Manifest({ root: '/workspace' }) })
+  const client = new AgentSandboxClient({ image })
+  const result = await new Runner().run(agent, 'go', { sandbox: { client, options: {} } })
+  assert.equal(result.finalOutput, 'done')
+  const outputs = result.newItems.map((i) => JSON.stringify(i.rawItem?.output ?? '')).join('\n')
+  assert.match(outputs, /Process running with session ID 1[^"]*tick1/)
+  assert.doesNotMatch(outputs, /Process running with session ID 1[^"]*tick3/)
+  assert.match(outputs, /Process exited with code 0[^"]*tick2\\ntick3/)
+  assert.match(outputs, /session ID 2[^"]*takes no input/)
+  assert.match(outputs, /Process exited with code 3[^"]*interrupted/)
+  assert.match(outputs, /session not found: 2/)
+})

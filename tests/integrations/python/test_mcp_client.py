@@ -132,6 +132,12 @@ def test_tools_files_processes_and_refusals(workspace, canary):
             denied = await s.call_tool("request_access", {"host": "denied.test", "port": port, "reason": "tests"})
             assert denied.is_error and denied.structured_content["granted"] is False
             assert f"--allow denied.test:{port}" in denied.structured_content["message"]
+            # It names one exact host: a wildcard, a range or a rule is refused
+            # before anyone is asked.
+            for wide in ["*.test", "*", "10.0.0.0/8", "denied.test:*", "GET denied.test /"]:
+                r = await s.call_tool("request_access", {"host": wide, "reason": "widen"})
+                assert r.is_error and r.structured_content["code"] == "invalid_argument", (wide, r)
+                assert "one exact host" in r.structured_content["message"]
             # The audit log is a resource.
             audit = await s.read_resource("agent-sandbox://audit")
             events = [json.loads(l) for l in audit.contents[0].text.splitlines()]

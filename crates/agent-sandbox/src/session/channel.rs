@@ -427,6 +427,50 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A process inside can say a `W` frame (forward a port) on the exec
+    /// socket too, first or after guessing an exec id. The hub takes
+    /// nothing but `C` and `A`: the connection is dropped, nothing is
+    /// forwarded, and execs go on.
+    #[tokio::test]
+    async fn a_forward_frame_from_inside_is_dropped() {
+        let dir = std::env::temp_dir().join(format!("as-hub-w-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("exec.sock");
+        let (hub, ready) = ExecHub::listen(&path, vec![]).unwrap();
+        let mut control = UnixStream::connect(&path).await.unwrap();
+        send(&mut control, tag::CONNECTED, &[]).await;
+        ready.await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut attacker = UnixStream::connect(&path).await.unwrap();
+        send(&mut attacker, tag::FORWARD, &port.to_be_bytes()).await;
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), attacker.read_to_end(&mut rest))
+            .await
+            .expect("the hub closes a connection that said W")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing answered: {rest:?}");
+        // A second control connection saying W after C is not init's.
+        let mut second = UnixStream::connect(&path).await.unwrap();
+        send(&mut second, tag::CONNECTED, &[]).await;
+        send(&mut second, tag::FORWARD, &port.to_be_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(listener.accept().is_err(), "nothing dialled the port");
+        // The real control connection still opens execs.
+        let opening = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.open().await }
+        });
+        let (t, id) = read_small_frame(&mut control).await.unwrap();
+        assert_eq!(t, tag::NEW);
+        let mut real = UnixStream::connect(&path).await.unwrap();
+        send(&mut real, tag::ACCEPT, &id).await;
+        assert!(opening.await.unwrap().is_ok());
+        hub.stop();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Finding: the hub's accept loop ended at its first error, so one
     /// moment of descriptor exhaustion (`EMFILE`, another sandbox holding
     /// connections) failed the session for good. Run in a child process of

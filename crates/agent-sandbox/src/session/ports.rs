@@ -47,7 +47,11 @@ impl super::Session {
         // connections at once keeps the sandbox's threads and pids for it.
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDED));
         let task = tokio::spawn(async move {
+            // The connections live in this task's set: aborting the task
+            // (unexpose, close) ends them too.
+            let mut open = tokio::task::JoinSet::new();
             loop {
+                while open.try_join_next().is_some() {}
                 let Ok((mut tcp, _)) = listener.accept().await else {
                     // Out of descriptors: try again shortly.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -58,7 +62,7 @@ impl super::Session {
                     continue;
                 };
                 let hub = hub.clone();
-                tokio::spawn(async move {
+                open.spawn(async move {
                     let _slot = slot;
                     let inside = match hub.open().await {
                         Ok(stream) => super::channel::forward(stream, port).await.ok(),
@@ -101,8 +105,8 @@ impl super::Session {
         self.inner.exposed.lock().ok()?.get(&port).cloned()
     }
 
-    /// Closes the host listener of an exposed `port` (connections already
-    /// open end with the sandbox or their peers). Whether it was exposed.
+    /// Closes the host listener of an exposed `port` and the connections
+    /// it carries. Whether it was exposed.
     pub fn unexpose(&self, port: u16) -> bool {
         let entry = self
             .inner

@@ -227,3 +227,113 @@ async fn futures_join(addr: SocketAddr) -> Vec<String> {
     }
     all
 }
+
+/// Anything on the host can connect to an exposed port (a browser tab
+/// too): at most 64 connections reach the sandbox at once, the rest are
+/// reset, and `unexpose` ends the ones still open.
+#[tokio::test]
+async fn an_exposed_port_carries_at_most_64_connections_and_unexpose_ends_them() {
+    let _engine = engine_shared().await;
+    let s = sandbox().start().await.unwrap();
+    // A server that counts the connections it accepted and holds them.
+    let server = s
+        .spawn(
+            r#"exec python3 -c '
+import socket, threading
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 7000)); l.listen(512)
+held = []
+while True:
+    c, _ = l.accept(); held.append(c)
+    open("/tmp/accepted", "w").write(str(len(held)))
+'"#,
+            ExecOptions::new(),
+        )
+        .await
+        .unwrap();
+    let addr = s.expose(7000, None).await.unwrap();
+    // A connection past the bound may be reset before connect returns.
+    let mut clients = Vec::new();
+    let mut shed = 0;
+    for _ in 0..100 {
+        match TcpStream::connect(addr).await {
+            Ok(c) => clients.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => shed += 1,
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    }
+    let accepted = || async {
+        let out = s
+            .exec("cat /tmp/accepted 2>/dev/null || echo 0")
+            .await
+            .unwrap();
+        out.stdout_str().trim().parse::<usize>().unwrap()
+    };
+    // Let every forward that got a slot arrive (init retries ~1 s).
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = accepted().await;
+        if seen >= 64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted().await, 64, "first look: {seen}");
+    // The 36 past the bound were reset: reading gives an error or EOF.
+    let mut held = Vec::new();
+    for mut c in clients {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(20), c.read(&mut b)).await
+        {
+            shed += 1;
+        } else {
+            held.push(c);
+        }
+    }
+    assert_eq!(shed, 36, "connections past the bound are reset");
+    // Unexposed: the carried connections end too (EOF or reset).
+    assert!(s.unexpose(7000));
+    assert_eq!(held.len(), 64);
+    let mut ended = 0;
+    for c in &mut held {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await
+        {
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 64, "every carried connection ended with unexpose");
+    server.kill();
+    s.close().await.unwrap();
+}
+
+/// Finding: init wrote stdin and read the signal frames on one thread, so
+/// a command that never reads its (large) input could not be killed: the
+/// `K` frame waited behind the stdin frames.
+#[tokio::test]
+async fn a_process_that_leaves_its_stdin_unread_can_still_be_killed() {
+    let _engine = engine_shared().await;
+    let s = sandbox().start().await.unwrap();
+    let p = s
+        .spawn(
+            "echo started; exec sleep 300",
+            ExecOptions::new().stdin(vec![b'x'; 4 << 20]),
+        )
+        .await
+        .unwrap();
+    let mut cursor = 0;
+    let first = tokio::time::timeout(Duration::from_secs(10), p.next_chunk(&mut cursor))
+        .await
+        .unwrap();
+    assert!(first.is_some(), "it started");
+    p.kill();
+    let out = tokio::time::timeout(Duration::from_secs(10), p.wait())
+        .await
+        .expect("killed despite 4 MiB of unread stdin")
+        .unwrap();
+    assert_eq!(out.exit_code, 137);
+    s.close().await.unwrap();
+}
