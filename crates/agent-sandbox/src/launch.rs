@@ -894,9 +894,6 @@ fn collect_orphans_once(engine: &Engine) {
     });
 }
 
-/// Writes the embedded init binary to the cache directory (once per
-/// version) and returns its path.
-
 /// Creates `dir` (0700) if absent; whether only this user can change it
 /// and the directory above it, so what is read back from it is what this
 /// user wrote (a cache under a shared `/tmp`, or one a sandbox could
@@ -915,6 +912,8 @@ fn private_dir(dir: &Path) -> bool {
     ours(dir) && dir.parent().is_some_and(ours)
 }
 
+/// Writes the embedded init binary to the cache directory (once per
+/// version) and returns its path.
 fn init_binary() -> Result<PathBuf, Error> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
