@@ -197,6 +197,17 @@ impl Process {
         let _ = self.inner.signals.send(signal);
     }
 
+    /// Output bytes this handle holds (the ring and the final result).
+    fn kept_bytes(&self) -> usize {
+        self.inner.state.lock().map_or(0, |st| {
+            let result = match &st.ended {
+                Some(Some(o)) => o.stdout.len() + o.stderr.len(),
+                _ => 0,
+            };
+            st.held + result
+        })
+    }
+
     /// Kills the process's group (SIGKILL). [`wait`](Process::wait) then
     /// returns with exit code 137.
     pub fn kill(&self) {
@@ -317,6 +328,7 @@ impl Process {
 
 /// Finished processes a session keeps listing (the oldest go first).
 const KEEP_FINISHED: usize = 64;
+const KEEP_FINISHED_BYTES: usize = 64 << 20;
 
 impl super::Session {
     /// Starts a command in the background and returns at once (a dev
@@ -404,10 +416,18 @@ impl super::Session {
         });
         if let Ok(mut list) = inner.processes.lock() {
             list.push(process.clone());
-            while list.iter().filter(|p| !p.is_running()).count() > KEEP_FINISHED {
-                if let Some(i) = list.iter().position(|p| !p.is_running()) {
-                    list.remove(i);
+            // Ended processes the session keeps, oldest dropped first: at
+            // most KEEP_FINISHED, holding at most KEEP_FINISHED_BYTES of output.
+            loop {
+                let ended = list.iter().filter(|p| !p.is_running());
+                let (n, bytes) = ended.fold((0, 0), |(n, b), p| (n + 1, b + p.kept_bytes()));
+                if n <= KEEP_FINISHED && bytes <= KEEP_FINISHED_BYTES {
+                    break;
                 }
+                match list.iter().position(|p| !p.is_running()) {
+                    Some(i) => list.remove(i),
+                    None => break,
+                };
             }
         }
         Ok(process)

@@ -337,3 +337,25 @@ async fn a_process_that_leaves_its_stdin_unread_can_still_be_killed() {
     assert_eq!(out.exit_code, 137);
     s.close().await.unwrap();
 }
+
+/// The session keeps ended processes for `process(id)`, but not without
+/// bound: past 64 MiB of their output the oldest are let go.
+#[tokio::test]
+async fn ended_processes_kept_by_the_session_are_bounded_in_bytes() {
+    let _engine = engine_shared().await;
+    let s = sandbox().start().await.unwrap();
+    let big = ExecOptions::new().output_limit(32 << 20);
+    for _ in 0..3 {
+        let p = s
+            .spawn("head -c 20000000 /dev/zero", big.clone())
+            .await
+            .unwrap();
+        assert_eq!(p.wait().await.unwrap().stdout.len(), 20_000_000);
+    }
+    let last = s.spawn("true", ExecOptions::new()).await.unwrap();
+    last.wait().await.unwrap();
+    let ids: Vec<String> = s.processes().iter().map(|p| p.id().to_owned()).collect();
+    // Each big one holds ~40 MB (its ring and its result): only the newest fits.
+    assert_eq!(ids, ["p3", "p4"], "{ids:?}");
+    s.close().await.unwrap();
+}
