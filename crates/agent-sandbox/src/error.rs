@@ -86,8 +86,10 @@ pub enum Error {
         reason: String,
     },
     /// The engine failed during an operation.
-    #[error("Docker failed to {what}: {reason}")]
+    #[error("{engine} failed to {what}: {reason}")]
     Engine {
+        /// The engine (`Docker 20.10.24`, `Podman 4.3.1 at unix://...`).
+        engine: String,
         /// The operation.
         what: String,
         /// What the engine said.
@@ -153,6 +155,7 @@ impl Error {
     /// An [`Error::Engine`] with no underlying client error.
     pub(crate) fn engine(what: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::Engine {
+            engine: "Docker".to_owned(),
             what: what.into(),
             reason: reason.into(),
             source: None,

@@ -323,7 +323,7 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         .or_else(|| non_empty_var("AGENT_SANDBOX_RUNTIME"));
     let effective = match &runtime {
         Some(r) => r.clone(),
-        None => engine.default_runtime().await,
+        None => engine.default_runtime().to_owned(),
     };
     // Under runc (and crun) init compares each mount with the checked
     // directory. gVisor shows its own device and inode numbers inside:

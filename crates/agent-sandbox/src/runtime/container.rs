@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{engine_err, Engine};
+use super::Engine;
 use crate::Error;
 
 /// A host path bind-mounted into the container.
@@ -193,7 +193,7 @@ impl Engine {
                     image: spec.image.clone(),
                     reason: message,
                 },
-                other => engine_err("create the container", other),
+                other => self.err("create the container", other),
             })?;
         Ok(resp.id)
     }
@@ -223,7 +223,7 @@ impl Engine {
             .docker
             .create_container(None::<CreateContainerOptions>, body)
             .await
-            .map_err(|e| engine_err("read files from the image", e))?
+            .map_err(|e| self.err("read files from the image", e))?
             .id;
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
@@ -281,11 +281,11 @@ impl Engine {
             .docker
             .attach_container(id, Some(opts))
             .await
-            .map_err(|e| engine_err("attach to the container", e))?;
+            .map_err(|e| self.err("attach to the container", e))?;
         self.docker
             .start_container(id, None)
             .await
-            .map_err(|e| engine_err("start the container", e))?;
+            .map_err(|e| self.err("start the container", e))?;
         let mut output = attached.output;
         Ok(Box::pin(async move {
             while let Some(Ok(chunk)) = output.next().await {
@@ -306,7 +306,7 @@ impl Engine {
         let code = match s.next().await {
             Some(Ok(r)) => r.status_code,
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(engine_err("wait for the container", e)),
+            Some(Err(e)) => return Err(self.err("wait for the container", e)),
             None => {
                 return Err(Error::engine(
                     "wait for the container",
@@ -326,7 +326,7 @@ impl Engine {
         self.docker
             .start_container(id, None)
             .await
-            .map_err(|e| engine_err("start the container", e))
+            .map_err(|e| self.err("start the container", e))
     }
 
     /// Whether the container is running.
@@ -372,13 +372,13 @@ impl Engine {
                 },
             )
             .await
-            .map_err(|e| engine_err("create an exec", e))?;
+            .map_err(|e| self.err("create an exec", e))?;
         let (mut out, mut err) = (Vec::new(), Vec::new());
         if let StartExecResults::Attached { mut output, .. } = self
             .docker
             .start_exec(&created.id, None)
             .await
-            .map_err(|e| engine_err("start an exec", e))?
+            .map_err(|e| self.err("start an exec", e))?
         {
             // Each stream kept up to `limit` bytes; the rest is read and dropped.
             let keep = |buf: &mut Vec<u8>, m: &[u8]| {
@@ -399,7 +399,7 @@ impl Engine {
             .docker
             .inspect_exec(&created.id)
             .await
-            .map_err(|e| engine_err("inspect an exec", e))?
+            .map_err(|e| self.err("inspect an exec", e))?
             .exit_code
             .unwrap_or(-1);
         Ok((code, out, err))
@@ -465,7 +465,7 @@ impl Engine {
             | Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
-            Err(e) => Err(engine_err("remove the container", e)),
+            Err(e) => Err(self.err("remove the container", e)),
         }
     }
 }

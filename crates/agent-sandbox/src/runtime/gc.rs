@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use bollard::query_parameters::ListContainersOptions;
 
-use super::{engine_err, labels, Engine};
+use super::{labels, Engine};
 use crate::Error;
 
 /// What [`gc`] did.
@@ -19,7 +19,7 @@ pub struct GcReport {
     pub dirs_removed: Vec<std::path::PathBuf>,
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
@@ -107,7 +107,7 @@ pub async fn gc(engine: &Engine) -> Result<GcReport, Error> {
             ..Default::default()
         }))
         .await
-        .map_err(|e| engine_err("list containers", e))?;
+        .map_err(|e| engine.err("list containers", e))?;
     let here = hostname();
     let mut report = GcReport::default();
     for c in list {

@@ -16,6 +16,8 @@ pub use gc::{gc, owner_label_value, GcReport};
 pub(crate) use gvisor::mounted_identity;
 pub use image::PullProgress;
 
+use std::sync::{Mutex, OnceLock};
+
 use bollard::Docker;
 
 use crate::Error;
@@ -35,49 +37,133 @@ pub mod labels {
     pub const OWNER: &str = "agent-sandbox.owner";
 }
 
-/// A connection to a Docker engine.
+/// A connection to a container engine: Docker (local or remote) or
+/// Podman through its Docker-compatible API.
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub(crate) docker: Docker,
     host: String,
+    kind: EngineKind,
+    version: String,
+    local: bool,
+    default_runtime: String,
 }
 
-fn engine_host() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into())
+/// Which engine answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Docker Engine (or Docker Desktop).
+    Docker,
+    /// Podman's Docker-compatible API (`podman system service`).
+    Podman,
+}
+
+/// Where the engine is, as the Docker CLI finds it: `DOCKER_HOST`, else
+/// the current docker context (`DOCKER_CONTEXT` or `currentContext` in
+/// `~/.docker/config.json`), else the local socket. With the endpoint's
+/// TLS files when a context names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
+    host: String,
+    /// A context's `ca.pem`, `cert.pem`, `key.pem` directory.
+    tls_dir: Option<std::path::PathBuf>,
+}
+
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+fn endpoint() -> Endpoint {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let Some(host) = var("DOCKER_HOST") {
+        return Endpoint { host, tls_dir: None };
+    }
+    let config = var("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".docker")));
+    let context = var("DOCKER_CONTEXT").or_else(|| {
+        let text = std::fs::read_to_string(config.as_ref()?.join("config.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v.get("currentContext")?.as_str().map(str::to_owned)
+    });
+    match (context, config) {
+        (Some(name), Some(config)) if name != "default" => context_endpoint(&config, &name),
+        _ => None,
+    }
+    .unwrap_or(Endpoint {
+        host: DEFAULT_HOST.into(),
+        tls_dir: None,
+    })
+}
+
+/// A docker context's endpoint: `contexts/meta/<sha256 of name>/meta.json`.
+fn context_endpoint(config: &std::path::Path, name: &str) -> Option<Endpoint> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let meta = std::fs::read_to_string(config.join("contexts/meta").join(&hex).join("meta.json"));
+    let v: serde_json::Value = serde_json::from_str(&meta.ok()?).ok()?;
+    let host = v.pointer("/Endpoints/docker/Host")?.as_str()?.to_owned();
+    let tls = config.join("contexts/tls").join(&hex).join("docker");
+    Some(Endpoint {
+        host,
+        tls_dir: tls.join("ca.pem").exists().then_some(tls),
+    })
 }
 
 impl Engine {
-    /// The engine's default OCI runtime (`runc` unless configured), asked
-    /// once per process.
-    pub(crate) async fn default_runtime(&self) -> String {
-        static DEFAULT: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-        DEFAULT
-            .get_or_init(|| async {
-                self.docker
-                    .info()
-                    .await
-                    .ok()
-                    .and_then(|i| i.default_runtime)
-                    .unwrap_or_else(|| "runc".to_owned())
-            })
-            .await
-            .clone()
+    /// The engine's default OCI runtime (`runc` unless configured).
+    pub(crate) fn default_runtime(&self) -> &str {
+        &self.default_runtime
     }
 
-    /// Connects to the engine named by `DOCKER_HOST` (default: the local
-    /// unix socket), negotiates the API version and checks the engine is
-    /// recent enough.
+    /// Connects to the engine the Docker CLI would use (`DOCKER_HOST`,
+    /// with TLS when `DOCKER_TLS_VERIFY` is set and the files in
+    /// `DOCKER_CERT_PATH`; else the current docker context; else the
+    /// local socket), negotiates the API version, checks the engine is
+    /// recent enough, and learns which engine it is and whether it shares
+    /// this machine's files.
     ///
     /// # Errors
     /// [`Error::DockerUnavailable`] if nothing answers, with what to do;
     /// [`Error::EngineTooOld`] below API 1.41 (Docker 20.10).
     pub async fn connect() -> Result<Engine, Error> {
-        let host = engine_host();
+        static CACHED: OnceLock<Mutex<Option<(Endpoint, Engine)>>> = OnceLock::new();
+        let at = endpoint();
+        let cached = CACHED.get_or_init(Default::default);
+        if let Some((e, engine)) = cached.lock().ok().and_then(|c| c.clone()) {
+            if e == at {
+                return Ok(engine);
+            }
+        }
+        let engine = Engine::connect_to(&at).await?;
+        if let Ok(mut c) = cached.lock() {
+            *c = Some((at, engine.clone()));
+        }
+        Ok(engine)
+    }
+
+    async fn connect_to(at: &Endpoint) -> Result<Engine, Error> {
+        let host = at.host.clone();
         let unavailable = |reason: String| Error::DockerUnavailable {
             host: host.clone(),
             reason,
         };
-        let docker = Docker::connect_with_defaults().map_err(|e| unavailable(e.to_string()))?;
+        let docker = match &at.tls_dir {
+            Some(dir) => Docker::connect_with_ssl(
+                &host,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                120,
+                bollard::API_DEFAULT_VERSION,
+            ),
+            None if host.starts_with("ssh://") => {
+                return Err(unavailable(
+                    "ssh:// engines are not supported yet; forward the engine's socket (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock HOST`) and set DOCKER_HOST=unix:///tmp/engine.sock".into(),
+                ))
+            }
+            None => Docker::connect_with_host(&host),
+        }
+        .map_err(|e| unavailable(e.to_string()))?;
         let docker = docker
             .negotiate_version()
             .await
@@ -92,13 +178,70 @@ impl Engine {
                 api: format!("{}.{}", v.major_version, v.minor_version),
             });
         }
-        Ok(Engine { docker, host })
+        let version = docker
+            .version()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let podman = version
+            .components
+            .iter()
+            .flatten()
+            .any(|c| c.name.to_ascii_lowercase().contains("podman"));
+        let info = docker.info().await.map_err(|e| unavailable(e.to_string()))?;
+        let kind = if podman {
+            EngineKind::Podman
+        } else {
+            EngineKind::Docker
+        };
+        // The engine sees this machine's files when it is reached through a
+        // unix socket and runs under this machine's name (a forwarded
+        // socket, or Docker Desktop's VM, does not).
+        let this_host = gc::hostname();
+        let local = host.starts_with("unix://")
+            && info.name.as_deref() == Some(this_host.as_str())
+            && info.operating_system.as_deref() != Some("Docker Desktop");
+        Ok(Engine {
+            docker,
+            host,
+            kind,
+            version: version.version.unwrap_or_default(),
+            local,
+            default_runtime: info.default_runtime.unwrap_or_else(|| "runc".to_owned()),
+        })
     }
 
-    /// The `DOCKER_HOST` this engine was reached at.
+    /// The `DOCKER_HOST` (or context endpoint) this engine was reached at.
     #[must_use]
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Docker or Podman.
+    #[must_use]
+    pub fn kind(&self) -> EngineKind {
+        self.kind
+    }
+
+    /// Whether the engine shares this machine's files (so bind mounts of
+    /// host paths work): a unix socket to an engine of this host name.
+    #[must_use]
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
+
+    /// The engine as errors name it: `Docker 20.10.24`, `Podman 4.3.1 at
+    /// unix:///run/podman/podman.sock`, `Docker 24.0.7 at tcp://...`.
+    #[must_use]
+    pub fn name(&self) -> String {
+        let kind = match self.kind {
+            EngineKind::Docker => "Docker",
+            EngineKind::Podman => "Podman",
+        };
+        if self.host == DEFAULT_HOST {
+            format!("{kind} {}", self.version)
+        } else {
+            format!("{kind} {} at {}", self.version, self.host)
+        }
     }
 
     /// The local path of the engine's unix socket, if it is local.
@@ -108,14 +251,15 @@ impl Engine {
             .strip_prefix("unix://")
             .map(std::path::PathBuf::from)
     }
-}
 
-/// Maps an engine error during an operation to the crate's error.
-pub(crate) fn engine_err(what: &str, e: bollard::errors::Error) -> Error {
-    Error::Engine {
-        what: what.to_owned(),
-        reason: e.to_string(),
-        source: Some(Box::new(e)),
+    /// An engine error during `what`, naming this engine.
+    pub(crate) fn err(&self, what: &str, e: bollard::errors::Error) -> Error {
+        Error::Engine {
+            engine: self.name(),
+            what: what.to_owned(),
+            reason: e.to_string(),
+            source: Some(Box::new(e)),
+        }
     }
 }
 
@@ -125,10 +269,12 @@ mod tests {
     /// walk the chain), and still says which operation failed.
     #[test]
     fn engine_errors_keep_their_source() {
-        let e = super::engine_err(
-            "start the container",
-            bollard::errors::Error::RequestTimeoutError,
-        );
+        let e = crate::Error::Engine {
+            engine: "Docker".into(),
+            what: "start the container".into(),
+            reason: bollard::errors::Error::RequestTimeoutError.to_string(),
+            source: Some(Box::new(bollard::errors::Error::RequestTimeoutError)),
+        };
         assert_eq!(e.code(), "engine");
         assert!(e
             .to_string()
