@@ -70,6 +70,10 @@ set -e
 # What Docker's own dind script does: shared mounts for volume propagation, a fresh /tmp.
 mount --make-rshared / 2>/dev/null || true
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+# Without --privileged (see set_run_flags) /sys and the cgroup v1 hierarchies are
+# read-only: make them writable, as --privileged would.
+mount -o remount,rw /sys 2>/dev/null || true
+for d in /sys/fs/cgroup/*/; do mount -o remount,rw,bind "$d" 2>/dev/null || true; done
 rm -f /var/run/docker.pid /var/run/docker.sock
 socat TCP-LISTEN:2375,fork,reuseaddr UNIX-CONNECT:/var/run/docker.sock &
 exec dockerd -H unix:///var/run/docker.sock -H tcp://0.0.0.0:2376 \
@@ -115,6 +119,24 @@ make_certs() {
   rm -rf "$tmp"
 }
 
+# --privileged makes runc ask for every capability Docker knows; where the
+# host's bounding set lacks some (CAP_SYS_RESOURCE on this machine) runc fails
+# with "unable to apply caps: operation not permitted". Then: every capability
+# the bounding set has, no seccomp/AppArmor/masked paths, all devices.
+set_run_flags() {
+  local names=(CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP
+    LINUX_IMMUTABLE NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER
+    SYS_MODULE SYS_RAWIO SYS_CHROOT SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE
+    SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP
+    MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ)
+  local bnd i drop=()
+  bnd=$((16#$(awk '/^CapBnd/{print $2}' /proc/self/status)))
+  for i in "${!names[@]}"; do (( bnd >> i & 1 )) || drop+=(--cap-drop "${names[$i]}"); done
+  if (( ${#drop[@]} == 0 )); then RUN_FLAGS=(--privileged); return; fi
+  RUN_FLAGS=(--cap-add ALL "${drop[@]}" --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+    --security-opt systempaths=unconfined --device-cgroup-rule 'a *:* rwm')
+}
+
 start() {
   docker info >/dev/null 2>&1 || die "the host's Docker engine does not answer (scripts/docker.sh starts it)"
   docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || die "$BASE_IMAGE is missing on the host (scripts/docker.sh builds it)"
@@ -124,7 +146,8 @@ start() {
   running=$(docker inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null || true)
   if [[ "$running" != true ]]; then
     [[ -z "$running" ]] || docker rm -f "$NAME" >/dev/null
-    docker run -d --name "$NAME" --hostname remote-engine --privileged \
+    set_run_flags
+    docker run -d --name "$NAME" --hostname remote-engine "${RUN_FLAGS[@]}" \
       -v "$VOLUME:/var/lib/docker" -v "$CERTS:/certs:ro" \
       -p 127.0.0.1:23750:2375 -p 127.0.0.1:23760:2376 \
       "$IMAGE" --storage-driver overlay2 >/dev/null
@@ -141,11 +164,13 @@ start() {
   if ! inner image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     docker save "$BASE_IMAGE" | inner load >/dev/null || die "could not load $BASE_IMAGE into the inner engine"
   fi
-  echo "remote-engine: running (storage driver $(inner info -f '{{.Driver}}')); use either of:"
-  print_env
+  echo "remote-engine: running (storage driver $(inner info -f '{{.Driver}}')): DOCKER_HOST=$PLAIN"
+  echo "remote-engine: TLS: DOCKER_HOST=$TLS DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$CERTS"
 }
 
 stop() {
+  # A clean shutdown of the inner dockerd first (its state is on the volume).
+  docker stop -t 30 "$NAME" >/dev/null 2>&1 || true
   docker rm -f "$NAME" >/dev/null 2>&1 || true
   if [[ "${1:-}" == --purge ]]; then
     docker volume rm "$VOLUME" >/dev/null 2>&1 || true

@@ -36,6 +36,7 @@ use std::thread;
 
 mod dns;
 mod exec;
+mod gateway;
 mod net;
 // The host's half of the contract (encoding requests, writing these
 // arguments) is unused here.
@@ -278,6 +279,19 @@ fn main() -> ExitCode {
             // A child that never exits, so PID 1's waitpid always has one to block on.
             thread::park();
         }
+    }
+    if std::env::args().nth(1).as_deref() == Some(wire::GATEWAY) {
+        let Some(dir) = std::env::args().nth(2) else {
+            eprintln!(
+                "agent-sandbox-init: {} needs the shared directory",
+                wire::GATEWAY
+            );
+            return ExitCode::from(125);
+        };
+        unsafe {
+            prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+        }
+        return gateway::run(std::path::Path::new(&dir));
     }
     let args = match InitArgs::parse(std::env::args().skip(1)) {
         Ok(a) => a,

@@ -68,6 +68,97 @@ pub const MAX_FRAME_TO_HOST: usize = 1 << 20;
 pub const MOUNT_MISMATCH_EXIT: u8 = 120;
 /// How init's message starts in that case (on stderr).
 pub const MOUNT_MISMATCH_TEXT: &str = "agent-sandbox-init: mount check failed: ";
+/// The first argument that makes the binary a gateway (see [`mux`]).
+pub const GATEWAY: &str = "--gateway";
+
+/// The gateway's relay, for engines that do not share the caller's files
+/// (a remote engine, Docker Desktop's VM, Podman elsewhere). The gateway
+/// container (this binary, `--gateway DIR`) shares `DIR` with the sandbox
+/// through an engine volume: it copies itself there as `init` (the
+/// sandbox's PID 1), listens on `DIR/proxy.sock` and `DIR/exec.sock`, and
+/// carries every connection to them over its attach stream (stdin and
+/// stdout) to the library, which connects each to its own proxy or exec
+/// hub. The gateway needs no network and decides nothing.
+///
+/// Frames as everywhere (`[tag][len u32][payload]`); the payload of the
+/// stream frames starts with the stream id (u32). Gateway to library:
+/// [`READY`](mux::READY) once, [`OPEN`](mux::OPEN) id + which listener (u8:
+/// [`PROXY`](mux::PROXY), [`EXEC`](mux::EXEC)). Both ways:
+/// [`DATA`](mux::DATA) id + bytes, [`END`](mux::END) id (no more data this
+/// way), [`CLOSE`](mux::CLOSE) id (gone both ways), [`ACK`](mux::ACK) id +
+/// u32 bytes the other side may send again (each side sends at most
+/// [`WINDOW`](mux::WINDOW) bytes a stream not yet acknowledged, so one slow
+/// connection never stalls the others). Library to gateway:
+/// [`FILE`](mux::FILE) (u16 name length, name, u32 mode, data: a file in
+/// `DIR`, plain names only) and [`SYNC`](mux::SYNC), echoed once every
+/// frame before it is done.
+pub mod mux {
+    /// Gateway: set up (init copied, sockets listening).
+    pub const READY: u8 = b'R';
+    /// Gateway: a new connection.
+    pub const OPEN: u8 = b'O';
+    /// Bytes of a stream.
+    pub const DATA: u8 = b'D';
+    /// No more bytes this way.
+    pub const END: u8 = b'E';
+    /// The stream is gone.
+    pub const CLOSE: u8 = b'X';
+    /// Bytes consumed: the sender may send that many more.
+    pub const ACK: u8 = b'A';
+    /// Library: write a file in the shared directory.
+    pub const FILE: u8 = b'F';
+    /// Library: echo when everything before is done.
+    pub const SYNC: u8 = b'S';
+    /// `OPEN`'s listener: the proxy socket.
+    pub const PROXY: u8 = 0;
+    /// `OPEN`'s listener: the exec socket.
+    pub const EXEC: u8 = 1;
+    /// Unacknowledged bytes per stream and direction.
+    pub const WINDOW: u32 = 512 << 10;
+    /// The largest `DATA` payload (id included).
+    pub const CHUNK: usize = 64 << 10;
+    /// The largest frame either side accepts (a `FILE`: a CA bundle).
+    pub const MAX_FRAME: usize = 8 << 20;
+
+    /// A stream frame: the id, then `rest`.
+    #[must_use]
+    pub fn stream_frame(tag: u8, id: u32, rest: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(4 + rest.len());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(rest);
+        super::frame(tag, &p)
+    }
+
+    /// A stream frame's id and the rest; `None` if it has no id.
+    #[must_use]
+    pub fn split_id(payload: &[u8]) -> Option<(u32, &[u8])> {
+        let (id, rest) = payload.split_first_chunk::<4>()?;
+        Some((u32::from_be_bytes(*id), rest))
+    }
+
+    /// A `FILE` payload.
+    #[must_use]
+    pub fn file_frame(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+        let mut p = Vec::with_capacity(6 + name.len() + data.len());
+        p.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        p.extend_from_slice(name.as_bytes());
+        p.extend_from_slice(&mode.to_be_bytes());
+        p.extend_from_slice(data);
+        super::frame(FILE, &p)
+    }
+
+    /// A `FILE` payload's name (plain: no `/`, not `.` or `..`), mode and data.
+    #[must_use]
+    pub fn parse_file(payload: &[u8]) -> Option<(&str, u32, &[u8])> {
+        let (len, rest) = payload.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        let name = std::str::from_utf8(rest.get(..len)?).ok()?;
+        let (mode, data) = rest.get(len..)?.split_first_chunk::<4>()?;
+        let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        plain.then_some((name, u32::from_be_bytes(*mode) & 0o777, data))
+    }
+}
+
 /// The argument that makes init a child that never exits (a session's
 /// placeholder command, so PID 1 always has a child to wait for).
 pub const PAUSE: &str = "--pause";

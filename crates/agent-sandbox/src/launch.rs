@@ -26,13 +26,14 @@ use crate::Error;
 const PROXY_PORT: u16 = 3128;
 /// Where the init binary and the proxy socket directory appear in the container.
 const INIT_PATH: &str = "/.agent-sandbox/init";
-const NET_DIR: &str = "/.agent-sandbox/net";
+pub(crate) const NET_DIR: &str = "/.agent-sandbox/net";
 /// The sandbox's `/etc/resolv.conf`: init answers DNS, and never forwards.
 const RESOLV_CONF: &str = "# agent-sandbox: init answers every lookup with a local address and\n# never forwards one; connections to it go through the proxy.\nnameserver 127.0.0.53\noptions timeout:2 attempts:2\n";
 /// The sandbox's `/etc/hosts`: localhost and the sandbox's own name.
 const HOSTS: &str =
     "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n";
-static INIT_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
+pub(crate) static INIT_BINARY: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/agent-sandbox-init"));
 
 /// What the container's init does.
 pub(crate) enum Mode {
@@ -78,6 +79,8 @@ pub(crate) struct Launched {
     /// Where the host says "mounts confirmed" to an init that waits for it
     /// (runtimes other than runc; see `confirm_mounts`).
     go: Option<PathBuf>,
+    /// The gateway, on an engine that does not share this machine's files.
+    pub(crate) remote: Option<crate::gateway::Remote>,
 }
 
 impl Launched {
@@ -94,8 +97,13 @@ impl Launched {
         Ok(())
     }
 
-    /// Stops the proxy and removes the host directory. Idempotent.
+    /// Stops the proxy and removes the host directory; through a gateway,
+    /// copies the workspace back and removes the gateway and its volumes
+    /// (the sandbox container must be gone). Idempotent.
     pub(crate) async fn release(&self) {
+        if let Some(r) = &self.remote {
+            r.tear_down(&self.engine).await;
+        }
         let host = self.host.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = host {
             h.proxy.shutdown().await;
@@ -171,6 +179,16 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     raise_fd_limit_once();
     let engine = Engine::connect().await?;
     collect_orphans_once(&engine);
+    let gateway = crate::gateway::wanted(&engine)?;
+    if gateway && !s.mounts.is_empty() {
+        return Err(Error::invalid(
+            "mounts",
+            format!(
+                "{} does not share this machine's files: only the workspace is copied there, extra mounts are not",
+                engine.name()
+            ),
+        ));
+    }
     let socket = engine.socket_path();
     let mut checked = Vec::new();
     if let Some(p) = &s.workspace {
@@ -330,14 +348,16 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     // the host compares from outside, through gVisor's gofer, and init
     // waits for its word before anything runs. The runtime is the one
     // asked for, else the engine's default.
-    let host_checks = is_gvisor(&effective) && !checked.is_empty();
+    // Through a gateway nothing is bind-mounted: the workspace is a volume
+    // filled from the checked directory, and there is nothing to compare.
+    let host_checks = is_gvisor(&effective) && !checked.is_empty() && !gateway;
     let net = Path::new(NET_DIR);
     let mut init_args = InitArgs {
         port: Some(PROXY_PORT),
         socket: Some(net.join("proxy.sock")),
         capture_ports: Some(config.policy.capture_ports()),
         wait_go: host_checks.then(|| net.join("go")),
-        mounts: if host_checks {
+        mounts: if host_checks || gateway {
             Vec::new()
         } else {
             checked
@@ -392,6 +412,9 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         // without a workspace would copy that mode and be unwritable.
         working_dir: "/".into(),
         mounts,
+        volumes: Vec::new(),
+        engine_dns: false,
+        stdin: false,
         extra_tmpfs,
         resources: Resources {
             memory: s.memory,
@@ -411,8 +434,22 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         ]),
         runtime,
     };
+    let mut spec = spec;
+    let remote = if gateway {
+        let workspace = checked
+            .iter()
+            .find(|c| c.target == "/workspace")
+            .map(|c| c.path.clone());
+        Some(
+            crate::gateway::Remote::set_up(&engine, &id, &dir.0, &mut spec, workspace, sandbox_ids)
+                .await?,
+        )
+    } else {
+        None
+    };
     let go = host_checks.then(|| dir.0.join("go"));
     Ok(Launched {
+        remote,
         engine,
         id,
         dir: dir.0.clone(),
@@ -469,7 +506,7 @@ impl Running {
 
 /// Where Debian (and Ubuntu, and images built on them) keep the system's
 /// CA bundle: clients that read it directly trust the sandbox's CA too.
-const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// An intercepting sandbox's trust: its CA alone (`ca.pem`, for Node,
 /// which adds it to its own roots) and the image's roots plus the CA

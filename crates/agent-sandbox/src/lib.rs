@@ -72,6 +72,7 @@ mod builder;
 mod command;
 mod config;
 pub mod error;
+mod gateway;
 pub mod intercept;
 mod launch;
 pub mod options;
@@ -82,6 +83,7 @@ mod run;
 pub mod runtime;
 pub mod session;
 mod workspace;
+mod workspace_sync;
 
 pub use builder::{Sandbox, SandboxBuilder};
 pub use command::{CancelToken, Command, Output};

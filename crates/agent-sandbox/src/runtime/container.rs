@@ -28,6 +28,17 @@ pub struct Mount {
     pub read_only: bool,
 }
 
+/// An engine volume mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name on the engine.
+    pub name: String,
+    /// Absolute path inside the container.
+    pub container: String,
+    /// Read-only unless explicitly asked otherwise.
+    pub read_only: bool,
+}
+
 /// Resource limits; each becomes a field of `docker inspect`'s `HostConfig`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resources {
@@ -58,6 +69,14 @@ pub struct ContainerSpec {
     pub working_dir: String,
     /// Bind mounts (workspace, init, proxy socket directory, extras).
     pub mounts: Vec<Mount>,
+    /// Engine volumes (a sandbox on an engine that does not share the
+    /// caller's files: the gateway's directory, the workspace).
+    pub volumes: Vec<VolumeMount>,
+    /// `/etc/resolv.conf` and `/etc/hosts` from the engine (pointing at
+    /// init's resolver), where they cannot be host files.
+    pub engine_dns: bool,
+    /// Stdin kept open for an attach (the gateway's relay).
+    pub stdin: bool,
     /// Extra tmpfs mounts beyond `/tmp` and `/run` (path to size in bytes).
     pub extra_tmpfs: Vec<(String, u64)>,
     /// Limits.
@@ -76,17 +95,16 @@ pub const SECCOMP_PROFILE: &str = include_str!("seccomp.json");
 
 impl ContainerSpec {
     fn to_body(&self) -> ContainerCreateBody {
+        let mode = |ro: bool| if ro { "ro" } else { "rw" };
         let binds = self
             .mounts
             .iter()
-            .map(|m| {
-                format!(
-                    "{}:{}:{}",
-                    m.host.display(),
-                    m.container,
-                    if m.read_only { "ro" } else { "rw" }
-                )
-            })
+            .map(|m| format!("{}:{}:{}", m.host.display(), m.container, mode(m.read_only)))
+            .chain(
+                self.volumes
+                    .iter()
+                    .map(|v| format!("{}:{}:{}", v.name, v.container, mode(v.read_only))),
+            )
             .collect();
         let mut tmpfs = HashMap::from([
             (
@@ -141,6 +159,12 @@ impl ContainerSpec {
             }),
             auto_remove: Some(false),
             init: Some(false),
+            // Init answers DNS on 127.0.0.53 (see launch.rs's RESOLV_CONF).
+            dns: self.engine_dns.then(|| vec!["127.0.0.53".into()]),
+            dns_options: self
+                .engine_dns
+                .then(|| vec!["timeout:2".into(), "attempts:2".into()]),
+            extra_hosts: self.engine_dns.then(|| vec!["sandbox:127.0.1.1".into()]),
             ..Default::default()
         };
         ContainerCreateBody {
@@ -154,8 +178,9 @@ impl ContainerSpec {
             hostname: Some("sandbox".into()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
-            attach_stdin: Some(false),
-            open_stdin: Some(false),
+            attach_stdin: Some(self.stdin),
+            open_stdin: Some(self.stdin),
+            stdin_once: Some(self.stdin),
             tty: Some(false),
             network_disabled: Some(false),
             host_config: Some(host),

@@ -5,12 +5,14 @@
 //! through `DOCKER_HOST`, as the Docker CLI finds it.
 
 mod container;
+mod gateway;
 mod gc;
 mod gvisor;
 mod image;
 
 pub(crate) use container::Stream;
-pub use container::{ContainerSpec, Mount, Resources, SECCOMP_PROFILE};
+pub use container::{ContainerSpec, Mount, Resources, VolumeMount, SECCOMP_PROFILE};
+pub(crate) use gateway::{GatewayIo, GATEWAY_BINARY};
 pub(crate) use gc::owner_dir_tag;
 pub use gc::{gc, owner_label_value, GcReport};
 pub(crate) use gvisor::mounted_identity;
@@ -74,7 +76,10 @@ const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 fn endpoint() -> Endpoint {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let Some(host) = var("DOCKER_HOST") {
-        return Endpoint { host, tls_dir: None };
+        return Endpoint {
+            host,
+            tls_dir: None,
+        };
     }
     let config = var("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
@@ -187,7 +192,10 @@ impl Engine {
             .iter()
             .flatten()
             .any(|c| c.name.to_ascii_lowercase().contains("podman"));
-        let info = docker.info().await.map_err(|e| unavailable(e.to_string()))?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
         let kind = if podman {
             EngineKind::Podman
         } else {

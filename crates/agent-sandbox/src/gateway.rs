@@ -1,0 +1,491 @@
+//! The library's half of a gateway (engines that do not share the caller's
+//! files; see `agent_sandbox_wire::mux` for the frames and the init
+//! crate's `gateway.rs` for the other half). The gateway container relays
+//! each connection the sandbox makes to its proxy or exec socket over its
+//! attach stream; here each becomes a connection to the sandbox's own
+//! proxy or exec hub, which listen on the host as for a local engine.
+//! Nothing but the engine API crosses between the two machines.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use agent_sandbox_wire::{frame, mux};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::runtime::GatewayIo;
+use crate::Error;
+
+struct Stream {
+    /// To the local connection's writer: bytes, or `None` (the sandbox's END).
+    to_local: mpsc::UnboundedSender<Option<Bytes>>,
+    /// What the gateway still takes of this stream (its window).
+    credit: Arc<Semaphore>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+type Streams = Arc<Mutex<HashMap<u32, Stream>>>;
+
+/// A running relay. Dropping it ends every stream and the attach.
+pub(crate) struct Relay {
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    syncs: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+    tasks: Vec<tokio::task::AbortHandle>,
+    streams: Streams,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut s) = self.streams.lock() {
+            for (_, st) in s.drain() {
+                st.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+            }
+        }
+    }
+}
+
+impl Relay {
+    /// Starts relaying; resolves once the gateway said it is ready (init
+    /// copied, sockets listening). `dir`: the host directory of the
+    /// sandbox's `proxy.sock` and `exec.sock`.
+    pub(crate) async fn start(io: GatewayIo, dir: &Path) -> Result<Relay, Error> {
+        let GatewayIo { mut input, output } = io;
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = tokio::spawn(async move {
+            while let Some(f) = out_rx.recv().await {
+                if input.write_all(&f).await.is_err() || input.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let streams: Streams = Arc::default();
+        let syncs: Arc<Mutex<Vec<oneshot::Sender<()>>>> = Arc::default();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let reader = tokio::spawn(read_loop(
+            output,
+            dir.to_owned(),
+            out.clone(),
+            streams.clone(),
+            syncs.clone(),
+            ready_tx,
+        ));
+        let relay = Relay {
+            out,
+            syncs,
+            tasks: vec![writer.abort_handle(), reader.abort_handle()],
+            streams,
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(60), ready_rx).await {
+            Ok(Ok(())) => Ok(relay),
+            _ => Err(Error::engine(
+                "start the gateway",
+                "it did not become ready (see its message above, if any)",
+            )),
+        }
+    }
+
+    /// Writes `name` in the shared directory (mode `mode`); done once
+    /// [`sync`](Relay::sync) returns.
+    pub(crate) fn file(&self, name: &str, mode: u32, data: &[u8]) {
+        let _ = self.out.send(mux::file_frame(name, mode, data));
+    }
+
+    /// Waits until the gateway has done every frame sent before.
+    pub(crate) async fn sync(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut s) = self.syncs.lock() {
+            s.push(tx);
+        }
+        let _ = self.out.send(frame(mux::SYNC, &[]));
+        rx.await
+            .map_err(|_| Error::engine("write the sandbox's files", "the gateway ended"))
+    }
+}
+
+async fn read_loop(
+    mut output: std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>,
+    dir: PathBuf,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    streams: Streams,
+    syncs: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+    ready: oneshot::Sender<()>,
+) {
+    let mut ready = Some(ready);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = output.next().await {
+        buf.extend_from_slice(&chunk);
+        loop {
+            if buf.len() < 5 {
+                break;
+            }
+            let head: [u8; 5] = buf[..5].try_into().unwrap_or_default();
+            let Ok(len) = agent_sandbox_wire::payload_len(&head, mux::MAX_FRAME) else {
+                return;
+            };
+            if buf.len() < 5 + len {
+                break;
+            }
+            buf.advance(5);
+            let payload = buf.split_to(len).freeze();
+            match head[0] {
+                mux::READY => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                mux::SYNC => {
+                    let first = syncs
+                        .lock()
+                        .ok()
+                        .and_then(|mut s| (!s.is_empty()).then(|| s.remove(0)));
+                    if let Some(s) = first {
+                        let _ = s.send(());
+                    }
+                }
+                tag => {
+                    let Some((id, _)) = mux::split_id(&payload) else {
+                        continue;
+                    };
+                    let rest = payload.slice(4..);
+                    on_stream_frame(tag, id, rest, &dir, &out, &streams).await;
+                }
+            }
+        }
+    }
+    // The gateway is gone: so is every stream.
+    if let Ok(mut s) = streams.lock() {
+        for (_, st) in s.drain() {
+            st.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+    }
+}
+
+async fn on_stream_frame(
+    tag: u8,
+    id: u32,
+    rest: Bytes,
+    dir: &Path,
+    out: &mpsc::UnboundedSender<Vec<u8>>,
+    streams: &Streams,
+) {
+    match tag {
+        mux::OPEN => {
+            let name = match rest.first() {
+                Some(&mux::PROXY) => "proxy.sock",
+                Some(&mux::EXEC) => "exec.sock",
+                _ => return,
+            };
+            match UnixStream::connect(dir.join(name)).await {
+                Ok(local) => open(id, local, out.clone(), streams.clone()),
+                Err(_) => {
+                    let _ = out.send(mux::stream_frame(mux::CLOSE, id, &[]));
+                }
+            }
+        }
+        mux::DATA | mux::END => {
+            let data = (tag == mux::DATA).then_some(rest);
+            if let Some(s) = streams
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&id).map(|s| s.to_local.clone()))
+            {
+                let _ = s.send(data);
+            }
+        }
+        mux::ACK => {
+            let n = rest
+                .first_chunk::<4>()
+                .map_or(0, |b| u32::from_be_bytes(*b));
+            if let Some(c) = streams
+                .lock()
+                .ok()
+                .and_then(|s| s.get(&id).map(|s| s.credit.clone()))
+            {
+                c.add_permits(n as usize);
+            }
+        }
+        mux::CLOSE => close(streams, id),
+        _ => {}
+    }
+}
+
+fn close(streams: &Streams, id: u32) {
+    if let Some(s) = streams.lock().ok().and_then(|mut s| s.remove(&id)) {
+        s.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
+/// Relays one stream: local reads become DATA (within the gateway's
+/// window), DATA becomes local writes (acknowledged once written). When
+/// both ways have ended, the stream is closed on both sides.
+fn open(id: u32, local: UnixStream, out: mpsc::UnboundedSender<Vec<u8>>, streams: Streams) {
+    let (mut rd, mut wr) = local.into_split();
+    let (to_local, mut from_gateway) = mpsc::unbounded_channel::<Option<Bytes>>();
+    let credit = Arc::new(Semaphore::new(mux::WINDOW as usize));
+    let halves = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let finish = {
+        let (out, streams, halves) = (out.clone(), streams.clone(), halves.clone());
+        move |failed: bool| {
+            let done = halves.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if failed || done == 2 {
+                let _ = out.send(mux::stream_frame(mux::CLOSE, id, &[]));
+                close(&streams, id);
+            }
+        }
+    };
+    let fin = finish.clone();
+    let (o, c) = (out.clone(), credit.clone());
+    let reading = tokio::spawn(async move {
+        let mut buf = vec![0u8; mux::CHUNK - 4];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = o.send(mux::stream_frame(mux::END, id, &[]));
+                    return fin(false);
+                }
+                Ok(n) => {
+                    match c.acquire_many(n as u32).await {
+                        Ok(p) => p.forget(),
+                        Err(_) => return,
+                    }
+                    let _ = o.send(mux::stream_frame(mux::DATA, id, &buf[..n]));
+                }
+                Err(_) => return fin(true),
+            }
+        }
+    });
+    let writing = tokio::spawn(async move {
+        while let Some(message) = from_gateway.recv().await {
+            match message {
+                Some(data) => {
+                    if wr.write_all(&data).await.is_err() {
+                        return finish(true);
+                    }
+                    let n = (data.len() as u32).to_be_bytes();
+                    let _ = out.send(mux::stream_frame(mux::ACK, id, &n));
+                }
+                None => {
+                    let _ = wr.shutdown().await;
+                    return finish(false);
+                }
+            }
+        }
+    });
+    if let Ok(mut s) = streams.lock() {
+        s.insert(
+            id,
+            Stream {
+                to_local,
+                credit,
+                tasks: vec![reading.abort_handle(), writing.abort_handle()],
+            },
+        );
+    }
+}
+
+/// Whether sandboxes on `engine` go through a gateway: when it does not
+/// share this machine's files, unless `AGENT_SANDBOX_GATEWAY` says
+/// `always` (a forwarded socket this crate cannot tell apart) or `never`.
+pub(crate) fn wanted(engine: &crate::runtime::Engine) -> Result<bool, Error> {
+    match std::env::var("AGENT_SANDBOX_GATEWAY").as_deref() {
+        Ok("always" | "1") => Ok(true),
+        Ok("never" | "0") => Ok(false),
+        Ok("" | "auto") | Err(_) => Ok(!engine.is_local()),
+        Ok(other) => Err(Error::invalid(
+            "AGENT_SANDBOX_GATEWAY",
+            format!("{other:?} is not always, never or auto"),
+        )),
+    }
+}
+
+/// A sandbox's gateway: its container, relay and volumes, and what the
+/// workspace looked like when it was copied in.
+pub(crate) struct Remote {
+    parts: tokio::sync::Mutex<Option<Parts>>,
+}
+
+struct Parts {
+    relay: Option<Relay>,
+    gateway: Option<String>,
+    volumes: Vec<String>,
+    /// The local workspace and what was copied from it.
+    workspace: Option<(PathBuf, crate::workspace_sync::Manifest)>,
+}
+
+impl Remote {
+    /// Puts up the gateway for sandbox `id` and turns `spec` (made for a
+    /// local engine: bind mounts of `dir`'s files, init and the workspace)
+    /// into one for the engine: the shared directory and the workspace as
+    /// volumes, `dir`'s files written there, the workspace copied in, DNS
+    /// from the engine, init from the shared directory.
+    pub(crate) async fn set_up(
+        engine: &crate::runtime::Engine,
+        id: &str,
+        dir: &Path,
+        spec: &mut crate::runtime::ContainerSpec,
+        workspace: Option<PathBuf>,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Remote, Error> {
+        let remote = Remote {
+            parts: tokio::sync::Mutex::new(Some(Parts {
+                relay: None,
+                gateway: None,
+                volumes: Vec::new(),
+                workspace: None,
+            })),
+        };
+        match remote.build(engine, id, dir, spec, workspace, owner).await {
+            Ok(()) => Ok(remote),
+            Err(e) => {
+                remote.tear_down(engine).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        engine: &crate::runtime::Engine,
+        id: &str,
+        dir: &Path,
+        spec: &mut crate::runtime::ContainerSpec,
+        workspace: Option<PathBuf>,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(), Error> {
+        use crate::launch::NET_DIR;
+        use crate::runtime::{ContainerSpec, Resources, VolumeMount, GATEWAY_BINARY};
+        let mut guard = self.parts.lock().await;
+        let Some(parts) = guard.as_mut() else {
+            return Err(Error::SessionClosed);
+        };
+        let image = engine.gateway_image(crate::launch::INIT_BINARY).await?;
+        let net = format!("agent-sandbox-{id}-net");
+        engine.create_volume(&net, &spec.labels).await?;
+        parts.volumes.push(net.clone());
+        let mut volumes = vec![VolumeMount {
+            name: net.clone(),
+            container: NET_DIR.into(),
+            read_only: false,
+        }];
+        if workspace.is_some() {
+            let ws = format!("agent-sandbox-{id}-ws");
+            engine.create_volume(&ws, &spec.labels).await?;
+            parts.volumes.push(ws.clone());
+            volumes.push(VolumeMount {
+                name: ws,
+                container: "/workspace".into(),
+                read_only: false,
+            });
+        }
+        let gateway = ContainerSpec {
+            image,
+            argv: vec![
+                GATEWAY_BINARY.into(),
+                agent_sandbox_wire::GATEWAY.into(),
+                NET_DIR.into(),
+            ],
+            env: Vec::new(),
+            user: spec.user.clone(),
+            working_dir: "/".into(),
+            mounts: Vec::new(),
+            volumes: volumes.clone(),
+            engine_dns: false,
+            stdin: true,
+            extra_tmpfs: Vec::new(),
+            resources: Resources {
+                memory: 256 << 20,
+                cpus: 1.0,
+                pids: 1024,
+                tmp_size: 1 << 20,
+                shm_size: 1 << 20,
+            },
+            labels: spec.labels.clone(),
+            runtime: None,
+        };
+        let gw = engine.create(&gateway).await?;
+        parts.gateway = Some(gw.clone());
+        let io = engine.start_attached(&gw).await?;
+        let relay = Relay::start(io, dir).await?;
+        // The files the local path bind-mounts (resolv.conf and hosts are
+        // the engine's instead; passwd, group and the CA bundle are read
+        // from the shared directory by name).
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io("read", dir, e))?;
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let name = entry.file_name();
+            if meta.is_file() {
+                if let (Some(name), Ok(data)) = (name.to_str(), std::fs::read(entry.path())) {
+                    use std::os::unix::fs::PermissionsExt;
+                    relay.file(name, meta.permissions().mode() & 0o777, &data);
+                }
+            }
+        }
+        relay.sync().await?;
+        parts.relay = Some(relay);
+        if let Some(local) = workspace {
+            let (tar, manifest) = crate::workspace_sync::pack(&local, owner)?;
+            engine.upload(&gw, "/workspace", tar).await?;
+            parts.workspace = Some((local, manifest));
+        }
+        spec.mounts.clear();
+        for v in &mut volumes {
+            v.read_only = v.container == NET_DIR;
+        }
+        spec.volumes = volumes;
+        spec.argv[0] = format!("{NET_DIR}/init");
+        spec.engine_dns = true;
+        let bundle = format!("={}", crate::launch::SYSTEM_BUNDLE);
+        for e in &mut spec.env {
+            if e.ends_with(&bundle) {
+                *e = e.replace(&bundle, &format!("={NET_DIR}/ca-bundle.crt"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the workspace back (see `workspace_sync::merge`), then
+    /// removes the gateway and the volumes. Idempotent. A workspace that
+    /// cannot be copied back keeps its volume, and says so.
+    pub(crate) async fn tear_down(&self, engine: &crate::runtime::Engine) {
+        let Some(mut parts) = self.parts.lock().await.take() else {
+            return;
+        };
+        let mut keep = None;
+        if let (Some(gw), Some((local, manifest))) = (&parts.gateway, &parts.workspace) {
+            let copied = match engine
+                .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
+                .await
+            {
+                Ok(tar) => crate::workspace_sync::merge(&tar, local, manifest),
+                Err(e) => Err(e),
+            };
+            match copied {
+                Ok(report) => report.tell(local),
+                Err(e) => {
+                    keep = parts.volumes.iter().find(|v| v.ends_with("-ws")).cloned();
+                    eprintln!(
+                        "agent-sandbox: the workspace could not be copied back to {} ({e}); it is kept in the engine's volume {}",
+                        local.display(),
+                        keep.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+        }
+        parts.relay.take();
+        if let Some(gw) = parts.gateway.take() {
+            let _ = engine.remove(&gw).await;
+        }
+        for v in &parts.volumes {
+            if Some(v) != keep.as_ref() {
+                engine.remove_volume(v).await;
+            }
+        }
+    }
+}
