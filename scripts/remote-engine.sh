@@ -4,9 +4,9 @@
 #   scripts/remote-engine.sh start          build the image if absent, run the engine, load the base image
 #   scripts/remote-engine.sh stop [--purge] remove the container (--purge: its /var/lib/docker volume too)
 #   scripts/remote-engine.sh env            print the variables a test sets
-# The engine is dockerd (Debian's docker.io) in a privileged container named
-# agent-sandbox-remote-engine, its /var/lib/docker on a named volume (so
-# overlay2 works inside). dockerd's TLS flags apply to every tcp listener, so
+# The engine is dockerd (Debian's docker.io) in a privileged container (or
+# its equivalent, see set_run_flags) named agent-sandbox-remote-engine, its
+# /var/lib/docker on a named volume (so overlay2 works inside). dockerd's TLS flags apply to every tcp listener, so
 # dockerd listens on its unix socket and on 2376 with --tlsverify, and socat
 # forwards plain 2375 to the unix socket. Both are published on loopback only:
 #   plain  tcp://127.0.0.1:23750
@@ -20,9 +20,11 @@ CERTS=/var/tmp/agent-sandbox-remote/certs
 PLAIN=tcp://127.0.0.1:23750
 TLS=tcp://127.0.0.1:23760
 PACKAGES=docker.io,iptables,ca-certificates,procps,e2fsprogs,xz-utils,pigz,socat,tini,kmod
+# `docker` alone is the host's engine, whatever the caller points DOCKER_HOST at.
+unset DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONTEXT
 
 die() { echo "remote-engine: $*" >&2; exit 1; }
-inner() { DOCKER_HOST=$PLAIN DOCKER_TLS_VERIFY= DOCKER_CERT_PATH= docker "$@"; }
+inner() { DOCKER_HOST=$PLAIN docker "$@"; }
 
 print_env() {
   cat <<EOF
@@ -115,7 +117,7 @@ make_certs() {
       -extfile client.ext -out cert.pem
   ) >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "openssl failed"; }
   chmod 600 "$tmp"/*key.pem
-  cp "$tmp"/{ca.pem,ca-key.pem,cert.pem,key.pem,server-cert.pem,server-key.pem} "$CERTS/"
+  cp "$tmp"/{ca.pem,cert.pem,key.pem,server-cert.pem,server-key.pem} "$CERTS/"
   rm -rf "$tmp"
 }
 
@@ -161,7 +163,10 @@ start() {
   fi
   DOCKER_HOST=$TLS DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=$CERTS docker version >/dev/null 2>&1 \
     || { docker logs --tail 20 "$NAME" >&2; die "the TLS endpoint $TLS does not answer"; }
-  if ! inner image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  # The base image, loaded again when the host's copy changed (same image ID after save/load).
+  local want
+  want=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")
+  if [[ "$(inner image inspect -f '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true)" != "$want" ]]; then
     docker save "$BASE_IMAGE" | inner load >/dev/null || die "could not load $BASE_IMAGE into the inner engine"
   fi
   echo "remote-engine: running (storage driver $(inner info -f '{{.Driver}}')): DOCKER_HOST=$PLAIN"

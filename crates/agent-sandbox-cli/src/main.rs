@@ -404,9 +404,13 @@ async fn gc_cmd() -> Result<u8, agent_sandbox::Error> {
     for dir in &report.dirs_removed {
         println!("removed {}", dir.display());
     }
+    for v in &report.volumes_removed {
+        println!("removed volume {v}");
+    }
     eprintln!(
-        "agent-sandbox gc: removed {} container(s) and {} host director(ies), kept {} (owner still running or on another host)",
+        "agent-sandbox gc: removed {} container(s), {} volume(s) and {} host director(ies), kept {} (owner still running or on another host)",
         report.removed.len(),
+        report.volumes_removed.len(),
         report.dirs_removed.len(),
         report.kept
     );

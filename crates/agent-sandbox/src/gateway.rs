@@ -308,7 +308,34 @@ pub(crate) fn wanted(engine: &crate::runtime::Engine) -> Result<bool, Error> {
 /// A sandbox's gateway: its container, relay and volumes, and what the
 /// workspace looked like when it was copied in.
 pub(crate) struct Remote {
+    engine: crate::runtime::Engine,
     parts: tokio::sync::Mutex<Option<Parts>>,
+}
+
+impl Drop for Remote {
+    /// Not torn down (a session dropped without `close`, a launch that
+    /// failed later): the same, in the background.
+    fn drop(&mut self) {
+        let Some(parts) = self.parts.get_mut().take() else {
+            return;
+        };
+        let engine = self.engine.clone();
+        let work = async move { tear_down(&engine, parts).await };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(work);
+            return;
+        }
+        let _ = std::thread::Builder::new()
+            .name("agent-sandbox-gateway-cleanup".into())
+            .spawn(move || {
+                if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    rt.block_on(work);
+                }
+            });
+    }
 }
 
 struct Parts {
@@ -334,6 +361,7 @@ impl Remote {
         owner: Option<(u32, u32)>,
     ) -> Result<Remote, Error> {
         let remote = Remote {
+            engine: engine.clone(),
             parts: tokio::sync::Mutex::new(Some(Parts {
                 relay: None,
                 gateway: None,
@@ -406,7 +434,7 @@ impl Remote {
                 tmp_size: 1 << 20,
                 shm_size: 1 << 20,
             },
-            labels: spec.labels.clone(),
+            labels: crate::runtime::gateway_labels(&spec.labels),
             runtime: None,
         };
         let gw = engine.create(&gateway).await?;
@@ -454,38 +482,42 @@ impl Remote {
     /// removes the gateway and the volumes. Idempotent. A workspace that
     /// cannot be copied back keeps its volume, and says so.
     pub(crate) async fn tear_down(&self, engine: &crate::runtime::Engine) {
-        let Some(mut parts) = self.parts.lock().await.take() else {
-            return;
+        let parts = self.parts.lock().await.take();
+        if let Some(parts) = parts {
+            tear_down(engine, parts).await;
+        }
+    }
+}
+
+async fn tear_down(engine: &crate::runtime::Engine, mut parts: Parts) {
+    let mut keep = None;
+    if let (Some(gw), Some((local, manifest))) = (&parts.gateway, &parts.workspace) {
+        let copied = match engine
+            .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
+            .await
+        {
+            Ok(tar) => crate::workspace_sync::merge(&tar, local, manifest),
+            Err(e) => Err(e),
         };
-        let mut keep = None;
-        if let (Some(gw), Some((local, manifest))) = (&parts.gateway, &parts.workspace) {
-            let copied = match engine
-                .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
-                .await
-            {
-                Ok(tar) => crate::workspace_sync::merge(&tar, local, manifest),
-                Err(e) => Err(e),
-            };
-            match copied {
-                Ok(report) => report.tell(local),
-                Err(e) => {
-                    keep = parts.volumes.iter().find(|v| v.ends_with("-ws")).cloned();
-                    eprintln!(
-                        "agent-sandbox: the workspace could not be copied back to {} ({e}); it is kept in the engine's volume {}",
-                        local.display(),
-                        keep.as_deref().unwrap_or("?")
-                    );
-                }
+        match copied {
+            Ok(report) => report.tell(local),
+            Err(e) => {
+                keep = parts.volumes.iter().find(|v| v.ends_with("-ws")).cloned();
+                eprintln!(
+                    "agent-sandbox: the workspace could not be copied back to {} ({e}); it is kept in the engine's volume {}",
+                    local.display(),
+                    keep.as_deref().unwrap_or("?")
+                );
             }
         }
-        parts.relay.take();
-        if let Some(gw) = parts.gateway.take() {
-            let _ = engine.remove(&gw).await;
-        }
-        for v in &parts.volumes {
-            if Some(v) != keep.as_ref() {
-                engine.remove_volume(v).await;
-            }
+    }
+    parts.relay.take();
+    if let Some(gw) = parts.gateway.take() {
+        let _ = engine.remove(&gw).await;
+    }
+    for v in &parts.volumes {
+        if Some(v) != keep.as_ref() {
+            engine.remove_volume(v).await;
         }
     }
 }

@@ -79,10 +79,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes a volume (forced; gone already is fine).
+    /// Removes a volume (gone already is fine), waiting up to 10 s for a
+    /// container that still uses it to go.
     pub(crate) async fn remove_volume(&self, name: &str) {
-        let opts = RemoveVolumeOptions { force: true };
-        let _ = self.docker.remove_volume(name, Some(opts)).await;
+        for _ in 0..100 {
+            let opts = RemoveVolumeOptions { force: true };
+            match self.docker.remove_volume(name, Some(opts)).await {
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                _ => return,
+            }
+        }
     }
 
     /// Attaches to a created container's stdin and stdout, then starts it.
@@ -192,4 +200,18 @@ fn image_tar(binary: &[u8]) -> std::io::Result<Vec<u8>> {
     let h = entry(name, tar::EntryType::Regular, 0o555, binary.len() as u64);
     b.append(&h, binary)?;
     b.into_inner()
+}
+
+/// A gateway's labels: the sandbox's, with its id under
+/// [`labels::GATEWAY`](super::labels::GATEWAY) instead of
+/// [`labels::ID`](super::labels::ID) (a sandbox id names one container;
+/// the owner label still lets garbage collection find it).
+pub(crate) fn gateway_labels(
+    sandbox: &std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    let mut l = sandbox.clone();
+    if let Some(id) = l.remove(super::labels::ID) {
+        l.insert(super::labels::GATEWAY.to_owned(), id);
+    }
+    l
 }

@@ -17,6 +17,9 @@ pub struct GcReport {
     pub kept: usize,
     /// Host directories (proxy and exec sockets) of dead owners, removed.
     pub dirs_removed: Vec<std::path::PathBuf>,
+    /// Engine volumes of gateways (shared directory, workspace) of dead
+    /// owners, removed.
+    pub volumes_removed: Vec<String>,
 }
 
 pub(crate) fn hostname() -> String {
@@ -123,6 +126,22 @@ pub async fn gc(engine: &Engine) -> Result<GcReport, Error> {
         } else {
             engine.remove(&id).await?;
             report.removed.push(id);
+        }
+    }
+    // A gateway's volumes, once its containers are gone.
+    let filters = HashMap::from([("label".to_owned(), vec![labels::MANAGED.to_owned()])]);
+    let volumes = engine
+        .docker
+        .list_volumes(Some(bollard::query_parameters::ListVolumesOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .map_err(|e| engine.err("list volumes", e))?;
+    for v in volumes.volumes.unwrap_or_default() {
+        let owner = v.labels.get(labels::OWNER).cloned().unwrap_or_default();
+        if !owner_alive(&owner, &here) {
+            engine.remove_volume(&v.name).await;
+            report.volumes_removed.push(v.name);
         }
     }
     report.dirs_removed = collect_dirs(&std::env::temp_dir());

@@ -12,12 +12,13 @@ mod image;
 
 pub(crate) use container::Stream;
 pub use container::{ContainerSpec, Mount, Resources, VolumeMount, SECCOMP_PROFILE};
-pub(crate) use gateway::{GatewayIo, GATEWAY_BINARY};
+pub(crate) use gateway::{gateway_labels, GatewayIo, GATEWAY_BINARY};
 pub(crate) use gc::owner_dir_tag;
 pub use gc::{gc, owner_label_value, GcReport};
 pub(crate) use gvisor::mounted_identity;
 pub use image::PullProgress;
 
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use bollard::Docker;
@@ -37,6 +38,8 @@ pub mod labels {
     pub const ID: &str = "agent-sandbox.id";
     /// `host:pid:starttime` of the owning process, for garbage collection.
     pub const OWNER: &str = "agent-sandbox.owner";
+    /// On a gateway container: the id of the sandbox it serves.
+    pub const GATEWAY: &str = "agent-sandbox.gateway";
 }
 
 /// A connection to a container engine: Docker (local or remote) or
@@ -131,19 +134,7 @@ impl Engine {
     /// [`Error::DockerUnavailable`] if nothing answers, with what to do;
     /// [`Error::EngineTooOld`] below API 1.41 (Docker 20.10).
     pub async fn connect() -> Result<Engine, Error> {
-        static CACHED: OnceLock<Mutex<Option<(Endpoint, Engine)>>> = OnceLock::new();
-        let at = endpoint();
-        let cached = CACHED.get_or_init(Default::default);
-        if let Some((e, engine)) = cached.lock().ok().and_then(|c| c.clone()) {
-            if e == at {
-                return Ok(engine);
-            }
-        }
-        let engine = Engine::connect_to(&at).await?;
-        if let Ok(mut c) = cached.lock() {
-            *c = Some((at, engine.clone()));
-        }
-        Ok(engine)
+        Engine::connect_to(&endpoint()).await
     }
 
     async fn connect_to(at: &Endpoint) -> Result<Engine, Error> {
@@ -183,6 +174,24 @@ impl Engine {
                 api: format!("{}.{}", v.major_version, v.minor_version),
             });
         }
+        // What the engine is, asked once per endpoint and process (a new
+        // client each time: a client's pooled connections belong to the
+        // runtime that made them).
+        type Known = (String, EngineKind, String, bool, String);
+        static KNOWN: OnceLock<Mutex<HashMap<String, Known>>> = OnceLock::new();
+        let known = KNOWN.get_or_init(Default::default);
+        if let Some((_, kind, version, local, default_runtime)) =
+            known.lock().ok().and_then(|k| k.get(&host).cloned())
+        {
+            return Ok(Engine {
+                docker,
+                host,
+                kind,
+                version,
+                local,
+                default_runtime,
+            });
+        }
         let version = docker
             .version()
             .await
@@ -208,14 +217,28 @@ impl Engine {
         let local = host.starts_with("unix://")
             && info.name.as_deref() == Some(this_host.as_str())
             && info.operating_system.as_deref() != Some("Docker Desktop");
-        Ok(Engine {
+        let engine = Engine {
             docker,
             host,
             kind,
             version: version.version.unwrap_or_default(),
             local,
             default_runtime: info.default_runtime.unwrap_or_else(|| "runc".to_owned()),
-        })
+        };
+        if let Ok(mut k) = known.lock() {
+            let e = &engine;
+            k.insert(
+                e.host.clone(),
+                (
+                    e.host.clone(),
+                    e.kind,
+                    e.version.clone(),
+                    e.local,
+                    e.default_runtime.clone(),
+                ),
+            );
+        }
+        Ok(engine)
     }
 
     /// The `DOCKER_HOST` (or context endpoint) this engine was reached at.

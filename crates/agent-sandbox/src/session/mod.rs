@@ -506,8 +506,14 @@ impl Session {
         if self.is_closed() {
             return Err(Error::SessionClosed);
         }
-        let checked = &self.inner.launched.checked;
-        let workspace = checked.iter().find(|c| c.target == "/workspace");
+        let launched = &self.inner.launched;
+        // Through a gateway the workspace is an engine volume: handled
+        // inside the sandbox, like /tmp.
+        let workspace = launched
+            .checked
+            .iter()
+            .find(|c| c.target == "/workspace")
+            .filter(|_| launched.remote.is_none());
         match (files::locate(op, path)?, workspace) {
             // The checked directory itself, never its path again: another
             // sandbox may have swapped a component of it since.
