@@ -25,6 +25,7 @@ mod policy;
 mod pool;
 mod presets;
 mod proxy;
+mod remote;
 mod secrets;
 mod session;
 mod spawn;
