@@ -426,6 +426,7 @@ impl Remote {
             volumes: volumes.clone(),
             engine_dns: false,
             stdin: true,
+            seccomp_file: spec.seccomp_file.clone(),
             extra_tmpfs: Vec::new(),
             resources: Resources {
                 memory: 256 << 20,

@@ -415,6 +415,12 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
         volumes: Vec::new(),
         engine_dns: false,
         stdin: false,
+        // Podman reads `seccomp=` as a path only (podman#27710): a local
+        // Podman gets the profile as a file; a remote one cannot.
+        seccomp_file: match engine.kind() {
+            crate::runtime::EngineKind::Podman if engine.is_local() => Some(seccomp_file()?),
+            _ => None,
+        },
         extra_tmpfs,
         resources: Resources {
             memory: s.memory,
@@ -947,6 +953,22 @@ fn private_dir(dir: &Path) -> bool {
             .is_ok_and(|m| m.is_dir() && m.uid() == me && m.mode() & 0o022 == 0)
     };
     ours(dir) && dir.parent().is_some_and(ours)
+}
+
+/// Our seccomp profile as a file in the cache directory (for Podman).
+fn seccomp_file() -> Result<PathBuf, Error> {
+    let profile = crate::runtime::SECCOMP_PROFILE.as_bytes();
+    let dir = crate::workspace::cache_dir();
+    let path = dir.join(format!("seccomp-{}.json", env!("CARGO_PKG_VERSION")));
+    if std::fs::read(&path).is_ok_and(|b| b == profile) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+    let tmp = dir.join(format!(".seccomp-{}", new_id()));
+    std::fs::write(&tmp, profile)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io("write", &path, e))?;
+    Ok(path)
 }
 
 /// Writes the embedded init binary to the cache directory (once per

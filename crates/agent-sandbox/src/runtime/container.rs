@@ -77,6 +77,9 @@ pub struct ContainerSpec {
     pub engine_dns: bool,
     /// Stdin kept open for an attach (the gateway's relay).
     pub stdin: bool,
+    /// Our seccomp profile as a file on the engine's machine, for engines
+    /// that take only a path (Podman); `None`: sent inline (Docker).
+    pub seccomp_file: Option<PathBuf>,
     /// Extra tmpfs mounts beyond `/tmp` and `/run` (path to size in bytes).
     pub extra_tmpfs: Vec<(String, u64)>,
     /// Limits.
@@ -132,7 +135,10 @@ impl ContainerSpec {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec![
                 "no-new-privileges".into(),
-                format!("seccomp={SECCOMP_PROFILE}"),
+                match &self.seccomp_file {
+                    Some(path) => format!("seccomp={}", path.display()),
+                    None => format!("seccomp={SECCOMP_PROFILE}"),
+                },
             ]),
             runtime: self.runtime.clone(),
             network_mode: Some("none".into()),
