@@ -24,11 +24,12 @@ build: ## build the library and the CLI (release)
 lint: ## rustfmt and clippy (warnings are errors)
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p agent-sandbox --test remote -- -D warnings
 
 test: setup ## build everything and run every test (Docker tests included)
 	scripts/docker.sh --clients
 	$(MAKE) lint
-	cargo test --workspace --all-targets -- --skip remote::
+	cargo test --workspace --all-targets
 	cargo test --workspace --doc
 	$(MAKE) test-gvisor
 	$(MAKE) test-remote
@@ -62,11 +63,11 @@ test-gvisor: setup ## the Docker, session and pool suites under gVisor (runsc)
 # A remote engine: a second dockerd in a container of the test's own, reached
 # only through TCP on the host's loopback (scripts/remote-engine.sh; its image is
 # built once and kept). Sandboxes there go through a gateway; the `remote`
-# module checks the box, the workspace copy and cleanup; the CLI connects over TLS.
+# test binary checks the box, the workspace copy and cleanup; the CLI connects over TLS.
 REMOTE_TLS := DOCKER_HOST=tcp://127.0.0.1:23760 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/var/tmp/agent-sandbox-remote/certs
 test-remote: setup ## the gateway path against a second Docker engine over TCP (and TLS)
 	scripts/remote-engine.sh start
-	DOCKER_HOST=tcp://127.0.0.1:23750 cargo test -p agent-sandbox --test it -- remote::
+	DOCKER_HOST=tcp://127.0.0.1:23750 cargo test -p agent-sandbox --test remote
 	cargo build -p agent-sandbox-cli
 	ws=$$(mktemp -d) && chown 1000:1000 $$ws && echo tls > $$ws/in && \
 	out=$$($(REMOTE_TLS) $(CARGO_TARGET_DIR)/debug/agent-sandbox run --workspace $$ws -- sh -c 'cat in; echo through > out') && \

@@ -25,7 +25,6 @@ mod policy;
 mod pool;
 mod presets;
 mod proxy;
-mod remote;
 mod secrets;
 mod session;
 mod spawn;

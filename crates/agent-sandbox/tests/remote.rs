@@ -1,5 +1,6 @@
-//! A remote engine: `make test-remote` runs this module (and the docker,
-//! session and pool suites) with `DOCKER_HOST` at a second Docker engine in
+//! A remote engine: `make test-remote` runs this test binary
+//! (`cargo test --test remote`, not run by a plain `cargo test`: it needs
+//! the engine) with `DOCKER_HOST` at a second Docker engine in
 //! a privileged container of the test's own (`scripts/remote-engine.sh`),
 //! reachable only through a TCP port on the host's loopback. It shares no
 //! file with this machine: sandboxes there go through a gateway, the
@@ -10,8 +11,13 @@ use bollard::query_parameters::{ListContainersOptions, ListVolumesOptions};
 use bollard::Docker;
 use std::collections::HashMap;
 
-use crate::support::canary::HttpCanary;
-use crate::support::docker::{engine_shared, sandbox, tempdir};
+// The `it` binary's helpers (canaries, Docker helpers), not all used here.
+#[allow(dead_code)]
+#[path = "it/support/mod.rs"]
+mod support;
+
+use support::canary::HttpCanary;
+use support::docker::{engine_shared, sandbox, tempdir};
 
 /// What is left of sandbox `id` on an engine: its container, its
 /// gateway, its volumes.
@@ -45,7 +51,7 @@ async fn remote() -> (Engine, Docker) {
     let engine = Engine::connect().await.unwrap();
     assert!(
         !engine.is_local(),
-        "{} shares this machine's files: run this module through `make test-remote`",
+        "{} shares this machine's files: run this test through `make test-remote`",
         engine.name()
     );
     assert!(engine.name().contains("tcp://"), "{}", engine.name());
