@@ -239,13 +239,15 @@ async fn an_exposed_port_carries_at_most_64_connections_and_unexpose_ends_them()
     let server = s
         .spawn(
             r#"exec python3 -c '
-import socket, threading
+import os, socket
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 l.bind(("127.0.0.1", 7000)); l.listen(512)
 held = []
 while True:
     c, _ = l.accept(); held.append(c)
-    open("/tmp/accepted", "w").write(str(len(held)))
+    # Written aside and renamed: a reader never sees an empty file.
+    open("/tmp/accepted.part", "w").write(str(len(held)))
+    os.replace("/tmp/accepted.part", "/tmp/accepted")
 '"#,
             ExecOptions::new(),
         )
