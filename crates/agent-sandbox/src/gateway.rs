@@ -7,12 +7,14 @@
 //! Nothing but the engine API crosses between the two machines.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use agent_sandbox_wire::{frame, mux};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -338,12 +340,24 @@ impl Drop for Remote {
     }
 }
 
+/// A workspace packed for the volume; see [`Remote::changed_workspace`].
+pub(crate) struct Packed {
+    tar: Vec<u8>,
+    manifest: crate::workspace_sync::Manifest,
+    hash: [u8; 32],
+}
+
 struct Parts {
     relay: Option<Relay>,
     gateway: Option<String>,
     volumes: Vec<String>,
-    /// The local workspace and what was copied from it.
-    workspace: Option<(PathBuf, crate::workspace_sync::Manifest)>,
+    /// The local workspace (its path for messages, and the checked
+    /// directory itself) and what was copied from it.
+    workspace: Option<(PathBuf, OwnedFd, crate::workspace_sync::Manifest)>,
+    /// The sandbox's uid:gid for the files copied in.
+    owner: Option<(u32, u32)>,
+    /// The hash of the tar copied in (a pool's spare compares it at take).
+    packed: [u8; 32],
 }
 
 impl Remote {
@@ -357,7 +371,7 @@ impl Remote {
         id: &str,
         dir: &Path,
         spec: &mut crate::runtime::ContainerSpec,
-        workspace: Option<PathBuf>,
+        workspace: Option<(PathBuf, OwnedFd)>,
         owner: Option<(u32, u32)>,
     ) -> Result<Remote, Error> {
         let remote = Remote {
@@ -367,6 +381,8 @@ impl Remote {
                 gateway: None,
                 volumes: Vec::new(),
                 workspace: None,
+                owner,
+                packed: [0; 32],
             })),
         };
         match remote.build(engine, id, dir, spec, workspace, owner).await {
@@ -384,7 +400,7 @@ impl Remote {
         id: &str,
         dir: &Path,
         spec: &mut crate::runtime::ContainerSpec,
-        workspace: Option<PathBuf>,
+        workspace: Option<(PathBuf, OwnedFd)>,
         owner: Option<(u32, u32)>,
     ) -> Result<(), Error> {
         use crate::launch::NET_DIR;
@@ -458,10 +474,11 @@ impl Remote {
         }
         relay.sync().await?;
         parts.relay = Some(relay);
-        if let Some(local) = workspace {
-            let (tar, manifest) = crate::workspace_sync::pack(&local, owner)?;
+        if let Some((local, fd)) = workspace {
+            let (tar, manifest) = crate::workspace_sync::pack(&fd, &local, owner)?;
+            parts.packed = sha2::Sha256::digest(&tar).into();
             engine.upload(&gw, "/workspace", tar).await?;
-            parts.workspace = Some((local, manifest));
+            parts.workspace = Some((local, fd, manifest));
         }
         spec.mounts.clear();
         for v in &mut volumes {
@@ -479,6 +496,46 @@ impl Remote {
         Ok(())
     }
 
+    /// The workspace as it is now, if it changed since it was copied in
+    /// (a pool's spare waits with the copy made when it started): its tar,
+    /// what each file was, and the tar's hash. `None`: unchanged, or no
+    /// workspace.
+    pub(crate) async fn changed_workspace(&self) -> Result<Option<Packed>, Error> {
+        let guard = self.parts.lock().await;
+        let Some(Parts {
+            workspace: Some((local, fd, _)),
+            owner,
+            packed,
+            ..
+        }) = guard.as_ref()
+        else {
+            return Ok(None);
+        };
+        let (tar, manifest) = crate::workspace_sync::pack(fd, local, *owner)?;
+        let hash: [u8; 32] = sha2::Sha256::digest(&tar).into();
+        Ok((hash != *packed).then_some(Packed {
+            tar,
+            manifest,
+            hash,
+        }))
+    }
+
+    /// Copies `new` into the workspace volume (emptied by the caller) and
+    /// makes it what copying back compares with.
+    pub(crate) async fn replace_workspace(&self, new: Packed) -> Result<(), Error> {
+        let mut guard = self.parts.lock().await;
+        let Some(parts) = guard.as_mut() else {
+            return Err(Error::SessionClosed);
+        };
+        let (Some(gw), Some(ws)) = (&parts.gateway, &mut parts.workspace) else {
+            return Ok(());
+        };
+        self.engine.upload(gw, "/workspace", new.tar).await?;
+        ws.2 = new.manifest;
+        parts.packed = new.hash;
+        Ok(())
+    }
+
     /// Copies the workspace back (see `workspace_sync::merge`), then
     /// removes the gateway and the volumes. Idempotent. A workspace that
     /// cannot be copied back keeps its volume, and says so.
@@ -492,12 +549,14 @@ impl Remote {
 
 async fn tear_down(engine: &crate::runtime::Engine, mut parts: Parts) {
     let mut keep = None;
-    if let (Some(gw), Some((local, manifest))) = (&parts.gateway, &parts.workspace) {
+    if let (Some(gw), Some((local, fd, manifest))) = (&parts.gateway, &parts.workspace) {
+        // The checked directory itself, not its path again.
+        let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let copied = match engine
             .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
             .await
         {
-            Ok(tar) => crate::workspace_sync::merge(&tar, local, manifest),
+            Ok(tar) => crate::workspace_sync::merge(&tar, &root, manifest),
             Err(e) => Err(e),
         };
         match copied {

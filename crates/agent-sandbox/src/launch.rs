@@ -442,10 +442,14 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     };
     let mut spec = spec;
     let remote = if gateway {
-        let workspace = checked
-            .iter()
-            .find(|c| c.target == "/workspace")
-            .map(|c| c.path.clone());
+        let workspace = match checked.iter().find(|c| c.target == "/workspace") {
+            Some(c) => Some((
+                c.path.clone(),
+                c.open()
+                    .map_err(|e| Error::io("open the workspace", &c.path, e.into()))?,
+            )),
+            None => None,
+        };
         Some(
             crate::gateway::Remote::set_up(&engine, &id, &dir.0, &mut spec, workspace, sandbox_ids)
                 .await?,

@@ -194,7 +194,8 @@ impl Pool {
     /// The next spare, replaced at once by a new one starting in the
     /// background. A spare whose mounts changed on the host since it
     /// started, or whose container died, is thrown away and a new one
-    /// started in its place.
+    /// started in its place. Through a gateway, a spare's copy of the
+    /// workspace is brought up to date first (see `refresh_workspace`).
     async fn take(&self) -> Result<Spare, Error> {
         let inner = &self.inner;
         let next = {
@@ -220,7 +221,10 @@ impl Pool {
         };
         // A spare whose container died while it waited (killed from
         // outside, the engine restarted) is replaced too.
-        if spare.session.init_alive() && unchanged(&spare.sources, &sources(&inner.config)) {
+        if spare.session.init_alive()
+            && unchanged(&spare.sources, &sources(&inner.config))
+            && spare.session.refresh_workspace().await
+        {
             return Ok(spare);
         }
         let stale = spare.session;

@@ -8,6 +8,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -38,53 +40,92 @@ fn unchanged(path: &Path, was: &Copied) -> bool {
         .is_ok_and(|m| m.is_file() && m.len() == was.len && mtime_ns(&m) == was.mtime_ns)
 }
 
-/// `dir` as a tar for the volume (files owned by `owner`, no setuid or
-/// setgid bits; symbolic links as links; sockets, pipes and devices left
-/// out) and what each file was.
-pub(crate) fn pack(dir: &Path, owner: Option<(u32, u32)>) -> Result<(Vec<u8>, Manifest), Error> {
+/// The checked workspace `root` (an open descriptor of the directory that
+/// passed the checks: never its path again, which a local process may
+/// have swapped for a link since) as a tar for the volume (files owned by
+/// `owner`, no setuid or setgid bits; symbolic links as links, never
+/// followed; sockets, pipes and devices left out) and what each file was.
+/// `shown`: its path, for messages.
+pub(crate) fn pack(
+    root: &OwnedFd,
+    shown: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(Vec<u8>, Manifest), Error> {
+    use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
     let mut b = tar::Builder::new(Vec::new());
     let mut manifest = Manifest::new();
-    let mut todo = vec![PathBuf::new()];
-    let io = |p: &Path, e| Error::io("copy into the sandbox", dir.join(p), e);
-    while let Some(rel) = todo.pop() {
-        let entries = std::fs::read_dir(dir.join(&rel)).map_err(|e| io(&rel, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io(&rel, e))?;
-            let path = rel.join(entry.file_name());
-            let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| io(&path, e))?;
+    let io = |p: &Path, e: std::io::Error| Error::io("copy into the sandbox", shown.join(p), e);
+    let open = |at: &OwnedFd, name: &std::ffi::CStr, dir: bool| {
+        let kind = if dir {
+            OFlags::DIRECTORY
+        } else {
+            OFlags::NONBLOCK
+        };
+        rfs::openat(
+            at,
+            name,
+            kind | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let mut todo = vec![(
+        PathBuf::new(),
+        open(root, c".", true).map_err(|e| io(Path::new(""), e.into()))?,
+    )];
+    while let Some((rel, fd)) = todo.pop() {
+        let dir = rfs::Dir::read_from(&fd).map_err(|e| io(&rel, e.into()))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| io(&rel, e.into()))?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let path = rel.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let err = |e: rustix::io::Errno| io(&path, e.into());
+            let st = rfs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+            let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
             let mut h = tar::Header::new_gnu();
-            h.set_mode(meta.permissions().mode() & 0o777);
-            let (uid, gid) = owner.unwrap_or((meta.uid(), meta.gid()));
+            h.set_mode(st.st_mode & 0o777);
+            let (uid, gid) = owner.unwrap_or((st.st_uid, st.st_gid));
             h.set_uid(u64::from(uid));
             h.set_gid(u64::from(gid));
-            h.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
-            let ft = meta.file_type();
-            if ft.is_dir() {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, &path, std::io::empty())
-                    .map_err(|e| io(&path, e))?;
-                todo.push(path);
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(entry.path()).map_err(|e| io(&path, e))?;
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, &path, &target)
-                    .map_err(|e| io(&path, e))?;
-            } else if ft.is_file() {
-                let data = std::fs::read(entry.path()).map_err(|e| io(&path, e))?;
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, &path, &data[..])
-                    .map_err(|e| io(&path, e))?;
-                manifest.insert(
-                    path,
-                    Copied {
-                        hash: sha2::Sha256::digest(&data).into(),
-                        len: meta.len(),
-                        mtime_ns: mtime_ns(&meta),
-                    },
-                );
+            h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    let sub = open(&fd, name, true).map_err(err)?;
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, &path, std::io::empty())
+                        .map_err(|e| io(&path, e))?;
+                    todo.push((path, sub));
+                }
+                FileType::Symlink => {
+                    let target = rfs::readlinkat(&fd, name, Vec::new()).map_err(err)?;
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    let target = std::ffi::OsStr::from_bytes(target.to_bytes());
+                    b.append_link(&mut h, &path, target)
+                        .map_err(|e| io(&path, e))?;
+                }
+                FileType::RegularFile => {
+                    // Opened without following, then read from the descriptor.
+                    let mut file = std::fs::File::from(open(&fd, name, false).map_err(err)?);
+                    let mut data = Vec::new();
+                    file.read_to_end(&mut data).map_err(|e| io(&path, e))?;
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, &path, &data[..])
+                        .map_err(|e| io(&path, e))?;
+                    manifest.insert(
+                        path,
+                        Copied {
+                            hash: sha2::Sha256::digest(&data).into(),
+                            len: st.st_size as u64,
+                            mtime_ns,
+                        },
+                    );
+                }
+                _ => {}
             }
         }
     }
@@ -132,7 +173,23 @@ fn real_dirs(root: &Path, rel: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_file(root: &Path, rel: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+/// Gives `path` (never followed if a link) the sandbox's `owner`, as a bind
+/// mount would have: only a root caller can, and only it needs to (anyone
+/// else's files are theirs already).
+fn give(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if let Some((uid, gid)) = owner.filter(|_| rustix::process::geteuid().is_root()) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+fn write_file(
+    root: &Path,
+    rel: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     let parent = rel.parent().unwrap_or(Path::new(""));
     real_dirs(root, parent)?;
     let name = rel
@@ -143,10 +200,14 @@ fn write_file(root: &Path, rel: &Path, data: &[u8], mode: u32) -> std::io::Resul
         .join(format!(".{}.agent-sandbox-part", name.to_string_lossy()));
     std::fs::write(&tmp, data)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777))?;
+    give(&tmp, owner)?;
     std::fs::rename(&tmp, root.join(rel))
 }
 
-/// Copies the volume's `tar` (of `/workspace`) back into `dir`.
+/// Copies the volume's `tar` (of `/workspace`) back into `dir` (give the
+/// checked directory as `/proc/self/fd/N`, so a path swapped since is not
+/// followed; nothing below it is either, see [`real_dirs`]). What the
+/// sandbox made gets the owner it had there (for a root caller; see [`give`]).
 pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report, Error> {
     let mut report = Report::default();
     let mut seen = HashSet::new();
@@ -166,10 +227,18 @@ pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report,
         }
         let local = dir.join(&rel);
         let kind = entry.header().entry_type();
+        let id = |v: std::io::Result<u64>| v.ok().and_then(|v| u32::try_from(v).ok());
+        let owner = id(entry.header().uid()).zip(id(entry.header().gid()));
         let mut conflict =
             |what: String| report.conflicts.push(format!("{}: {what}", rel.display()));
         if kind.is_dir() {
-            if let Err(e) = real_dirs(dir, &rel) {
+            let new = std::fs::symlink_metadata(&local).is_err();
+            if let Err(e) = real_dirs(dir, &rel).and_then(|()| {
+                if new {
+                    give(&local, owner)?;
+                }
+                Ok(())
+            }) {
                 conflict(format!("not copied back ({e})"));
             }
         } else if kind.is_symlink() {
@@ -181,6 +250,7 @@ pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report,
                     let parent = rel.parent().unwrap_or(Path::new(""));
                     match real_dirs(dir, parent)
                         .and_then(|()| std::os::unix::fs::symlink(&target, &local))
+                        .and_then(|()| give(&local, owner))
                     {
                         Ok(()) => report.written += 1,
                         Err(e) => conflict(format!("link not copied back ({e})")),
@@ -217,7 +287,7 @@ pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report,
                 ));
                 rel.with_file_name(name)
             };
-            match write_file(dir, &target, &data, mode) {
+            match write_file(dir, &target, &data, mode, owner) {
                 Ok(()) => report.written += 1,
                 Err(e) => report
                     .conflicts
@@ -283,8 +353,24 @@ mod tests {
         ] {
             std::fs::write(dir.join(p), t).unwrap();
         }
-        let (tar, copied) = pack(&dir, None).unwrap();
-        assert_eq!(copied.len(), 6);
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+        let fd = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let (tar, copied) = pack(&fd, &dir, None).unwrap();
+        assert_eq!(copied.len(), 6, "the link is not followed: {copied:?}");
+        let names: Vec<String> = tar::Archive::new(&tar[..])
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert!(names.contains(&"link".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("secret")), "{names:?}");
+        std::fs::remove_file(dir.join("link")).unwrap();
         assert!(!tar.is_empty());
         // Meanwhile, here: `both` and `kept` change.
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -329,8 +415,8 @@ mod tests {
             .file_type()
             .is_symlink());
         assert!(
-            std::fs::read_dir(&outside).unwrap().next().is_none(),
-            "nothing written outside"
+            std::fs::read_dir(&outside).unwrap().count() == 1,
+            "nothing written outside (it holds only its secret)"
         );
         assert!(
             r2.conflicts.iter().any(|c| c.starts_with("esc/f")),

@@ -260,6 +260,13 @@ impl Engine {
         self.local
     }
 
+    /// Whether sandboxes on this engine go through a gateway: when it does
+    /// not share this machine's files, unless `AGENT_SANDBOX_GATEWAY`
+    /// says `always` or `never` (an error if it says anything else).
+    pub fn through_gateway(&self) -> Result<bool, Error> {
+        crate::gateway::wanted(self)
+    }
+
     /// The engine as errors name it: `Docker 20.10.24`, `Podman 4.3.1 at
     /// unix:///run/podman/podman.sock`, `Docker 24.0.7 at tcp://...`.
     #[must_use]

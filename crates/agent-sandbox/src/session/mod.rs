@@ -357,9 +357,10 @@ impl Session {
         self.inner.launched.subscribers.subscribe()
     }
 
-    /// Writes a file. Under `/workspace` on the host side (never through a
-    /// symlink, regular files only; parent directories are created); under
-    /// `/tmp` inside the sandbox.
+    /// Writes a file (never through a symbolic link, regular files only;
+    /// parent directories are created). Under `/workspace` on the host
+    /// side; under `/tmp`, and in a workspace copied to a remote engine,
+    /// inside the sandbox, by the same rules.
     ///
     /// # Errors
     /// [`Error::File`] naming the path and the reason.
@@ -371,8 +372,10 @@ impl Session {
             }
             None => {
                 let target = in_sandbox_path("write_file", path)?;
-                let script = "mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\"";
-                let argv = vec!["sh".into(), "-c".into(), script.into(), "sh".into(), target];
+                let script = format!(
+                    "{GUARD} nolinks \"$1\"; [ ! -e \"$1\" ] || [ -f \"$1\" ] || refuse 'not a regular file'; mkdir -p \"$(dirname \"$1\")\" && cat > \"$1\""
+                );
+                let argv = vec!["sh".into(), "-c".into(), script, "sh".into(), target];
                 self.in_sandbox("write_file", path, argv, Some(data))
                     .await
                     .map(|_| ())
@@ -390,14 +393,12 @@ impl Session {
             None => {
                 let target = in_sandbox_path("read_file", path)?;
                 let limit = self.file_limit();
-                // `head` stops reading past the limit (a link to /dev/zero ends there).
-                let argv = vec![
-                    "head".into(),
-                    "-c".into(),
-                    (limit + 1).to_string(),
-                    "--".into(),
-                    target,
-                ];
+                // `head` stops reading past the limit.
+                let script = format!(
+                    "{GUARD} nolinks \"$1\"; [ -f \"$1\" ] || refuse 'not a regular file or no such file'; size=$(stat -c %s -- \"$1\") || exit 3; [ \"$size\" -le {limit} ] || refuse \"is $size bytes, larger than the file limit of {limit} bytes (raise it with file_limit)\"; exec head -c {} -- \"$1\"",
+                    limit + 1
+                );
+                let argv = vec!["sh".into(), "-c".into(), script, "sh".into(), target];
                 let data = self.in_sandbox("read_file", path, argv, None).await?;
                 if data.len() > limit {
                     return Err(files::too_large("read_file", path, limit));
@@ -428,7 +429,7 @@ impl Session {
                 let target = in_sandbox_path("list", path)?;
                 // `head` ends `find` at one entry past the bound.
                 let script = format!(
-                    "find \"$1\" -mindepth 1 -maxdepth 1 -printf '%y %s %f\\n' | head -n {}",
+                    "{GUARD} nolinks \"$1\"; [ -d \"$1\" ] || refuse 'not a directory or no such directory'; find \"$1\" -mindepth 1 -maxdepth 1 -printf '%y %s %f\\n' | head -n {}",
                     files::MAX_LIST_ENTRIES + 1
                 );
                 let argv = vec![
@@ -439,15 +440,6 @@ impl Session {
                     target.clone(),
                 ];
                 let text = self.in_sandbox("list", path, argv, None).await?;
-                if text.is_empty() {
-                    // find printed nothing: empty, or not a directory at all.
-                    let probe = vec!["test".into(), "-d".into(), target];
-                    self.in_sandbox("list", path, probe, None)
-                        .await
-                        .map_err(|_| {
-                            files::refuse("list", path, "not a directory or no such directory")
-                        })?;
-                }
                 let mut entries: Vec<DirEntry> = String::from_utf8_lossy(&text)
                     .lines()
                     .filter_map(|l| {
@@ -483,11 +475,13 @@ impl Session {
             Some((root, parts)) => files::remove(&root, &parts, path),
             None => {
                 let target = in_sandbox_path("remove", path)?;
-                let script = "rm -f -- \"$1\" 2>/dev/null || rmdir -- \"$1\"";
+                let script = format!(
+                    "{GUARD} nolinks \"$1\" last; rm -f -- \"$1\" 2>/dev/null || rmdir -- \"$1\""
+                );
                 self.in_sandbox(
                     "remove",
                     path,
-                    vec!["sh".into(), "-c".into(), script.into(), "sh".into(), target],
+                    vec!["sh".into(), "-c".into(), script, "sh".into(), target],
                     None,
                 )
                 .await
@@ -562,6 +556,27 @@ impl Session {
         self.inner.close().await
     }
 
+    /// For a pool's spare whose workspace is a copy in an engine volume:
+    /// brings the copy up to date if the workspace changed since the spare
+    /// started (an earlier run, or the caller, changed it). `false`: it
+    /// could not be (the spare is then not used).
+    pub(crate) async fn refresh_workspace(&self) -> bool {
+        let Some(remote) = &self.inner.launched.remote else {
+            return true;
+        };
+        match remote.changed_workspace().await {
+            Ok(None) => true,
+            Ok(Some(new)) => {
+                let emptied = self
+                    .exec("find /workspace -mindepth 1 -delete")
+                    .await
+                    .is_ok_and(|o| o.success());
+                emptied && remote.replace_workspace(new).await.is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Whether the sandbox's init is still connected (false once the
     /// container died: killed from outside, the engine restarted).
     pub(crate) fn init_alive(&self) -> bool {
@@ -576,9 +591,19 @@ impl Session {
         let inner = &self.inner;
         let container = inner.take_container();
         let ended = inner.hub.end_sandbox(Duration::from_secs(2)).await;
+        let engine = inner.launched.engine.clone();
+        if inner.launched.remote.is_some() {
+            // Through a gateway: the container goes first (its volumes
+            // cannot go while it exists), and the workspace is copied back
+            // before the pool's next run can start.
+            if let Some(id) = &container {
+                let _ = engine.remove(id).await;
+            }
+            inner.release_host_side().await;
+            return None;
+        }
         inner.release_host_side().await;
         let id = container?;
-        let engine = inner.launched.engine.clone();
         if !ended {
             let _ = engine.remove(&id).await;
             return None;
@@ -662,6 +687,17 @@ async fn idle_watch(inner: Weak<Inner>, idle: Duration) {
         }
     }
 }
+
+/// The start of the file API's scripts inside the sandbox (for `/tmp`, and
+/// for a workspace in an engine volume): the same rules as on the host
+/// side. `nolinks PATH` refuses a path through a symbolic link (`nolinks
+/// PATH last`: the last component may be one, for `remove`); `refuse`
+/// fails with its words. Inside the sandbox a link only reaches what the
+/// sandbox sees anyway: refusing it keeps one contract, and a FIFO or a
+/// device is never opened (a read would wait forever).
+const GUARD: &str = r#"refuse() { echo "$1" >&2; exit 3; }
+nolinks() { p=; rest=${1#/}; while [ -n "$rest" ]; do c=${rest%%/*}; case $rest in */*) rest=${rest#*/};; *) rest=;; esac; [ -n "$c" ] || continue; p=$p/$c; if [ -L "$p" ] && { [ -n "$rest" ] || [ -z "$2" ]; }; then refuse "$p is a symbolic link (links are not followed)"; fi; done; }
+"#;
 
 /// The exec's working directory, inside `/workspace`.
 pub(crate) fn workdir(dir: Option<&str>) -> Result<String, Error> {

@@ -18,8 +18,8 @@ use bollard::query_parameters::InspectContainerOptions;
 use crate::support::canary::HttpCanary;
 use crate::support::docker::{
     assert_no_direct_route, assert_oom_killed, containers_with_label, docker, engine_shared,
-    host_addresses, image, sandbox, tempdir, unreachable_errno, unreachable_errno_under,
-    MEMORY_BOMB, TEST_UID,
+    host_addresses, image, sandbox, tempdir, through_gateway, unreachable_errno,
+    unreachable_errno_under, MEMORY_BOMB, TEST_UID,
 };
 
 /// Whether the engine answers "no such container" (404) for `id`; any
@@ -170,35 +170,51 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
     // (see `launch`: the engine would otherwise create the mount point).
     assert_eq!(cfg.working_dir.as_deref(), Some("/"));
     let binds = hc.binds.unwrap();
-    let ws_c = ws.canonicalize().unwrap();
-    assert!(
-        binds.contains(&format!("{}:/workspace:rw", ws_c.display())),
-        "{binds:?}"
-    );
-    let mut targets: Vec<(&str, &str)> = binds
+    let mut targets: Vec<(&str, &str, &str)> = binds
         .iter()
         .map(|b| {
             let mut it = b.rsplitn(3, ':');
             let mode = it.next().unwrap();
-            (it.next().unwrap(), mode)
+            let target = it.next().unwrap();
+            (target, mode, it.next().unwrap())
         })
         .collect();
-    targets.sort();
-    assert_eq!(
-        targets,
-        [
-            ("/.agent-sandbox/init", "ro"),
-            ("/.agent-sandbox/net", "ro"),
-            // The image's users plus the sandbox's own (its uid is not
-            // in the base image's).
-            ("/etc/group", "ro"),
-            ("/etc/hosts", "ro"),
-            ("/etc/passwd", "ro"),
-            ("/etc/resolv.conf", "ro"),
-            ("/workspace", "rw")
-        ],
-        "exactly these binds: {binds:?}"
-    );
+    targets.sort_unstable();
+    let only: Vec<(&str, &str)> = targets.iter().map(|t| (t.0, t.1)).collect();
+    if through_gateway().await {
+        // Nothing of this machine: two volumes on the engine (the shared
+        // directory the gateway fills, and the workspace copied in).
+        assert_eq!(
+            only,
+            [("/.agent-sandbox/net", "ro"), ("/workspace", "rw")],
+            "exactly these volumes: {binds:?}"
+        );
+        assert!(
+            targets.iter().all(|t| t.2.starts_with("agent-sandbox-")),
+            "volumes, not host paths: {binds:?}"
+        );
+    } else {
+        let ws_c = ws.canonicalize().unwrap();
+        assert!(
+            binds.contains(&format!("{}:/workspace:rw", ws_c.display())),
+            "{binds:?}"
+        );
+        assert_eq!(
+            only,
+            [
+                ("/.agent-sandbox/init", "ro"),
+                ("/.agent-sandbox/net", "ro"),
+                // The image's users plus the sandbox's own (its uid is not
+                // in the base image's).
+                ("/etc/group", "ro"),
+                ("/etc/hosts", "ro"),
+                ("/etc/passwd", "ro"),
+                ("/etc/resolv.conf", "ro"),
+                ("/workspace", "rw")
+            ],
+            "exactly these binds: {binds:?}"
+        );
+    }
     assert!(
         binds.iter().all(|b| !b.contains("docker.sock")),
         "{binds:?}"
@@ -308,7 +324,20 @@ async fn run_stdin_is_private_to_the_sandbox_user() {
         "ls /hosttmp >/dev/null && echo mounted; ls {dir} && echo LISTED; cat {} && echo READ",
         inside.display()
     );
-    for (user, told) in [("1234:1234", true), ("65534:65534", false)] {
+    // Through a gateway the file reaches the sandbox in its own volume,
+    // which no other sandbox mounts, and no host directory can be mounted.
+    let users: &[(&str, bool)] = if through_gateway().await {
+        let err = sandbox()
+            .mount(&tmp, "/hosttmp")
+            .run("true")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_argument", "{err}");
+        &[]
+    } else {
+        &[("1234:1234", true), ("65534:65534", false)]
+    };
+    for &(user, told) in users {
         let attack = if told {
             attack.clone()
         } else {
@@ -513,8 +542,11 @@ async fn direct_connections_cannot_leave_the_sandbox() {
         .expect("the peer is on the default bridge");
     let peer_ip = bridge.ip_address.expect("the peer's address");
     let gw = bridge.gateway.expect("the bridge's gateway");
+    // Locally the bridge's gateway is this host, so it is probed below. A
+    // remote engine's bridge belongs to its machine: the peer there is
+    // probed, and this machine's addresses (where the library runs).
     assert!(
-        host_addresses().contains(&gw),
+        through_gateway().await || host_addresses().contains(&gw),
         "the gateway is among the host addresses probed"
     );
     assert_no_direct_route(
@@ -941,10 +973,16 @@ async fn init_runs_in_an_image_without_libc() {
             .unwrap();
         assert!(ok.success());
     }
-    // The init is PID 1; it starts a second copy of itself as the command.
+    // The init is PID 1; it starts a second copy of itself as the command
+    // (a gateway puts it in the shared directory instead of a bind mount).
+    let init = if through_gateway().await {
+        "/.agent-sandbox/net/init"
+    } else {
+        "/.agent-sandbox/init"
+    };
     let out = Sandbox::builder()
         .image(tag)
-        .run(["/.agent-sandbox/init", "--", "/no/such/binary"])
+        .run([init, "--", "/no/such/binary"])
         .await
         .unwrap();
     assert_removed(&out).await;
@@ -1080,13 +1118,18 @@ async fn a_symlink_planted_by_one_sandbox_is_not_another_sandboxs_workspace() {
             .contains(&format!("symbolic link {} -> /etc", link.display())),
         "{err}"
     );
-    // The same for an extra mount.
+    // The same for an extra mount (which a gateway refuses anyway).
     let err = sandbox()
         .mount(parent.join("sub"), "/data")
         .run("true")
         .await
         .unwrap_err();
-    assert_eq!(err.code(), "workspace", "{err}");
+    let code = if through_gateway().await {
+        "invalid_argument"
+    } else {
+        "workspace"
+    };
+    assert_eq!(err.code(), code, "{err}");
 }
 
 /// A concurrent swapper exchanges the workspace with a symlink to a host
@@ -1131,8 +1174,15 @@ async fn a_workspace_swapped_during_start_never_mounts_the_other_directory() {
         })
     };
     // Under runc init compares the mount; under gVisor the host does,
-    // through the gofer, before init lets anything run.
-    for runtime in ["runc", "runsc"] {
+    // through the gofer, before init lets anything run. Through a gateway
+    // the workspace is copied from the checked directory's descriptor,
+    // never its path (the remote test engine has no runsc).
+    let runtimes: &[&str] = if through_gateway().await {
+        &["runc"]
+    } else {
+        &["runc", "runsc"]
+    };
+    for &runtime in runtimes {
         let (mut mounted, mut refused, mut ended) = (0, 0, 0);
         for _ in 0..12 {
             match sandbox()
@@ -1321,6 +1371,17 @@ async fn the_jail_holds_under_gvisor() {
         .workspace(&ws)
         .allow(format!("canary.test:{port}"))
         .resolve("canary.test", port, "127.0.0.1");
+    if through_gateway().await {
+        // The remote test engine has no runsc: a clear error naming the
+        // engine and the runtime, before anything runs.
+        let err = b.run("true").await.unwrap_err();
+        let said = err.to_string();
+        assert!(
+            said.contains("runsc") && said.contains("at tcp://"),
+            "{said}"
+        );
+        return;
+    }
     let probe = format!(
         r#"
 import ctypes, os, socket, subprocess
@@ -1480,19 +1541,33 @@ async fn the_mount_table_is_exactly_the_expected_one() {
         "read-only root: {text}"
     );
     host_mounts.sort();
-    let expected: Vec<(String, String)> = [
-        ("/.agent-sandbox/init", "ro"),
-        ("/.agent-sandbox/net", "ro"),
-        ("/etc/group", "ro"),
-        ("/etc/hostname", "ro"),
-        ("/etc/hosts", "ro"),
-        ("/etc/passwd", "ro"),
-        ("/etc/resolv.conf", "ro"),
-        ("/workspace", "rw"),
-    ]
-    .iter()
-    .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
-    .collect();
+    let expected: &[(&str, &str)] = if through_gateway().await {
+        // Volumes for the shared directory (init is in it) and the
+        // workspace; the engine's own resolv.conf, hosts and hostname
+        // (agent-sandbox's passwd and group lines need a bind mount).
+        &[
+            ("/.agent-sandbox/net", "ro"),
+            ("/etc/hostname", "ro"),
+            ("/etc/hosts", "ro"),
+            ("/etc/resolv.conf", "ro"),
+            ("/workspace", "rw"),
+        ]
+    } else {
+        &[
+            ("/.agent-sandbox/init", "ro"),
+            ("/.agent-sandbox/net", "ro"),
+            ("/etc/group", "ro"),
+            ("/etc/hostname", "ro"),
+            ("/etc/hosts", "ro"),
+            ("/etc/passwd", "ro"),
+            ("/etc/resolv.conf", "ro"),
+            ("/workspace", "rw"),
+        ]
+    };
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, m)| ((*p).to_owned(), (*m).to_owned()))
+        .collect();
     assert_eq!(host_mounts, expected, "{text}");
     for (point, size) in [
         ("/tmp", "size=524288k"),
@@ -1552,6 +1627,22 @@ async fn extra_mounts_are_read_only_unless_asked() {
     let ws = tempdir("mount-ws");
     let data = tempdir("mount-data");
     std::fs::write(data.join("in"), "given").unwrap();
+    if through_gateway().await {
+        // The engine cannot see this machine's directories: refused, naming it.
+        let err = sandbox()
+            .workspace(&ws)
+            .mount(&data, "/data")
+            .run("true")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_argument", "{err}");
+        assert!(
+            err.to_string()
+                .contains("does not share this machine's files"),
+            "{err}"
+        );
+        return;
+    }
     let probe =
         "cat /data/in; echo; python3 -c 'open(\"/data/out\", \"w\").write(\"x\")' 2>&1 | tail -1";
     let out = run(sandbox().workspace(&ws).mount(&data, "/data"), probe).await;

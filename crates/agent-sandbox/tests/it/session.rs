@@ -10,7 +10,7 @@ use agent_sandbox::{ExecOptions, Session};
 use crate::support::canary::{EchoCanary, HttpCanary};
 use crate::support::docker::{
     assert_oom_killed, container_count, engine_shared, eventually_gone, sandbox, tempdir,
-    MEMORY_BOMB,
+    through_gateway, MEMORY_BOMB,
 };
 
 #[tokio::test]
@@ -227,11 +227,14 @@ async fn files_round_trip_in_the_workspace_and_tmp() {
     let ws = tempdir("files");
     let s = sandbox().workspace(&ws).start().await.unwrap();
     s.write_file("dir/a.txt", b"alpha".to_vec()).await.unwrap();
-    assert_eq!(
-        std::fs::read(ws.join("dir/a.txt")).unwrap(),
-        b"alpha",
-        "written on the host side"
-    );
+    let copy = through_gateway().await;
+    if !copy {
+        assert_eq!(
+            std::fs::read(ws.join("dir/a.txt")).unwrap(),
+            b"alpha",
+            "written on the host side"
+        );
+    }
     assert_eq!(
         s.exec("cat dir/a.txt").await.unwrap().stdout_str(),
         "alpha",
@@ -251,6 +254,7 @@ async fn files_round_trip_in_the_workspace_and_tmp() {
         vec![("a.txt".into(), "file"), ("b.txt".into(), "file")]
     );
     s.remove("dir/a.txt").await.unwrap();
+    assert!(s.read_file("dir/a.txt").await.is_err());
     assert!(!ws.join("dir/a.txt").exists());
     s.write_file("/tmp/t/x.bin", vec![0u8, 1, 2, 255])
         .await
@@ -267,6 +271,9 @@ async fn files_round_trip_in_the_workspace_and_tmp() {
     s.remove("/tmp/t/x.bin").await.unwrap();
     assert!(s.read_file("/tmp/t/x.bin").await.is_err());
     s.close().await.unwrap();
+    // In the caller's directory (through a gateway: copied back at close).
+    assert_eq!(std::fs::read(ws.join("dir/b.txt")).unwrap(), b"beta");
+    assert!(!ws.join("dir/a.txt").exists(), "copy: {copy}");
 }
 
 #[tokio::test]
@@ -275,11 +282,16 @@ async fn host_side_file_access_never_leaves_the_workspace() {
     let ws = tempdir("escape");
     let outside = tempdir("secret");
     std::fs::write(outside.join("id_rsa"), b"SECRET KEY").unwrap();
-    let s = sandbox().workspace(&ws).start().await.unwrap();
-    // Plants made from inside, as an agent would; and one from the host side.
-    s.exec("ln -s /etc link && ln -s /etc/passwd pw && mkfifo fifo && ln -s /tmp/target out && mkdir d").await.unwrap();
+    // Plants from the host side (before the start, so that a workspace
+    // copied to the engine has them too); and made from inside, as an
+    // agent would.
+    std::fs::create_dir(ws.join("d")).unwrap();
     std::os::unix::fs::symlink(outside.join("id_rsa"), ws.join("key")).unwrap();
     std::os::unix::fs::symlink(&outside, ws.join("d/up")).unwrap();
+    let s = sandbox().workspace(&ws).start().await.unwrap();
+    s.exec("ln -s /etc link && ln -s /etc/passwd pw && mkfifo fifo && ln -s /tmp/target out")
+        .await
+        .unwrap();
     for path in [
         "link/passwd",
         "pw",
@@ -308,7 +320,7 @@ async fn host_side_file_access_never_leaves_the_workspace() {
     }
     // Control: a plain write in the same session works.
     s.write_file("plain", b"x".to_vec()).await.unwrap();
-    assert_eq!(std::fs::read(ws.join("plain")).unwrap(), b"x");
+    assert_eq!(s.read_file("plain").await.unwrap(), b"x");
     assert_eq!(
         std::fs::read(outside.join("id_rsa")).unwrap(),
         b"SECRET KEY",
@@ -328,6 +340,13 @@ async fn host_side_file_access_never_leaves_the_workspace() {
         "removing a link removes the link, not its target"
     );
     s.close().await.unwrap();
+    assert_eq!(std::fs::read(ws.join("plain")).unwrap(), b"x");
+    assert_eq!(
+        std::fs::read(outside.join("id_rsa")).unwrap(),
+        b"SECRET KEY",
+        "the target was not touched, copied back or not"
+    );
+    assert!(!outside.join("planted").exists());
 }
 
 #[tokio::test]
@@ -489,10 +508,14 @@ fn a_session_dropped_outside_any_runtime_is_still_removed() {
 async fn exhausting_pids_refuses_work_but_never_kills_the_session() {
     let _engine = engine_shared().await;
     let ws = tempdir("pids");
-    let s = sandbox().workspace(&ws).pids(64).start().await.unwrap();
+    // The bomb reports on its stdout and lets go on SIGUSR1: both reach it
+    // over the exec channel while nothing new can start (no file is read
+    // on the host, so the same test holds where the workspace is a copy).
     let bomb = r#"
-import os, socket, time
+import os, signal, socket, sys, time
 kids = []
+released = []
+signal.signal(signal.SIGUSR1, lambda *_: released.append(1))
 def fill():
     while True:
         try:
@@ -512,31 +535,38 @@ try:
     first = c.recv(200).split(b"\r\n")[0]
 except Exception as e:
     first = repr(e).encode()
-open("/workspace/bomb", "w").write("exhausted %d\n%s\n" % (len(kids), first.decode(errors="replace")))
-while not os.path.exists("/workspace/release"):
+sys.stdout.write("exhausted %d\n%s\nreported\n" % (len(kids), first.decode(errors="replace")))
+sys.stdout.flush()
+while not released:
     time.sleep(0.05)
 for k in kids:
     os.kill(k, 9)
 for k in kids:
     os.waitpid(k, 0)
-open("/workspace/bomb", "a").write("released\n")
+print("released")
 "#;
     std::fs::write(ws.join("bomb.py"), bomb).unwrap();
-    let started = s
-        .exec("setsid python3 /workspace/bomb.py >/tmp/bomb.log 2>&1 & echo started")
+    let s = sandbox().workspace(&ws).pids(64).start().await.unwrap();
+    let p = s
+        .spawn(
+            ["python3", "/workspace/bomb.py"],
+            agent_sandbox::ExecOptions::new(),
+        )
         .await
         .unwrap();
-    assert_eq!(started.stdout_str(), "started\n");
-    let read = || std::fs::read_to_string(ws.join("bomb")).unwrap_or_default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !read().contains("exhausted") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bomb never filled the pids limit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let report = read();
+    let mut said = String::new();
+    let mut cursor = 0;
+    let mut until = async |what: &str| {
+        while !said.contains(what) {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), p.next_chunk(&mut cursor))
+                .await
+                .unwrap_or_else(|_| panic!("the bomb never said {what:?}: {said}"))
+                .unwrap_or_else(|| panic!("the bomb ended before {what:?}: {said}"));
+            said.push_str(&String::from_utf8_lossy(&chunk.data));
+        }
+        said.clone()
+    };
+    let report = until("reported\n").await;
     assert!(
         report
             .lines()
@@ -553,14 +583,8 @@ open("/workspace/bomb", "a").write("released\n")
         refused.exit_code,
         refused.stderr_str()
     );
-    std::fs::write(ws.join("release"), "").unwrap();
-    while !read().contains("released") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bomb never let go"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.signal(10); // SIGUSR1
+    until("released").await;
     let after = s.exec("echo recovered").await.unwrap();
     assert_eq!(after.stdout_str(), "recovered\n", "{}", after.stderr_str());
     s.close().await.unwrap();
@@ -688,7 +712,8 @@ time.sleep(30)
 
 /// Finding: `ln -s /dev/zero /tmp/notes.txt` + `read_file` streamed 1 GB/s
 /// into the host, and a sparse 6 GB workspace file was read whole. Every
-/// read is capped by the file limit and fails naming it.
+/// read is capped by the file limit and fails naming it; links and FIFOs
+/// are refused inside the sandbox as on the host side.
 #[tokio::test]
 async fn file_reads_are_capped_by_the_file_limit() {
     let _engine = engine_shared().await;
@@ -702,14 +727,20 @@ async fn file_reads_are_capped_by_the_file_limit() {
     // Controls: small files read back on both sides.
     s.write_file("/tmp/small", "x").await.unwrap();
     assert_eq!(s.read_file("/tmp/small").await.unwrap(), b"x");
-    std::fs::write(ws.join("small"), "y").unwrap();
+    s.exec("echo -n y > small").await.unwrap();
     assert_eq!(s.read_file("small").await.unwrap(), b"y");
     let out = s
-        .exec("ln -s /dev/zero /tmp/notes.txt && truncate -s 6G /workspace/sparse && echo planted")
+        .exec("ln -s /dev/zero /tmp/notes.txt && truncate -s 6G /workspace/sparse /tmp/sparse && mkfifo /tmp/fifo && echo planted")
         .await
         .unwrap();
     assert_eq!(out.stdout_str(), "planted\n", "{}", out.stderr_str());
-    for path in ["/tmp/notes.txt", "sparse"] {
+    // A link is never followed (not even inside), a device never opened.
+    let err = s.read_file("/tmp/notes.txt").await.unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    // A FIFO would block a read forever: refused before it is opened.
+    let err = s.read_file("/tmp/fifo").await.unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    for path in ["/tmp/sparse", "sparse"] {
         let err = s.read_file(path).await.unwrap_err();
         assert_eq!(err.code(), "file", "{path}: {err}");
         assert!(
@@ -723,6 +754,8 @@ async fn file_reads_are_capped_by_the_file_limit() {
         .unwrap_err()
         .to_string()
         .contains("6442450944 bytes"));
+    // Not 6 GB for a gateway to copy back.
+    s.exec("rm sparse").await.unwrap();
     s.close().await.unwrap();
 }
 

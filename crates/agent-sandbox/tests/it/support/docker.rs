@@ -60,6 +60,18 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// Owner of the test workspaces when the tests run as root.
 pub const TEST_UID: u32 = 1000;
 
+/// Whether sandboxes on the engine under test go through a gateway (an
+/// engine that does not share this machine's files: `make test-remote`).
+/// The tests of the local path (bind mounts, host-side files) then assert
+/// what a gateway gives instead.
+pub async fn through_gateway() -> bool {
+    agent_sandbox::runtime::Engine::connect()
+        .await
+        .unwrap()
+        .through_gateway()
+        .unwrap()
+}
+
 /// The engine, straight through bollard (not through the code under test).
 pub async fn docker() -> Docker {
     Docker::connect_with_defaults()
