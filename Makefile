@@ -62,12 +62,17 @@ test-gvisor: setup ## the Docker, session and pool suites under gVisor (runsc)
 
 # A remote engine: a second dockerd in a container of the test's own, reached
 # only through TCP on the host's loopback (scripts/remote-engine.sh; its image is
-# built once and kept). Sandboxes there go through a gateway; the `remote`
-# test binary checks the box, the workspace copy and cleanup; the CLI connects over TLS.
+# built once and kept). Sandboxes there go through a gateway. The one-shot
+# (docker::), session, pool and background-process suites run against it whole:
+# where a test is about the local path (bind mounts, the host-side file API) it
+# asserts what a gateway gives instead (support::docker::through_gateway). The
+# `remote` test binary checks the box, the workspace copy and cleanup on both
+# engines; the CLI connects over TLS.
 REMOTE_TLS := DOCKER_HOST=tcp://127.0.0.1:23760 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/var/tmp/agent-sandbox-remote/certs
 test-remote: setup ## the gateway path against a second Docker engine over TCP (and TLS)
 	scripts/remote-engine.sh start
 	DOCKER_HOST=tcp://127.0.0.1:23750 cargo test -p agent-sandbox --test remote
+	DOCKER_HOST=tcp://127.0.0.1:23750 cargo test -p agent-sandbox --test it -- docker:: session:: pool:: spawn::
 	cargo build -p agent-sandbox-cli
 	ws=$$(mktemp -d) && chown 1000:1000 $$ws && echo tls > $$ws/in && \
 	out=$$($(REMOTE_TLS) $(CARGO_TARGET_DIR)/debug/agent-sandbox run --workspace $$ws -- sh -c 'cat in; echo through > out') && \
@@ -96,6 +101,8 @@ bench: ## criterion policy benchmark, proxy/run/session comparisons (runc and ru
 	$(CARGO_TARGET_DIR)/release/session-compare
 	$(CARGO_TARGET_DIR)/release/capture-compare
 	$(CARGO_TARGET_DIR)/release/intercept-compare
+	scripts/remote-engine.sh start
+	$(CARGO_TARGET_DIR)/release/gateway-compare --remote tcp://127.0.0.1:23750
 	$(CARGO_TARGET_DIR)/release/load
 	scripts/python-test.sh -q -k the_installed_wheel  # builds and installs the wheel
 	v=$$(mktemp -d) && python3 -m venv $$v && $$v/bin/pip install -q $(CARGO_TARGET_DIR)/wheels/*.whl && $$v/bin/python benches/python_overhead.py; rm -rf $$v

@@ -321,12 +321,11 @@ impl Drop for Remote {
         let Some(parts) = self.parts.get_mut().take() else {
             return;
         };
-        let engine = self.engine.clone();
-        let work = async move { tear_down(&engine, parts).await };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(work);
-            return;
-        }
+        // On a thread of its own: the caller's runtime may be ending (a
+        // cancelled run at the end of a test or a program), and a task
+        // spawned there would die with it, leaving the gateway behind. The
+        // engine is connected afresh (a client's pooled connections belong
+        // to the runtime that made them).
         let _ = std::thread::Builder::new()
             .name("agent-sandbox-gateway-cleanup".into())
             .spawn(move || {
@@ -334,7 +333,11 @@ impl Drop for Remote {
                     .enable_all()
                     .build()
                 {
-                    rt.block_on(work);
+                    rt.block_on(async move {
+                        if let Ok(engine) = crate::runtime::Engine::connect().await {
+                            tear_down(&engine, parts).await;
+                        }
+                    });
                 }
             });
     }
@@ -444,6 +447,7 @@ impl Remote {
             stdin: true,
             seccomp_file: spec.seccomp_file.clone(),
             extra_tmpfs: Vec::new(),
+            read_only_tmpfs: spec.read_only_tmpfs.clone(),
             resources: Resources {
                 memory: 256 << 20,
                 cpus: 1.0,

@@ -422,6 +422,10 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             _ => None,
         },
         extra_tmpfs,
+        read_only_tmpfs: match engine.kind() {
+            crate::runtime::EngineKind::Podman => vec!["/var/tmp".to_owned()],
+            crate::runtime::EngineKind::Docker => Vec::new(),
+        },
         resources: Resources {
             memory: s.memory,
             cpus: s.cpus,

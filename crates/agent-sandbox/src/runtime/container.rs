@@ -9,7 +9,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, DownloadFromContainerOptions,
-    KillContainerOptions, RemoveContainerOptions,
+    InspectContainerOptions, KillContainerOptions, RemoveContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -82,6 +82,10 @@ pub struct ContainerSpec {
     pub seccomp_file: Option<PathBuf>,
     /// Extra tmpfs mounts beyond `/tmp` and `/run` (path to size in bytes).
     pub extra_tmpfs: Vec<(String, u64)>,
+    /// Directories covered by an empty read-only tmpfs: Podman mounts a
+    /// writable tmpfs at `/var/tmp` of a read-only container unless
+    /// something else is mounted there (its `read-only-tmpfs` default).
+    pub read_only_tmpfs: Vec<String>,
     /// Limits.
     pub resources: Resources,
     /// Labels (owner, id).
@@ -125,6 +129,12 @@ impl ContainerSpec {
             tmpfs.insert(
                 path.clone(),
                 format!("rw,nosuid,nodev,exec,size={size},mode=1777"),
+            );
+        }
+        for path in &self.read_only_tmpfs {
+            tmpfs.insert(
+                path.clone(),
+                "ro,nosuid,nodev,noexec,size=4096,mode=755".to_owned(),
             );
         }
         let host = HostConfig {
@@ -211,22 +221,59 @@ pub(crate) struct Exit {
 
 impl Engine {
     /// Creates the container (not started).
+    ///
+    /// A sandbox's container is named after its id (`agent-sandbox-ID`, a
+    /// gateway `agent-sandbox-ID-gateway`), which makes a retry safe: a
+    /// request that met a connection the engine closed at that moment
+    /// (hyper's "connection closed before message completed", seen over
+    /// TCP with 50 sessions starting at once) is sent again, and a
+    /// conflict then means the first one did create it.
     pub(crate) async fn create(&self, spec: &ContainerSpec) -> Result<String, Error> {
-        let resp = self
-            .docker
-            .create_container(None::<CreateContainerOptions>, spec.to_body())
-            .await
-            .map_err(|e| match e {
-                bollard::errors::Error::DockerResponseServerError {
+        use bollard::errors::Error as E;
+        let name = match (
+            spec.labels.get(super::labels::ID),
+            spec.labels.get(super::labels::GATEWAY),
+        ) {
+            (Some(id), _) => Some(format!("agent-sandbox-{id}")),
+            (None, Some(id)) => Some(format!("agent-sandbox-{id}-gateway")),
+            (None, None) => None,
+        };
+        let opts = CreateContainerOptions {
+            name: name.clone(),
+            ..Default::default()
+        };
+        let mut retried = false;
+        loop {
+            match self
+                .docker
+                .create_container(Some(opts.clone()), spec.to_body())
+                .await
+            {
+                Ok(resp) => return Ok(resp.id),
+                Err(E::HyperLegacyError { .. }) if !retried && name.is_some() => retried = true,
+                Err(E::DockerResponseServerError {
+                    status_code: 409, ..
+                }) if retried => {
+                    let name = name.as_deref().unwrap_or_default();
+                    let found = self
+                        .docker
+                        .inspect_container(name, None::<InspectContainerOptions>)
+                        .await
+                        .map_err(|e| self.err("create the container", e))?;
+                    return Ok(found.id.unwrap_or_default());
+                }
+                Err(E::DockerResponseServerError {
                     status_code: 404,
                     message,
-                } => Error::ImageNotFound {
-                    image: spec.image.clone(),
-                    reason: message,
-                },
-                other => self.err("create the container", other),
-            })?;
-        Ok(resp.id)
+                }) => {
+                    return Err(Error::ImageNotFound {
+                        image: spec.image.clone(),
+                        reason: message,
+                    })
+                }
+                Err(other) => return Err(self.err("create the container", other)),
+            }
+        }
     }
 
     /// The bytes of each regular file of `paths` in `image` (following at

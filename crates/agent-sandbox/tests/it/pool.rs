@@ -38,7 +38,13 @@ async fn mine() -> usize {
 }
 
 async fn none_of_mine_left() -> bool {
-    eventually_none_with_label(&my_label()).await
+    let none = eventually_none_with_label(&my_label()).await;
+    if !none {
+        for c in containers_with_label(&my_label()).await {
+            eprintln!("left: {:?} {:?} {:?}", c.names, c.state, c.labels);
+        }
+    }
+    none
 }
 
 #[tokio::test]
