@@ -350,6 +350,18 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
     // asked for, else the engine's default.
     // Through a gateway nothing is bind-mounted: the workspace is a volume
     // filled from the checked directory, and there is nothing to compare.
+    // Podman runs runsc too, but the host-side comparison finds the
+    // sandbox's processes as Docker shows them: refused, not weakened.
+    if is_gvisor(&effective)
+        && !checked.is_empty()
+        && !gateway
+        && engine.kind() == crate::runtime::EngineKind::Podman
+    {
+        return Err(engine.err_msg(
+            "start a sandbox under gVisor",
+            format!("{effective} with a bind-mounted directory is supported on Docker only (its mounts cannot be confirmed through Podman yet): use runc, or Docker"),
+        ));
+    }
     let host_checks = is_gvisor(&effective) && !checked.is_empty() && !gateway;
     let net = Path::new(NET_DIR);
     let mut init_args = InitArgs {

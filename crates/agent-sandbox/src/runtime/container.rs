@@ -116,7 +116,11 @@ impl ContainerSpec {
         let mut tmpfs = HashMap::from([
             (
                 "/tmp".to_owned(),
-                format!("rw,nosuid,nodev,size={},mode=1777", self.resources.tmp_size),
+                // noexec said, not assumed: Docker adds it, Podman does not.
+                format!(
+                    "rw,nosuid,nodev,noexec,size={},mode=1777",
+                    self.resources.tmp_size
+                ),
             ),
             (
                 "/run".to_owned(),
@@ -124,7 +128,7 @@ impl ContainerSpec {
             ),
         ]);
         // A scratch workspace allows exec, like a bind-mounted one (a venv,
-        // node_modules/.bin); /tmp keeps the engine's noexec.
+        // node_modules/.bin); /tmp does not.
         for (path, size) in &self.extra_tmpfs {
             tmpfs.insert(
                 path.clone(),

@@ -299,6 +299,16 @@ impl Engine {
             source: Some(Box::new(e)),
         }
     }
+
+    /// An [`Error::Engine`] naming this engine, for a refusal of ours.
+    pub(crate) fn err_msg(&self, what: &str, reason: impl Into<String>) -> Error {
+        Error::Engine {
+            engine: self.name(),
+            what: what.to_owned(),
+            reason: reason.into(),
+            source: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,15 @@ pub async fn through_gateway() -> bool {
         .unwrap()
 }
 
+/// Whether the engine under test is Podman (its Docker-compatible API).
+pub async fn podman() -> bool {
+    agent_sandbox::runtime::Engine::connect()
+        .await
+        .unwrap()
+        .kind()
+        == agent_sandbox::runtime::EngineKind::Podman
+}
+
 /// The engine, straight through bollard (not through the code under test).
 pub async fn docker() -> Docker {
     Docker::connect_with_defaults()
