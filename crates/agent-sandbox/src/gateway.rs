@@ -22,9 +22,19 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::runtime::GatewayIo;
 use crate::Error;
 
+/// The most streams a gateway may have open at once. An honest one is
+/// bounded by its pids limit (two threads a stream); a compromised one is
+/// refused past this (each stream is a connection to the proxy or the
+/// exec hub here).
+pub(crate) const MAX_STREAMS: usize = 1024;
+
 struct Stream {
     /// To the local connection's writer: bytes, or `None` (the sandbox's END).
     to_local: mpsc::UnboundedSender<Option<Bytes>>,
+    /// Bytes received and not yet written here. The gateway sends only
+    /// within the window this side acknowledges: more is a protocol
+    /// violation, and ends the stream (memory here stays bounded).
+    unwritten: Arc<std::sync::atomic::AtomicUsize>,
     /// What the gateway still takes of this stream (its window).
     credit: Arc<Semaphore>,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -184,6 +194,13 @@ async fn on_stream_frame(
                 Some(&mux::EXEC) => "exec.sock",
                 _ => return,
             };
+            let refused = streams
+                .lock()
+                .map_or(true, |s| s.len() >= MAX_STREAMS || s.contains_key(&id));
+            if refused {
+                let _ = out.send(mux::stream_frame(mux::CLOSE, id, &[]));
+                return;
+            }
             match UnixStream::connect(dir.join(name)).await {
                 Ok(local) => open(id, local, out.clone(), streams.clone()),
                 Err(_) => {
@@ -192,13 +209,21 @@ async fn on_stream_frame(
             }
         }
         mux::DATA | mux::END => {
-            let data = (tag == mux::DATA).then_some(rest);
-            if let Some(s) = streams
-                .lock()
-                .ok()
-                .and_then(|s| s.get(&id).map(|s| s.to_local.clone()))
-            {
-                let _ = s.send(data);
+            let Some((to_local, unwritten)) = streams.lock().ok().and_then(|s| {
+                s.get(&id)
+                    .map(|s| (s.to_local.clone(), s.unwritten.clone()))
+            }) else {
+                return;
+            };
+            if tag == mux::DATA {
+                let was = unwritten.fetch_add(rest.len(), std::sync::atomic::Ordering::SeqCst);
+                if was + rest.len() > mux::WINDOW as usize {
+                    let _ = out.send(mux::stream_frame(mux::CLOSE, id, &[]));
+                    return close(streams, id);
+                }
+                let _ = to_local.send(Some(rest));
+            } else {
+                let _ = to_local.send(None);
             }
         }
         mux::ACK => {
@@ -231,6 +256,8 @@ fn open(id: u32, local: UnixStream, out: mpsc::UnboundedSender<Vec<u8>>, streams
     let (mut rd, mut wr) = local.into_split();
     let (to_local, mut from_gateway) = mpsc::unbounded_channel::<Option<Bytes>>();
     let credit = Arc::new(Semaphore::new(mux::WINDOW as usize));
+    let unwritten = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let written = unwritten.clone();
     let halves = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let finish = {
         let (out, streams, halves) = (out.clone(), streams.clone(), halves.clone());
@@ -270,6 +297,7 @@ fn open(id: u32, local: UnixStream, out: mpsc::UnboundedSender<Vec<u8>>, streams
                     if wr.write_all(&data).await.is_err() {
                         return finish(true);
                     }
+                    written.fetch_sub(data.len(), std::sync::atomic::Ordering::SeqCst);
                     let n = (data.len() as u32).to_be_bytes();
                     let _ = out.send(mux::stream_frame(mux::ACK, id, &n));
                 }
@@ -285,6 +313,7 @@ fn open(id: u32, local: UnixStream, out: mpsc::UnboundedSender<Vec<u8>>, streams
             id,
             Stream {
                 to_local,
+                unwritten,
                 credit,
                 tasks: vec![reading.abort_handle(), writing.abort_handle()],
             },
@@ -583,5 +612,130 @@ async fn tear_down(engine: &crate::runtime::Engine, mut parts: Parts) {
         if Some(v) != keep.as_ref() {
             engine.remove_volume(v).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test plays a compromised gateway: `send` is what it says to the
+    /// relay, `said` what the relay says back. `dir` holds `proxy.sock`.
+    async fn relay(dir: &Path) -> (Relay, mpsc::UnboundedSender<Bytes>, tokio::io::DuplexStream) {
+        let (send, rx) = mpsc::unbounded_channel::<Bytes>();
+        let (input, said) = tokio::io::duplex(64 << 20);
+        let output =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|b| (b, rx)) },
+            );
+        send.send(frame(mux::READY, &[]).into()).unwrap();
+        let io = GatewayIo {
+            input: Box::pin(input),
+            output: Box::pin(output),
+        };
+        (Relay::start(io, dir).await.unwrap(), send, said)
+    }
+
+    /// The frames the relay said within `wait`: (tag, stream id).
+    async fn frames(
+        said: &mut tokio::io::DuplexStream,
+        wait: std::time::Duration,
+    ) -> Vec<(u8, u32)> {
+        let mut got = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            match tokio::time::timeout(wait, said.read_exact(&mut head)).await {
+                Ok(Ok(_)) => {}
+                _ => return got,
+            }
+            let len = agent_sandbox_wire::payload_len(&head, mux::MAX_FRAME).unwrap();
+            let mut payload = vec![0u8; len];
+            said.read_exact(&mut payload).await.unwrap();
+            let id = mux::split_id(&payload).map_or(0, |(id, _)| id);
+            got.push((head[0], id));
+        }
+    }
+
+    fn listening(tag: &str) -> (PathBuf, tokio::net::UnixListener) {
+        let dir = std::env::temp_dir().join(format!("as-relay-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let l = tokio::net::UnixListener::bind(dir.join("proxy.sock")).unwrap();
+        (dir, l)
+    }
+
+    #[tokio::test]
+    async fn a_gateway_cannot_open_more_than_max_streams() {
+        let (dir, listener) = listening("open");
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = accepted.clone();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                conns.push(c);
+            }
+        });
+        let (relay, send, mut said) = relay(&dir).await;
+        let extra = 76;
+        for id in 1..=(MAX_STREAMS + extra) as u32 {
+            send.send(mux::stream_frame(mux::OPEN, id, &[mux::PROXY]).into())
+                .unwrap();
+        }
+        // The same id again: refused too.
+        send.send(mux::stream_frame(mux::OPEN, 1, &[mux::PROXY]).into())
+            .unwrap();
+        let got = frames(&mut said, std::time::Duration::from_secs(2)).await;
+        let closed: Vec<u32> = got
+            .iter()
+            .filter(|f| f.0 == mux::CLOSE)
+            .map(|f| f.1)
+            .collect();
+        assert_eq!(closed.len(), extra + 1, "{closed:?}");
+        assert!(closed
+            .iter()
+            .all(|&id| id == 1 || id as usize > MAX_STREAMS));
+        assert_eq!(relay.streams.lock().unwrap().len(), MAX_STREAMS);
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            MAX_STREAMS
+        );
+        // Control: a stream that closes frees its place.
+        send.send(mux::stream_frame(mux::CLOSE, 5, &[]).into())
+            .unwrap();
+        send.send(mux::stream_frame(mux::OPEN, 5_000, &[mux::PROXY]).into())
+            .unwrap();
+        let got = frames(&mut said, std::time::Duration::from_secs(1)).await;
+        assert!(!got.contains(&(mux::CLOSE, 5_000)), "{got:?}");
+        assert_eq!(relay.streams.lock().unwrap().len(), MAX_STREAMS);
+        held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn data_past_the_window_ends_the_stream() {
+        let (dir, listener) = listening("window");
+        // The local side accepts and never reads: nothing is written past
+        // the socket's buffer, so what the gateway sends piles up here.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let (relay, send, mut said) = relay(&dir).await;
+        send.send(mux::stream_frame(mux::OPEN, 7, &[mux::PROXY]).into())
+            .unwrap();
+        let chunk = vec![b'x'; mux::CHUNK - 4];
+        for _ in 0..40 {
+            send.send(mux::stream_frame(mux::DATA, 7, &chunk).into())
+                .unwrap();
+        }
+        let got = frames(&mut said, std::time::Duration::from_secs(2)).await;
+        assert!(got.contains(&(mux::CLOSE, 7)), "{got:?}");
+        assert!(relay.streams.lock().unwrap().is_empty());
+        held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
