@@ -94,7 +94,7 @@ fn row(name: &str) {
         }
         s.close().await.unwrap();
         let runs = n.clamp(1, 20);
-        let mut time_runs = async |b: agent_sandbox::SandboxBuilder| {
+        let time_runs = async |b: agent_sandbox::SandboxBuilder| {
             let mut t: Vec<Duration> = Vec::new();
             for _ in 0..runs {
                 let start = Instant::now();
