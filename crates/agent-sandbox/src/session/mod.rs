@@ -393,9 +393,11 @@ impl Session {
             None => {
                 let target = in_sandbox_path("read_file", path)?;
                 let limit = self.file_limit();
-                // `head` stops reading past the limit.
+                // `wc -c` of a regular file asks its size (coreutils' `stat`
+                // fails under Debian's gVisor: statx); `head` stops reading
+                // past the limit if it grows meanwhile.
                 let script = format!(
-                    "{GUARD} nolinks \"$1\"; [ -f \"$1\" ] || refuse 'not a regular file or no such file'; size=$(stat -c %s -- \"$1\") || exit 3; [ \"$size\" -le {limit} ] || refuse \"is $size bytes, larger than the file limit of {limit} bytes (raise it with file_limit)\"; exec head -c {} -- \"$1\"",
+                    "{GUARD} nolinks \"$1\"; [ -f \"$1\" ] || refuse 'not a regular file or no such file'; size=$(wc -c < \"$1\") || exit 3; [ \"$size\" -le {limit} ] || refuse \"is $size bytes, larger than the file limit of {limit} bytes (raise it with file_limit)\"; exec head -c {} -- \"$1\"",
                     limit + 1
                 );
                 let argv = vec!["sh".into(), "-c".into(), script, "sh".into(), target];
