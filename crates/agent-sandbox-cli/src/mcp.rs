@@ -253,6 +253,16 @@ fn exec_options(
     o
 }
 
+impl McpServer {
+    /// The session's background process `id`, or the tool result that says
+    /// there is none.
+    fn process(&self, id: &str) -> Result<agent_sandbox::Process, CallToolResult> {
+        self.session
+            .process(id)
+            .ok_or_else(|| bad(format!("no process {id:?} (start_process returns the id)")))
+    }
+}
+
 #[tool_router]
 impl McpServer {
     /// Runs a shell command in the sandbox and returns its exit code, output and any network refusals.
@@ -381,11 +391,9 @@ impl McpServer {
         &self,
         Parameters(a): Parameters<ProcessId>,
     ) -> Result<CallToolResult, McpError> {
-        let Some(p) = self.session.process(&a.process_id) else {
-            return Ok(bad(format!(
-                "no process {:?} (start_process returns the id)",
-                a.process_id
-            )));
+        let p = match self.process(&a.process_id) {
+            Ok(p) => p,
+            Err(unknown) => return Ok(unknown),
         };
         let n = p.take_output();
         Ok(CallToolResult::structured(json!({
@@ -405,11 +413,9 @@ impl McpServer {
         &self,
         Parameters(a): Parameters<ProcessId>,
     ) -> Result<CallToolResult, McpError> {
-        let Some(p) = self.session.process(&a.process_id) else {
-            return Ok(bad(format!(
-                "no process {:?} (start_process returns the id)",
-                a.process_id
-            )));
+        let p = match self.process(&a.process_id) {
+            Ok(p) => p,
+            Err(unknown) => return Ok(unknown),
         };
         p.kill();
         Ok(

@@ -417,7 +417,7 @@ impl Remote {
                 packed: [0; 32],
             })),
         };
-        match remote.build(engine, id, dir, spec, workspace, owner).await {
+        match remote.build(engine, id, dir, spec, workspace).await {
             Ok(()) => Ok(remote),
             Err(e) => {
                 remote.tear_down(engine).await;
@@ -433,7 +433,6 @@ impl Remote {
         dir: &Path,
         spec: &mut crate::runtime::ContainerSpec,
         workspace: Option<(PathBuf, OwnedFd)>,
-        owner: Option<(u32, u32)>,
     ) -> Result<(), Error> {
         use crate::launch::NET_DIR;
         use crate::runtime::{ContainerSpec, Resources, VolumeMount, GATEWAY_BINARY};
@@ -508,7 +507,7 @@ impl Remote {
         relay.sync().await?;
         parts.relay = Some(relay);
         if let Some((local, fd)) = workspace {
-            let (tar, manifest) = crate::workspace_sync::pack(&fd, &local, owner)?;
+            let (tar, manifest) = crate::workspace_sync::pack(&fd, &local, parts.owner)?;
             parts.packed = sha2::Sha256::digest(&tar).into();
             engine.upload(&gw, "/workspace", tar).await?;
             parts.workspace = Some((local, fd, manifest));

@@ -343,17 +343,19 @@ impl Engine {
         None
     }
 
-    /// Attaches to output, starts the container, and feeds every chunk of
-    /// output to `on_output` until the container's streams close.
-    pub(crate) async fn start_and_stream(
+    /// Attaches to a created container (its stdin too if `stdin`), then
+    /// starts it: attached before start, so no output is missed; the log
+    /// driver is `none`, so nothing is kept by the engine. `what` names it
+    /// in errors ("container", "gateway").
+    pub(crate) async fn attach_and_start(
         &self,
         id: &str,
-        mut on_output: impl FnMut(Stream, Bytes) + Send + 'static,
-    ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, Error> {
-        // Attached before start, so no output is missed; the log driver is
-        // `none`, so nothing is kept by the engine.
+        stdin: bool,
+        what: &str,
+    ) -> Result<bollard::container::AttachContainerResults, Error> {
         let opts = AttachContainerOptions {
             stream: true,
+            stdin,
             stdout: true,
             stderr: true,
             logs: false,
@@ -363,12 +365,22 @@ impl Engine {
             .docker
             .attach_container(id, Some(opts))
             .await
-            .map_err(|e| self.err("attach to the container", e))?;
+            .map_err(|e| self.err(&format!("attach to the {what}"), e))?;
         self.docker
             .start_container(id, None)
             .await
-            .map_err(|e| self.err("start the container", e))?;
-        let mut output = attached.output;
+            .map_err(|e| self.err(&format!("start the {what}"), e))?;
+        Ok(attached)
+    }
+
+    /// Attaches to output, starts the container, and feeds every chunk of
+    /// output to `on_output` until the container's streams close.
+    pub(crate) async fn start_and_stream(
+        &self,
+        id: &str,
+        mut on_output: impl FnMut(Stream, Bytes) + Send + 'static,
+    ) -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, Error> {
+        let mut output = self.attach_and_start(id, false, "container").await?.output;
         Ok(Box::pin(async move {
             while let Some(Ok(chunk)) = output.next().await {
                 match chunk {

@@ -7,8 +7,7 @@ use std::pin::Pin;
 use bollard::container::LogOutput;
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateImageOptions, DownloadFromContainerOptions, RemoveVolumeOptions,
-    UploadToContainerOptions,
+    CreateImageOptions, DownloadFromContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -95,23 +94,7 @@ impl Engine {
 
     /// Attaches to a created container's stdin and stdout, then starts it.
     pub(crate) async fn start_attached(&self, id: &str) -> Result<GatewayIo, Error> {
-        let opts = AttachContainerOptions {
-            stream: true,
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            logs: false,
-            ..Default::default()
-        };
-        let attached = self
-            .docker
-            .attach_container(id, Some(opts))
-            .await
-            .map_err(|e| self.err("attach to the gateway", e))?;
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| self.err("start the gateway", e))?;
+        let attached = self.attach_and_start(id, true, "gateway").await?;
         let output = attached.output.filter_map(|chunk| async move {
             match chunk {
                 Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => Some(message),
