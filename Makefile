@@ -102,7 +102,8 @@ bench: ## criterion policy benchmark, proxy/run/session comparisons (runc and ru
 	$(CARGO_TARGET_DIR)/release/capture-compare
 	$(CARGO_TARGET_DIR)/release/intercept-compare
 	scripts/remote-engine.sh start
-	$(CARGO_TARGET_DIR)/release/gateway-compare --remote tcp://127.0.0.1:23750
+	$(CARGO_TARGET_DIR)/release/gateway-compare --remote tcp://127.0.0.1:23750 \
+	  --remote-tls tcp://127.0.0.1:23760 /var/tmp/agent-sandbox-remote/certs
 	$(CARGO_TARGET_DIR)/release/load
 	scripts/python-test.sh -q -k the_installed_wheel  # builds and installs the wheel
 	v=$$(mktemp -d) && python3 -m venv $$v && $$v/bin/pip install -q $(CARGO_TARGET_DIR)/wheels/*.whl && $$v/bin/python benches/python_overhead.py; rm -rf $$v

@@ -23,6 +23,30 @@ PACKAGES=docker.io,iptables,ca-certificates,procps,e2fsprogs,xz-utils,pigz,socat
 # `docker` alone is the host's engine, whatever the caller points DOCKER_HOST at.
 unset DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONTEXT
 
+# PID 1 is tini; this script starts socat for the plain port, then execs
+# dockerd. Also mounted over the image's copy at each start, so a change here
+# takes effect without rebuilding the image (the container is recreated when
+# its label's hash differs).
+DIND_SCRIPT=$(cat <<'SH'
+#!/bin/sh
+set -e
+# What Docker's own dind script does: shared mounts for volume propagation, a fresh /tmp.
+mount --make-rshared / 2>/dev/null || true
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+# Without --privileged (see set_run_flags) /sys and the cgroup v1 hierarchies are
+# read-only: make them writable, as --privileged would.
+mount -o remount,rw /sys 2>/dev/null || true
+for d in /sys/fs/cgroup/*/; do mount -o remount,rw,bind "$d" 2>/dev/null || true; done
+rm -f /var/run/docker.pid /var/run/docker.sock
+# nodelay: without it every small frame of an attached stream waits for
+# the client's delayed ACK (40 ms), as Go's listener (dockerd's 2376) never does.
+socat TCP-LISTEN:2375,fork,reuseaddr,nodelay UNIX-CONNECT:/var/run/docker.sock &
+exec dockerd -H unix:///var/run/docker.sock -H tcp://0.0.0.0:2376 \
+  --tlsverify --tlscacert /certs/ca.pem --tlscert /certs/server-cert.pem --tlskey /certs/server-key.pem "$@"
+SH
+)
+SCRIPT=/var/tmp/agent-sandbox-remote/agent-sandbox-dind
+
 die() { echo "remote-engine: $*" >&2; exit 1; }
 inner() { DOCKER_HOST=$PLAIN docker "$@"; }
 
@@ -65,22 +89,7 @@ build_image() {
     : >"$root/etc/resolv.conf"
   fi
   [[ -x "$root/usr/sbin/dockerd" ]] || die "dockerd missing from the tree; see $log"
-  # PID 1 is tini; this script starts socat for the plain port, then execs dockerd.
-  cat >"$root/usr/local/bin/agent-sandbox-dind" <<'SH'
-#!/bin/sh
-set -e
-# What Docker's own dind script does: shared mounts for volume propagation, a fresh /tmp.
-mount --make-rshared / 2>/dev/null || true
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-# Without --privileged (see set_run_flags) /sys and the cgroup v1 hierarchies are
-# read-only: make them writable, as --privileged would.
-mount -o remount,rw /sys 2>/dev/null || true
-for d in /sys/fs/cgroup/*/; do mount -o remount,rw,bind "$d" 2>/dev/null || true; done
-rm -f /var/run/docker.pid /var/run/docker.sock
-socat TCP-LISTEN:2375,fork,reuseaddr UNIX-CONNECT:/var/run/docker.sock &
-exec dockerd -H unix:///var/run/docker.sock -H tcp://0.0.0.0:2376 \
-  --tlsverify --tlscacert /certs/ca.pem --tlscert /certs/server-cert.pem --tlskey /certs/server-key.pem "$@"
-SH
+  printf %s "$DIND_SCRIPT" >"$root/usr/local/bin/agent-sandbox-dind"
   chmod +x "$root/usr/local/bin/agent-sandbox-dind"
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/lib/docker/*
   tar -C "$root" -c . | docker import \
@@ -144,12 +153,17 @@ start() {
   docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || die "$BASE_IMAGE is missing on the host (scripts/docker.sh builds it)"
   build_image
   make_certs
-  local running
-  running=$(docker inspect -f '{{.State.Running}}' "$NAME" 2>/dev/null || true)
-  if [[ "$running" != true ]]; then
-    [[ -z "$running" ]] || docker rm -f "$NAME" >/dev/null
+  mkdir -p "${SCRIPT%/*}"
+  printf '%s\n' "$DIND_SCRIPT" >"$SCRIPT"
+  chmod 755 "$SCRIPT"
+  local running hash
+  hash=$(sha256sum "$SCRIPT" | cut -c1-16)
+  running=$(docker inspect -f '{{.State.Running}}/{{index .Config.Labels "agent-sandbox.dind-script"}}' "$NAME" 2>/dev/null || true)
+  if [[ "$running" != "true/$hash" ]]; then
+    [[ -z "$running" ]] || stop
     set_run_flags
     docker run -d --name "$NAME" --hostname remote-engine "${RUN_FLAGS[@]}" \
+      --label "agent-sandbox.dind-script=$hash" -v "$SCRIPT:/usr/local/bin/agent-sandbox-dind:ro" \
       -v "$VOLUME:/var/lib/docker" -v "$CERTS:/certs:ro" \
       -p 127.0.0.1:23750:2375 -p 127.0.0.1:23760:2376 \
       "$IMAGE" --storage-driver overlay2 >/dev/null

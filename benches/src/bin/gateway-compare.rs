@@ -6,6 +6,7 @@
 //! with its environment (`AGENT_SANDBOX_GATEWAY`, `DOCKER_HOST`).
 //!
 //! Usage: gateway-compare [--iterations N] [--image IMG] [--remote tcp://HOST:PORT]
+//!        [--remote-tls tcp://HOST:PORT CERT_PATH]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,24 +23,22 @@ fn main() {
     if let Ok(name) = std::env::var("GATEWAY_COMPARE_ROW") {
         return row(&name);
     }
-    let args: Vec<String> = std::env::args().collect();
-    let remote = args
-        .iter()
-        .position(|a| a == "--remote")
-        .map(|i| args[i + 1].clone());
-    let forwarded: Vec<String> = args[1..]
-        .iter()
-        .scan(false, |skip, a| {
-            let out = if *skip || a == "--remote" {
-                None
-            } else {
-                Some(a.clone())
-            };
-            *skip = a == "--remote";
-            Some(out)
-        })
-        .flatten()
-        .collect();
+    // `--remote HOST` and `--remote-tls HOST CERT_PATH` add rows; the rest
+    // is passed on to each row.
+    let mut remotes: Vec<(String, Option<String>)> = Vec::new();
+    let mut forwarded: Vec<String> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--remote" => remotes.push((args.next().expect("--remote HOST"), None)),
+            "--remote-tls" => {
+                let host = args.next().expect("--remote-tls HOST CERT_PATH");
+                let certs = args.next().expect("--remote-tls HOST CERT_PATH");
+                remotes.push((host, Some(certs)));
+            }
+            _ => forwarded.push(a),
+        }
+    }
     println!("| path | session exec p50 / p95 ms | run(\"true\") p50 / p95 ms | run with a 100-file workspace p50 / p95 ms |");
     println!("|---|---|---|---|");
     let me = std::env::current_exe().unwrap();
@@ -50,17 +49,23 @@ fn main() {
             c.args(&forwarded)
                 .env("GATEWAY_COMPARE_ROW", name)
                 .env("AGENT_SANDBOX_GATEWAY", mode)
-                .env_remove("DOCKER_HOST");
+                .env_remove("DOCKER_HOST")
+                .env_remove("DOCKER_TLS_VERIFY");
             ((*name).to_owned(), c)
         })
         .collect();
-    if let Some(host) = remote {
+    for (host, certs) in remotes {
         let mut c = Command::new(&me);
-        let name = format!("remote engine at {host}, through a gateway");
+        let tls = if certs.is_some() { " (TLS)" } else { "" };
+        let name = format!("remote engine at {host}{tls}, through a gateway");
         c.args(&forwarded)
             .env("GATEWAY_COMPARE_ROW", &name)
             .env("DOCKER_HOST", &host)
             .env_remove("AGENT_SANDBOX_GATEWAY");
+        match certs {
+            Some(dir) => c.env("DOCKER_TLS_VERIFY", "1").env("DOCKER_CERT_PATH", dir),
+            None => c.env_remove("DOCKER_TLS_VERIFY"),
+        };
         rows.push((name, c));
     }
     for (name, mut c) in rows {

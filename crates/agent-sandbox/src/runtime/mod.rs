@@ -9,6 +9,7 @@ mod gateway;
 mod gc;
 mod gvisor;
 mod image;
+mod transport;
 
 pub(crate) use container::Stream;
 pub use container::{ContainerSpec, Mount, Resources, VolumeMount, SECCOMP_PROFILE};
@@ -144,22 +145,23 @@ impl Engine {
             reason,
         };
         let docker = match &at.tls_dir {
-            Some(dir) => Docker::connect_with_ssl(
-                &host,
-                &dir.join("key.pem"),
-                &dir.join("cert.pem"),
-                &dir.join("ca.pem"),
-                120,
-                bollard::API_DEFAULT_VERSION,
-            ),
-            None if host.starts_with("ssh://") => {
+            _ if host.starts_with("ssh://") => {
                 return Err(unavailable(
                     "ssh:// engines are not supported yet; forward the engine's socket (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock HOST`) and set DOCKER_HOST=unix:///tmp/engine.sock".into(),
                 ))
             }
-            None => Docker::connect_with_host(&host),
+            _ if host.starts_with("unix://") || host.starts_with("npipe://") => {
+                Docker::connect_with_host(&host).map_err(|e| e.to_string())
+            }
+            _ if !["tcp://", "http://", "https://"].iter().any(|s| host.starts_with(s)) => {
+                return Err(unavailable(
+                    "unsupported address: DOCKER_HOST takes unix://PATH, tcp://HOST:PORT, http(s)://HOST:PORT".into(),
+                ))
+            }
+            Some(dir) => transport::connect(&host, Some(dir)),
+            None => transport::connect(&host, transport::env_tls_dir(&host).as_deref()),
         }
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(unavailable)?;
         let docker = docker
             .negotiate_version()
             .await
