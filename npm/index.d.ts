@@ -20,6 +20,8 @@ export interface SandboxOptions {
   image?: string
   /** The read-write directory mounted at /workspace (default: none, a tmpfs). */
   workspace?: string
+  /** Where the workspace is copied to the engine (a remote engine): leave out what its .gitignore files ignore (a bind mount shows everything). */
+  skipGitignored?: boolean
   /** Host rules: github.com, *.github.com, .github.com, with :PORT or :* (default 80 and 443). */
   allow?: string[]
   /** Host rules to deny (deny wins). */
@@ -198,6 +200,14 @@ export declare class Sandbox {
   pool(size?: number): Promise<Pool>
 }
 
+/** What copying the workspace back did. */
+export interface SyncReport {
+  written: number
+  removed: number
+  /** Paths changed on both sides (the sandbox's version is beside them), or not written safely. */
+  conflicts: string[]
+}
+
 /** A warm sandbox. Call close() when done (in a `finally`). */
 export declare class Session {
   readonly sandboxId: string
@@ -207,6 +217,8 @@ export declare class Session {
   readFile(path: string, encoding: BufferEncoding): Promise<string>
   list(path?: string): Promise<DirEntry[]>
   remove(path: string): Promise<void>
+  /** Copies the workspace back to your directory now, as close() does at the end (only a remote engine has a copy; with a bind mount there is nothing to do). A file changed on both sides keeps yours; the sandbox's is beside it as NAME.from-sandbox, listed in `conflicts`. */
+  syncBack(): Promise<SyncReport>
   allow(rule: string): void
   deny(rule: string): void
   removeRule(rule: string): void

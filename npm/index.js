@@ -171,6 +171,15 @@ class Session {
     return this.#native.remove(path)
   }
 
+  /**
+   * Copies the workspace back to your directory now, as close() does at the
+   * end (only a remote engine has a copy; with a bind mount there is nothing
+   * to do): {written, removed, conflicts}.
+   */
+  async syncBack() {
+    return parsed(await this.#native.syncBack())
+  }
+
   /** Allows a host rule from now on (new connections). */
   allow(rule) {
     this.#native.changeRules('allow', rule)

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { mkdtempSync, readFileSync, statSync, existsSync, chownSync } from 'node:fs'
+import { mkdtempSync, readFileSync, statSync, existsSync, chownSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -206,6 +206,25 @@ test('pools: each run gets a fresh, already started sandbox, and close leaves no
   }
   assert.deepEqual(ownedContainers(), [])
   await assert.rejects(pool.run('true'), (e) => e.code === 'pool_closed')
+})
+
+test('syncBack and skipGitignored through a gateway', async () => {
+  // A gateway on the local engine: the workspace is a copy, as on a remote one.
+  process.env.AGENT_SANDBOX_GATEWAY = 'always'
+  const ws = workspace('as-node-sync-')
+  writeFileSync(join(ws, '.gitignore'), 'build/\n')
+  const s = await sandbox({ workspace: ws, skipGitignored: true }).session()
+  try {
+    assert.equal((await s.exec('ls -A')).stdout, '.gitignore\n')
+    await s.exec('echo made > made.txt; mkdir build; echo box > build/out')
+    assert.ok(!existsSync(join(ws, 'made.txt')), 'a copy: seen here after a sync')
+    assert.deepEqual(await s.syncBack(), { written: 1, removed: 0, conflicts: [] })
+    assert.equal(readFileSync(join(ws, 'made.txt'), 'utf8'), 'made\n')
+    assert.ok(!existsSync(join(ws, 'build/out')), 'ignored: not copied back')
+  } finally {
+    await s.close()
+    delete process.env.AGENT_SANDBOX_GATEWAY
+  }
 })
 
 test('a session or pool garbage-collected without close() removes its containers', () => {

@@ -326,6 +326,7 @@ class Sandbox:
     fresh ones ahead of time."""
 
     def __init__(self, *, image: str | None = None, workspace: str | os.PathLike | None = None,
+                 skip_gitignored: bool | None = None,
                  allow: Sequence[str] = (), deny: Sequence[str] = (), allow_cidr: Sequence[str] = (),
                  deny_cidr: Sequence[str] = (), resolve: Sequence[str] = (), env: Mapping[str, str] | None = None,
                  timeout: float | str | None = None, memory: int | str | None = None, cpus: float | None = None,
@@ -342,7 +343,9 @@ class Sandbox:
         matches no rule; the request waits for its :data:`Answer`, at most
         ``ask_timeout`` seconds (default 30), then is denied. ``policy_file``
         is a TOML policy (see the README); ``preset`` names rule sets
-        (``["pypi", "npm"]``)."""
+        (``["pypi", "npm"]``). ``skip_gitignored``: where the workspace is
+        copied to the engine (a remote engine), leave out what its
+        ``.gitignore`` files ignore (a bind mount shows everything)."""
         self._on_ask, self._ask_timeout = on_ask, ask_timeout
         options = {k: v for k, v in locals().items() if k not in ("self", "unknown", "on_ask")} | unknown
         options["secret"] = [_secret(s) for s in secret]
@@ -351,7 +354,8 @@ class Sandbox:
             # Never shown: the repr names each secret and its host only.
             self._options["secret"] = [f"{s['name']}@{s['host']}" if isinstance(s, dict) else s.split("=")[0]
                                        for s in self._options["secret"]]
-        self._native = _native.Sandbox(_json(options))
+        # None means the default: left out (a flag such as skip_gitignored takes no null).
+        self._native = _native.Sandbox(_json({k: v for k, v in options.items() if v is not None}))
 
     def __repr__(self) -> str:
         return f"Sandbox({', '.join(f'{k}={v!r}' for k, v in self._options.items())})"
@@ -502,6 +506,19 @@ class Session(_Started):
 
     def remove(self, path: str) -> None:
         _block(self.remove_async(path))
+
+    async def sync_back_async(self) -> dict[str, Any]:
+        """Copies the workspace back to your directory now, as ``close``
+        does at the end (only an engine that does not share this machine's
+        files has a copy; with a bind mount there is nothing to do). Returns
+        ``written``, ``removed`` and ``conflicts`` (paths changed on both
+        sides: yours is kept, the sandbox's is beside it as
+        ``NAME.from-sandbox``)."""
+        written, removed, conflicts = await self._handle().sync_back()
+        return {"written": written, "removed": removed, "conflicts": conflicts}
+
+    def sync_back(self) -> dict[str, Any]:
+        return _block(self.sync_back_async())
 
     def allow(self, rule: str) -> None:
         """Allows a host rule from now on (new connections)."""

@@ -324,6 +324,22 @@ def test_sessions_run_many_commands_and_files_round_trip(tmp_path, canary):
         s.exec("true")
 
 
+def test_sync_back_and_skip_gitignored_through_a_gateway(tmp_path, monkeypatch):
+    # A gateway on the local engine: the workspace is a copy, as on a remote one.
+    monkeypatch.setenv("AGENT_SANDBOX_GATEWAY", "always")
+    (tmp_path / ".gitignore").write_text("build/\n")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "big").write_text("local build")
+    with sandbox(workspace=str(tmp_path), skip_gitignored=True).session() as s:
+        assert s.exec("ls -A").stdout == ".gitignore\n"
+        s.exec("echo made > made.txt; mkdir build; echo box > build/out")
+        assert not (tmp_path / "made.txt").exists(), "a copy: seen here after a sync"
+        assert s.sync_back() == {"written": 1, "removed": 0, "conflicts": []}
+        assert (tmp_path / "made.txt").read_text() == "made\n"
+        assert not (tmp_path / "build" / "out").exists(), "ignored: not copied back"
+    assert (tmp_path / "build" / "big").read_text() == "local build"
+
+
 def test_a_blocking_call_from_a_callback_fails_instead_of_hanging():
     errors = []
 

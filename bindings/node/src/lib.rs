@@ -296,6 +296,20 @@ impl Session {
         promise(env, async move { s.remove(&path).await }, |_, ()| Ok(()))
     }
 
+    /// Copies the workspace back now: `{"written", "removed", "conflicts"}` as JSON.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn sync_back<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, String>> {
+        let s = self.0.clone();
+        promise(env, async move { s.sync_back().await }, |_, r| {
+            Ok(serde_json::json!({
+                "written": r.written,
+                "removed": r.removed,
+                "conflicts": r.conflicts,
+            })
+            .to_string())
+        })
+    }
+
     /// `op`: `allow`, `deny` or `removeRule`.
     #[napi]
     pub fn change_rules(&self, env: Env, op: String, rule: String) -> Result<()> {

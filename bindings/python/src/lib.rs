@@ -309,6 +309,15 @@ impl Session {
         awaitable(py, async move { s.remove(&path).await })
     }
 
+    /// `(written, removed, conflicts)`.
+    fn sync_back<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.0.clone();
+        awaitable(py, async move {
+            let r = s.sync_back().await?;
+            Ok((r.written, r.removed, r.conflicts))
+        })
+    }
+
     fn change_rules(&self, op: &str, rule: String) -> PyResult<()> {
         RuleChange::new(op, rule)
             .and_then(|c| self.0.change_rules(c))

@@ -73,6 +73,13 @@ impl SandboxBuilder {
         /// The one read-write directory, mounted at `/workspace` (the working
         /// directory). Default: none (`/workspace` is an empty tmpfs).
         workspace(path: impl Into<PathBuf>) => Some(path.into());
+        /// Where the workspace is copied to the engine (an engine that does
+        /// not share this machine's files; see the README's engines): leave
+        /// out what the workspace's `.gitignore` files ignore (`target/`,
+        /// `node_modules/`). Default: copy everything. A bind mount (a local
+        /// engine) shows the whole directory either way: this is for speed,
+        /// not a way to hide files from the sandbox.
+        skip_gitignored(skip: bool) => skip;
         /// Replaces the network rules with those of `policy` (validated at run).
         policy(policy: PolicyBuilder) => policy;
         /// The engine's OCI runtime for the container: `runsc` runs it under
@@ -283,6 +290,7 @@ impl SandboxBuilder {
         let s = &mut self.s;
         s.image = o.image.or(s.image.take());
         s.workspace = o.workspace.or(s.workspace.take());
+        s.skip_gitignored |= o.skip_gitignored;
         s.timeout = o.timeout.map(|t| t.0).or(s.timeout);
         s.memory = o
             .memory

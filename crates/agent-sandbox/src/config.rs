@@ -23,6 +23,7 @@ pub(crate) type PullSink = Arc<dyn Fn(&PullProgress) + Send + Sync>;
 pub(crate) struct Settings {
     pub(crate) image: Option<String>,
     pub(crate) workspace: Option<PathBuf>,
+    pub(crate) skip_gitignored: bool,
     pub(crate) policy: PolicyBuilder,
     pub(crate) resolve_specs: Vec<String>,
     pub(crate) env: Vec<(String, String)>,
@@ -54,6 +55,7 @@ impl Default for Settings {
         Settings {
             image: None,
             workspace: None,
+            skip_gitignored: false,
             policy: PolicyBuilder::default(),
             resolve_specs: Vec::new(),
             env: Vec::new(),

@@ -390,6 +390,8 @@ struct Parts {
     owner: Option<(u32, u32)>,
     /// The hash of the tar copied in (a pool's spare compares it at take).
     packed: [u8; 32],
+    /// Leave out what the workspace's `.gitignore` files ignore.
+    skip_gitignored: bool,
 }
 
 impl Remote {
@@ -405,6 +407,7 @@ impl Remote {
         spec: &mut crate::runtime::ContainerSpec,
         workspace: Option<(PathBuf, OwnedFd)>,
         owner: Option<(u32, u32)>,
+        skip_gitignored: bool,
     ) -> Result<Remote, Error> {
         let remote = Remote {
             engine: engine.clone(),
@@ -415,6 +418,7 @@ impl Remote {
                 workspace: None,
                 owner,
                 packed: [0; 32],
+                skip_gitignored,
             })),
         };
         match remote.build(engine, id, dir, spec, workspace).await {
@@ -507,7 +511,8 @@ impl Remote {
         relay.sync().await?;
         parts.relay = Some(relay);
         if let Some((local, fd)) = workspace {
-            let (tar, manifest) = crate::workspace_sync::pack(&fd, &local, parts.owner)?;
+            let (tar, manifest) =
+                crate::workspace_sync::pack(&fd, &local, parts.owner, parts.skip_gitignored)?;
             parts.packed = sha2::Sha256::digest(&tar).into();
             engine.upload(&gw, "/workspace", tar).await?;
             parts.workspace = Some((local, fd, manifest));
@@ -538,12 +543,13 @@ impl Remote {
             workspace: Some((local, fd, _)),
             owner,
             packed,
+            skip_gitignored,
             ..
         }) = guard.as_ref()
         else {
             return Ok(None);
         };
-        let (tar, manifest) = crate::workspace_sync::pack(fd, local, *owner)?;
+        let (tar, manifest) = crate::workspace_sync::pack(fd, local, *owner, *skip_gitignored)?;
         let hash: [u8; 32] = sha2::Sha256::digest(&tar).into();
         Ok((hash != *packed).then_some(Packed {
             tar,
@@ -568,6 +574,30 @@ impl Remote {
         Ok(())
     }
 
+    /// Copies the workspace back now (see `workspace_sync::merge`); the
+    /// sandbox goes on. Nothing to do without a workspace.
+    pub(crate) async fn sync_back(&self) -> Result<crate::SyncReport, Error> {
+        let mut guard = self.parts.lock().await;
+        let Some(parts) = guard.as_mut() else {
+            return Err(Error::SessionClosed);
+        };
+        let Parts {
+            gateway: Some(gw),
+            workspace: Some((_, fd, manifest)),
+            skip_gitignored,
+            ..
+        } = parts
+        else {
+            return Ok(crate::SyncReport::default());
+        };
+        let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let tar = self
+            .engine
+            .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
+            .await?;
+        crate::workspace_sync::merge(&tar, &root, manifest, *skip_gitignored)
+    }
+
     /// Copies the workspace back (see `workspace_sync::merge`), then
     /// removes the gateway and the volumes. Idempotent. A workspace that
     /// cannot be copied back keeps its volume, and says so.
@@ -581,14 +611,14 @@ impl Remote {
 
 async fn tear_down(engine: &crate::runtime::Engine, mut parts: Parts) {
     let mut keep = None;
-    if let (Some(gw), Some((local, fd, manifest))) = (&parts.gateway, &parts.workspace) {
+    if let (Some(gw), Some((local, fd, manifest))) = (&parts.gateway, &mut parts.workspace) {
         // The checked directory itself, not its path again.
         let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         let copied = match engine
             .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
             .await
         {
-            Ok(tar) => crate::workspace_sync::merge(&tar, &root, manifest),
+            Ok(tar) => crate::workspace_sync::merge(&tar, &root, manifest, parts.skip_gitignored),
             Err(e) => Err(e),
         };
         match copied {

@@ -467,8 +467,16 @@ pub(crate) async fn launch(config: Config, mode: Mode) -> Result<Launched, Error
             None => None,
         };
         Some(
-            crate::gateway::Remote::set_up(&engine, &id, &dir.0, &mut spec, workspace, sandbox_ids)
-                .await?,
+            crate::gateway::Remote::set_up(
+                &engine,
+                &id,
+                &dir.0,
+                &mut spec,
+                workspace,
+                sandbox_ids,
+                s.skip_gitignored,
+            )
+            .await?,
         )
     } else {
         None

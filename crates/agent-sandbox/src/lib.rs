@@ -92,3 +92,4 @@ pub use error::Error;
 pub use options::{parse_size, ExecOptions, SandboxOptions};
 pub use pool::Pool;
 pub use session::{Chunk, DirEntry, Listing, NewOutput, Pipe, Process, Session};
+pub use workspace_sync::SyncReport;

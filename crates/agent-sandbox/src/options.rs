@@ -303,6 +303,10 @@ pub struct SandboxOptions {
     /// the current directory; elsewhere none, and /workspace is a tmpfs).
     #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
     pub workspace: Option<PathBuf>,
+    /// When the workspace is copied to the engine (a remote engine), leave
+    /// out what its .gitignore files ignore (a bind mount shows everything).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub skip_gitignored: bool,
     /// Allow a host: github.com, *.github.com (subdomains), .github.com (apex
     /// and subdomains), with an optional :PORT or :* (default ports 80 and 443).
     #[cfg_attr(feature = "clap", arg(long, value_name = "RULE"))]

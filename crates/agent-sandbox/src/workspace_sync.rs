@@ -45,11 +45,15 @@ fn unchanged(path: &Path, was: &Copied) -> bool {
 /// have swapped for a link since) as a tar for the volume (files owned by
 /// `owner`, no setuid or setgid bits; symbolic links as links, never
 /// followed; sockets, pipes and devices left out) and what each file was.
-/// `shown`: its path, for messages.
+/// `shown`: its path, for messages. With `skip_gitignored`, what the
+/// `.gitignore` files of the tree ignore is left out, as git reads them
+/// (each applies below its directory, deeper ones win, `!` re-includes,
+/// nothing inside an ignored directory is looked at).
 pub(crate) fn pack(
     root: &OwnedFd,
     shown: &Path,
     owner: Option<(u32, u32)>,
+    skip_gitignored: bool,
 ) -> Result<(Vec<u8>, Manifest), Error> {
     use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
     let mut b = tar::Builder::new(Vec::new());
@@ -71,8 +75,14 @@ pub(crate) fn pack(
     let mut todo = vec![(
         PathBuf::new(),
         open(root, c".", true).map_err(|e| io(Path::new(""), e.into()))?,
+        Vec::new(),
     )];
-    while let Some((rel, fd)) = todo.pop() {
+    while let Some((rel, fd, mut rules)) = todo.pop() {
+        if skip_gitignored {
+            if let Some(g) = gitignore(&fd, &rel) {
+                rules.push(std::sync::Arc::new(g));
+            }
+        }
         let dir = rfs::Dir::read_from(&fd).map_err(|e| io(&rel, e.into()))?;
         for entry in dir {
             let entry = entry.map_err(|e| io(&rel, e.into()))?;
@@ -83,6 +93,10 @@ pub(crate) fn pack(
             let path = rel.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
             let err = |e: rustix::io::Errno| io(&path, e.into());
             let st = rfs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+            let kind = FileType::from_raw_mode(st.st_mode);
+            if ignored(&rules, &path, kind == FileType::Directory) {
+                continue;
+            }
             let mtime_ns = i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec);
             let mut h = tar::Header::new_gnu();
             h.set_mode(st.st_mode & 0o777);
@@ -90,14 +104,14 @@ pub(crate) fn pack(
             h.set_uid(u64::from(uid));
             h.set_gid(u64::from(gid));
             h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
-            match FileType::from_raw_mode(st.st_mode) {
+            match kind {
                 FileType::Directory => {
                     let sub = open(&fd, name, true).map_err(err)?;
                     h.set_entry_type(tar::EntryType::Directory);
                     h.set_size(0);
                     b.append_data(&mut h, &path, std::io::empty())
                         .map_err(|e| io(&path, e))?;
-                    todo.push((path, sub));
+                    todo.push((path, sub, rules.clone()));
                 }
                 FileType::Symlink => {
                     let target = rfs::readlinkat(&fd, name, Vec::new()).map_err(err)?;
@@ -133,17 +147,113 @@ pub(crate) fn pack(
     Ok((tar, manifest))
 }
 
-/// What copying back did.
-#[derive(Debug, Default)]
-pub(crate) struct Report {
-    pub(crate) written: usize,
-    pub(crate) removed: usize,
-    /// Paths changed on both sides (the sandbox's version is beside them),
-    /// or that could not be written safely.
-    pub(crate) conflicts: Vec<String>,
+/// The rules of `dir`'s `.gitignore` (a regular file; read without
+/// following a link), for paths below `rel`. `None`: no such file.
+fn gitignore(dir: &OwnedFd, rel: &Path) -> Option<ignore::gitignore::Gitignore> {
+    use rustix::fs::{self as rfs, Mode, OFlags};
+    let fd = rfs::openat(
+        dir,
+        c".gitignore",
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    rules_from(std::fs::File::from(fd), rel)
 }
 
-impl Report {
+/// The rules of an open `.gitignore` (a regular file) for paths below `rel`.
+fn rules_from(mut file: std::fs::File, rel: &Path) -> Option<ignore::gitignore::Gitignore> {
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.by_ref().take(1 << 20).read_to_string(&mut text).ok()?;
+    let mut b = ignore::gitignore::GitignoreBuilder::new(Path::new("/").join(rel));
+    for line in text.lines() {
+        // A line git cannot read is one git ignores too.
+        let _ = b.add_line(None, line);
+    }
+    b.build().ok()
+}
+
+/// The `.gitignore` rules of the caller's directory for copying back:
+/// what was left out going in is left alone coming back (a sandbox's
+/// `target/` or `node_modules/` stays in the sandbox).
+struct Ignorer<'a> {
+    root: &'a Path,
+    on: bool,
+    cache: HashMap<PathBuf, Option<std::sync::Arc<ignore::gitignore::Gitignore>>>,
+}
+
+impl Ignorer<'_> {
+    /// Whether `rel` or a directory above it is ignored.
+    fn ignored(&mut self, rel: &Path, dir: bool) -> bool {
+        if !self.on {
+            return false;
+        }
+        let parts: Vec<_> = rel.components().collect();
+        let mut rules = Vec::new();
+        let mut at = PathBuf::new();
+        for (i, part) in parts.iter().enumerate() {
+            rules.extend(self.rules(&at));
+            at.push(part);
+            if ignored(&rules, &at, dir || i + 1 < parts.len()) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn rules(&mut self, rel: &Path) -> Option<std::sync::Arc<ignore::gitignore::Gitignore>> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let root = self.root;
+        self.cache
+            .entry(rel.to_owned())
+            .or_insert_with(|| {
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc_flags())
+                    .open(root.join(rel).join(".gitignore"))
+                    .ok()?;
+                rules_from(file, rel).map(std::sync::Arc::new)
+            })
+            .clone()
+    }
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a `.gitignore` that is a link or a FIFO is
+/// not read.
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
+}
+
+/// Whether the deepest `.gitignore` with a say about `path` ignores it.
+fn ignored(rules: &[std::sync::Arc<ignore::gitignore::Gitignore>], path: &Path, dir: bool) -> bool {
+    let path = Path::new("/").join(path);
+    for g in rules.iter().rev() {
+        match g.matched(&path, dir) {
+            ignore::Match::Ignore(_) => return true,
+            ignore::Match::Whitelist(_) => return false,
+            ignore::Match::None => {}
+        }
+    }
+    false
+}
+
+/// What copying the workspace back did ([`Session::sync_back`](crate::Session::sync_back)).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Files written into the caller's directory.
+    pub written: usize,
+    /// Files removed from it (removed in the sandbox, unchanged here).
+    pub removed: usize,
+    /// Paths changed on both sides (the sandbox's version is beside them,
+    /// as `NAME.from-sandbox`), or that could not be written safely.
+    pub conflicts: Vec<String>,
+}
+
+impl SyncReport {
     /// Says what needs the caller's attention (conflicts), on stderr.
     pub(crate) fn tell(&self, dir: &Path) {
         for c in &self.conflicts {
@@ -208,8 +318,24 @@ fn write_file(
 /// checked directory as `/proc/self/fd/N`, so a path swapped since is not
 /// followed; nothing below it is either, see [`real_dirs`]). What the
 /// sandbox made gets the owner it had there (for a root caller; see [`give`]).
-pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report, Error> {
-    let mut report = Report::default();
+/// With `skip_gitignored`, what the directory's `.gitignore` files ignore
+/// is not copied back (it was not copied in). `copied` is brought up to
+/// date for a later merge of the same sandbox (a session's `sync_back`
+/// before its close): files written here are now what both sides had,
+/// removed ones are gone; a conflict keeps the old entry, so the local
+/// change still counts as one next time.
+pub(crate) fn merge(
+    tar: &[u8],
+    dir: &Path,
+    copied: &mut Manifest,
+    skip_gitignored: bool,
+) -> Result<SyncReport, Error> {
+    let mut report = SyncReport::default();
+    let mut ignorer = Ignorer {
+        root: dir,
+        on: skip_gitignored,
+        cache: HashMap::new(),
+    };
     let mut seen = HashSet::new();
     let mut archive = tar::Archive::new(tar);
     let bad = |e: std::io::Error| Error::io("copy back from the sandbox", dir, e);
@@ -227,6 +353,9 @@ pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report,
         }
         let local = dir.join(&rel);
         let kind = entry.header().entry_type();
+        if ignorer.ignored(&rel, kind.is_dir()) {
+            continue;
+        }
         let id = |v: std::io::Result<u64>| v.ok().and_then(|v| u32::try_from(v).ok());
         let owner = id(entry.header().uid()).zip(id(entry.header().gid()));
         let mut conflict =
@@ -288,7 +417,21 @@ pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report,
                 rel.with_file_name(name)
             };
             match write_file(dir, &target, &data, mode, owner) {
-                Ok(()) => report.written += 1,
+                Ok(()) => {
+                    report.written += 1;
+                    if free {
+                        if let Ok(m) = std::fs::symlink_metadata(&local) {
+                            copied.insert(
+                                rel.clone(),
+                                Copied {
+                                    hash,
+                                    len: m.len(),
+                                    mtime_ns: mtime_ns(&m),
+                                },
+                            );
+                        }
+                    }
+                }
                 Err(e) => report
                     .conflicts
                     .push(format!("{}: not copied back ({e})", target.display())),
@@ -296,14 +439,18 @@ pub(crate) fn merge(tar: &[u8], dir: &Path, copied: &Manifest) -> Result<Report,
         }
     }
     // Removed in the sandbox: removed here if unchanged here.
-    for (rel, was) in copied {
-        if !seen.contains(rel)
-            && unchanged(&dir.join(rel), was)
-            && std::fs::remove_file(dir.join(rel)).is_ok()
-        {
-            report.removed += 1;
+    copied.retain(|rel, was| {
+        if seen.contains(rel) {
+            return true;
         }
-    }
+        if unchanged(&dir.join(rel), was) && std::fs::remove_file(dir.join(rel)).is_ok() {
+            report.removed += 1;
+            return false;
+        }
+        // Changed here: kept, and still a local change next time. Gone
+        // here too: nothing left to compare.
+        std::fs::symlink_metadata(dir.join(rel)).is_ok()
+    });
     Ok(report)
 }
 
@@ -361,7 +508,7 @@ mod tests {
             rustix::fs::Mode::empty(),
         )
         .unwrap();
-        let (tar, copied) = pack(&fd, &dir, None).unwrap();
+        let (tar, mut copied) = pack(&fd, &dir, None, false).unwrap();
         assert_eq!(copied.len(), 6, "the link is not followed: {copied:?}");
         let names: Vec<String> = tar::Archive::new(&tar[..])
             .entries()
@@ -394,7 +541,7 @@ mod tests {
         let mut with_link_first = volume(&[], &[("esc", outside.to_str().unwrap())]);
         with_link_first.truncate(with_link_first.len() - 1024);
         with_link_first.extend_from_slice(&hostile[512..]);
-        let r = merge(&back, &dir, &copied).unwrap();
+        let r = merge(&back, &dir, &mut copied, false).unwrap();
         let read = |p: &str| std::fs::read_to_string(dir.join(p)).ok();
         assert_eq!(read("boxed").as_deref(), Some("box"));
         assert_eq!(read("both").as_deref(), Some("local"));
@@ -409,7 +556,7 @@ mod tests {
         assert_eq!(mode & 0o7000, 0, "no setuid from the sandbox");
         let fresh = root.join("fresh");
         std::fs::create_dir_all(&fresh).unwrap();
-        let r2 = merge(&with_link_first, &fresh, &Manifest::new()).unwrap();
+        let r2 = merge(&with_link_first, &fresh, &mut Manifest::new(), false).unwrap();
         assert!(std::fs::symlink_metadata(fresh.join("esc"))
             .unwrap()
             .file_type()
@@ -428,6 +575,126 @@ mod tests {
             "{:?}",
             r.conflicts
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn open_dir(dir: &Path) -> OwnedFd {
+        rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    fn names(tar: &[u8]) -> Vec<String> {
+        let mut names: Vec<String> = tar::Archive::new(tar)
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// `.gitignore` files are read as git reads them: per directory,
+    /// deeper ones win, `!` re-includes, a directory pattern leaves out
+    /// everything below; copying back leaves the same paths alone.
+    #[test]
+    fn gitignored_paths_are_neither_copied_in_nor_back() {
+        let root = std::env::temp_dir().join(format!("as-ignore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("ws");
+        for d in ["target/debug", "sub/deep", "src"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        for (p, t) in [
+            (".gitignore", "target/\n*.log\n!keep.log\n"),
+            ("src/main.rs", "fn main() {}"),
+            ("target/debug/app", "binary"),
+            ("a.log", "log"),
+            ("keep.log", "kept"),
+            ("sub/.gitignore", "secret.txt\n!a.log\n"),
+            ("sub/secret.txt", "s"),
+            ("sub/a.log", "re-included below"),
+            ("sub/deep/secret.txt", "s"),
+            ("sub/deep/x", "x"),
+        ] {
+            std::fs::write(dir.join(p), t).unwrap();
+        }
+        let fd = open_dir(&dir);
+        let (all, _) = pack(&fd, &dir, None, false).unwrap();
+        assert!(names(&all).contains(&"target/debug/app".to_owned()));
+        let (tar, mut copied) = pack(&fd, &dir, None, true).unwrap();
+        assert_eq!(
+            names(&tar),
+            [
+                ".gitignore",
+                "keep.log",
+                "src",
+                "src/main.rs",
+                "sub",
+                "sub/.gitignore",
+                "sub/a.log",
+                "sub/deep",
+                "sub/deep/x",
+            ]
+        );
+        assert_eq!(copied.len(), 6, "{copied:?}");
+        // The sandbox builds into target/ and writes a log: they stay there.
+        let back = volume(
+            &[
+                ("src/main.rs", b"fn main() {}"),
+                ("target/debug/app", b"sandbox binary"),
+                ("target/new", b"n"),
+                ("b.log", b"log"),
+                ("sub/deep/x", b"changed"),
+            ],
+            &[],
+        );
+        let r = merge(&back, &dir, &mut copied, true).unwrap();
+        let read = |p: &str| std::fs::read_to_string(dir.join(p)).ok();
+        assert_eq!(read("target/debug/app").as_deref(), Some("binary"));
+        assert_eq!(read("target/new"), None);
+        assert_eq!(read("b.log"), None);
+        assert_eq!(read("sub/deep/x").as_deref(), Some("changed"));
+        assert_eq!(
+            read("a.log").as_deref(),
+            Some("log"),
+            "ignored: never removed"
+        );
+        assert!(r.conflicts.is_empty(), "{:?}", r.conflicts);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A merge before the end (a session's `sync_back`) leaves the manifest
+    /// so that the final merge neither loses a local change nor redoes
+    /// what was already copied.
+    #[test]
+    fn a_second_merge_builds_on_the_first() {
+        let root = std::env::temp_dir().join(format!("as-twice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        for p in ["synced", "conflict", "removed"] {
+            std::fs::write(root.join(p), "1").unwrap();
+        }
+        let (_, mut copied) = pack(&open_dir(&root), &root, None, false).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(root.join("conflict"), "local").unwrap();
+        let first = volume(&[("synced", b"box"), ("conflict", b"box")], &[]);
+        let r = merge(&first, &root, &mut copied, false).unwrap();
+        assert_eq!((r.written, r.removed), (2, 1));
+        let read = |p: &str| std::fs::read_to_string(root.join(p)).ok();
+        assert_eq!(read("removed"), None);
+        // The same volume again: nothing new to write or report.
+        let r = merge(&first, &root, &mut copied, false).unwrap();
+        assert_eq!((r.written, r.removed), (1, 0), "only the conflict again");
+        assert_eq!(read("conflict").as_deref(), Some("local"));
+        // The sandbox changes `synced` again: copied, as nothing changed here.
+        let second = volume(&[("synced", b"box 2"), ("conflict", b"box")], &[]);
+        merge(&second, &root, &mut copied, false).unwrap();
+        assert_eq!(read("synced").as_deref(), Some("box 2"));
+        assert_eq!(read("conflict").as_deref(), Some("local"), "never lost");
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -408,7 +408,7 @@ impl Engine {
                 ))
             }
         };
-        let oom_killed = match self.docker.inspect_container(id, None).await {
+        let oom_killed = match self.again(|| self.docker.inspect_container(id, None)).await {
             Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
             Err(_) => false,
         };
@@ -417,15 +417,19 @@ impl Engine {
 
     /// Starts a created container without attaching (sessions).
     pub(crate) async fn start(&self, id: &str) -> Result<(), Error> {
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| self.err("start the container", e))
+        match self.again(|| self.docker.start_container(id, None)).await {
+            // Started already: the first of two sends did it.
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err("start the container", e)),
+        }
     }
 
     /// Whether the container is running.
     pub(crate) async fn is_running(&self, id: &str) -> bool {
-        match self.docker.inspect_container(id, None).await {
+        match self.again(|| self.docker.inspect_container(id, None)).await {
             Ok(info) => info.state.and_then(|s| s.running).unwrap_or(false),
             Err(_) => false,
         }
@@ -434,7 +438,11 @@ impl Engine {
     /// The exit code of a stopped container (`None` while it runs or if it
     /// cannot be inspected).
     pub(crate) async fn exit_code(&self, id: &str) -> Option<i64> {
-        let state = self.docker.inspect_container(id, None).await.ok()?.state?;
+        let state = self
+            .again(|| self.docker.inspect_container(id, None))
+            .await
+            .ok()?
+            .state?;
         if state.running == Some(true) {
             return None;
         }
@@ -501,15 +509,15 @@ impl Engine {
 
     /// Sends SIGKILL (ignores "not running").
     pub(crate) async fn kill(&self, id: &str) {
-        let _ = self
-            .docker
-            .kill_container(
+        let kill = || {
+            self.docker.kill_container(
                 id,
                 Some(KillContainerOptions {
                     signal: "KILL".into(),
                 }),
             )
-            .await;
+        };
+        let _ = self.again(kill).await;
     }
 
     /// Removes the container without waiting, for `Drop`: on the current
@@ -542,10 +550,18 @@ impl Engine {
     }
 
     /// Removes the container, killing it if needed.
+    ///
+    /// On Podman it is killed first: Podman's forced remove of a running
+    /// container stops it (SIGTERM, which init ignores, then SIGKILL after
+    /// the stop timeout), and Podman 4.3's API then sometimes never
+    /// answers the remove at all (seen with pool spares: the request hung
+    /// until another call touched the container).
     pub(crate) async fn remove(&self, id: &str) -> Result<(), Error> {
-        match self
-            .docker
-            .remove_container(
+        if self.kind() == super::EngineKind::Podman {
+            self.kill(id).await;
+        }
+        let remove = || {
+            self.docker.remove_container(
                 id,
                 Some(RemoveContainerOptions {
                     force: true,
@@ -553,8 +569,8 @@ impl Engine {
                     ..Default::default()
                 }),
             )
-            .await
-        {
+        };
+        match self.again(remove).await {
             Ok(())
             | Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..

@@ -71,8 +71,7 @@ impl Engine {
             labels: Some(labels.clone()),
             ..Default::default()
         };
-        self.docker
-            .create_volume(req)
+        self.again(|| self.docker.create_volume(req.clone()))
             .await
             .map_err(|e| self.err("create a volume", e))?;
         Ok(())
@@ -83,7 +82,10 @@ impl Engine {
     pub(crate) async fn remove_volume(&self, name: &str) {
         for _ in 0..100 {
             let opts = RemoveVolumeOptions { force: true };
-            match self.docker.remove_volume(name, Some(opts)).await {
+            match self
+                .again(|| self.docker.remove_volume(name, Some(opts.clone())))
+                .await
+            {
                 Err(bollard::errors::Error::DockerResponseServerError {
                     status_code: 409, ..
                 }) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
@@ -121,10 +123,13 @@ impl Engine {
             path: path.to_owned(),
             ..Default::default()
         };
-        self.docker
-            .upload_to_container(id, Some(opts), bollard::body_full(tar.into()))
-            .await
-            .map_err(|e| self.err(&format!("copy files to {path}"), e))
+        let tar = bytes::Bytes::from(tar);
+        self.again(|| {
+            self.docker
+                .upload_to_container(id, Some(opts.clone()), bollard::body_full(tar.clone()))
+        })
+        .await
+        .map_err(|e| self.err(&format!("copy files to {path}"), e))
     }
 
     /// `path` in container `id` as a tar, at most `limit` bytes.

@@ -118,7 +118,32 @@ fn context_endpoint(config: &std::path::Path, name: &str) -> Option<Endpoint> {
     })
 }
 
+/// Whether a call failed on the way (a connection that closed as the
+/// request went out, hyper's "connection closed before message completed"),
+/// not by the engine's answer.
+fn transient(e: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error as E;
+    matches!(
+        e,
+        E::HyperLegacyError { .. } | E::HyperResponseError { .. } | E::IOError { .. }
+    )
+}
+
 impl Engine {
+    /// `call`, sent once more if it failed on the way: for calls whose
+    /// repetition does no harm (inspect, start, kill, remove, volumes,
+    /// archive upload). `create` has its own retry (by name).
+    pub(crate) async fn again<T, F, Fut>(&self, mut call: F) -> Result<T, bollard::errors::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, bollard::errors::Error>>,
+    {
+        match call().await {
+            Err(e) if transient(&e) => call().await,
+            done => done,
+        }
+    }
+
     /// The engine's default OCI runtime (`runc` unless configured).
     pub(crate) fn default_runtime(&self) -> &str {
         &self.default_runtime
@@ -144,24 +169,52 @@ impl Engine {
             host: host.clone(),
             reason,
         };
+        // What the engine is (its API version, kind, version, whether it is
+        // local, its default runtime), asked once per endpoint and process;
+        // a new client each time (a client's pooled connections belong to
+        // the runtime that made them), made at the known API version
+        // without asking again. Podman answers `/version` by running its
+        // package manager on conmon, which took minutes now and then.
+        type Known = ((usize, usize), EngineKind, String, bool, String);
+        static KNOWN: OnceLock<Mutex<HashMap<String, Known>>> = OnceLock::new();
+        let known = KNOWN.get_or_init(Default::default);
+        let cached = known.lock().ok().and_then(|k| k.get(&host).cloned());
+        let api =
+            cached
+                .as_ref()
+                .map_or(*bollard::API_DEFAULT_VERSION, |k| bollard::ClientVersion {
+                    major_version: k.0 .0,
+                    minor_version: k.0 .1,
+                });
         let docker = match &at.tls_dir {
             _ if host.starts_with("ssh://") => {
                 return Err(unavailable(
                     "ssh:// engines are not supported yet; forward the engine's socket (`ssh -nNT -L /tmp/engine.sock:/var/run/docker.sock HOST`) and set DOCKER_HOST=unix:///tmp/engine.sock".into(),
                 ))
             }
-            _ if host.starts_with("unix://") || host.starts_with("npipe://") => {
-                Docker::connect_with_host(&host).map_err(|e| e.to_string())
+            _ if host.starts_with("unix://") => {
+                Docker::connect_with_unix(&host, transport::TIMEOUT_SECS, &api)
+                    .map_err(|e| e.to_string())
             }
             _ if !["tcp://", "http://", "https://"].iter().any(|s| host.starts_with(s)) => {
                 return Err(unavailable(
                     "unsupported address: DOCKER_HOST takes unix://PATH, tcp://HOST:PORT, http(s)://HOST:PORT".into(),
                 ))
             }
-            Some(dir) => transport::connect(&host, Some(dir)),
-            None => transport::connect(&host, transport::env_tls_dir(&host).as_deref()),
+            Some(dir) => transport::connect(&host, Some(dir), &api),
+            None => transport::connect(&host, transport::env_tls_dir(&host).as_deref(), &api),
         }
         .map_err(unavailable)?;
+        if let Some((_, kind, version, local, default_runtime)) = cached {
+            return Ok(Engine {
+                docker,
+                host,
+                kind,
+                version,
+                local,
+                default_runtime,
+            });
+        }
         let docker = docker
             .negotiate_version()
             .await
@@ -176,24 +229,7 @@ impl Engine {
                 api: format!("{}.{}", v.major_version, v.minor_version),
             });
         }
-        // What the engine is, asked once per endpoint and process (a new
-        // client each time: a client's pooled connections belong to the
-        // runtime that made them).
-        type Known = (String, EngineKind, String, bool, String);
-        static KNOWN: OnceLock<Mutex<HashMap<String, Known>>> = OnceLock::new();
-        let known = KNOWN.get_or_init(Default::default);
-        if let Some((_, kind, version, local, default_runtime)) =
-            known.lock().ok().and_then(|k| k.get(&host).cloned())
-        {
-            return Ok(Engine {
-                docker,
-                host,
-                kind,
-                version,
-                local,
-                default_runtime,
-            });
-        }
+        let api = (v.major_version, v.minor_version);
         let version = docker
             .version()
             .await
@@ -232,7 +268,7 @@ impl Engine {
             k.insert(
                 e.host.clone(),
                 (
-                    e.host.clone(),
+                    api,
                     e.kind,
                     e.version.clone(),
                     e.local,

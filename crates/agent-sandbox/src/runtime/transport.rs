@@ -28,14 +28,18 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// bollard's default: a request (not an attached stream) that takes longer
 /// than this fails.
-const TIMEOUT_SECS: u64 = 120;
+pub(super) const TIMEOUT_SECS: u64 = 120;
 
 /// How long an idle connection is kept for the next call.
 const IDLE: Duration = Duration::from_secs(5);
 
 /// A client for `host` (`tcp://`, `http://` or `https://` with a port),
 /// with TLS from `tls_dir` when given.
-pub(super) fn connect(host: &str, tls_dir: Option<&Path>) -> Result<Docker, String> {
+pub(super) fn connect(
+    host: &str,
+    tls_dir: Option<&Path>,
+    api: &bollard::ClientVersion,
+) -> Result<Docker, String> {
     let addr = host
         .split_once("://")
         .map_or(host, |(_, rest)| rest)
@@ -45,18 +49,22 @@ pub(super) fn connect(host: &str, tls_dir: Option<&Path>) -> Result<Docker, Stri
     http.set_nodelay(true);
     http.set_keepalive(Some(Duration::from_secs(30)));
     let docker = match tls_dir {
-        None => over(http, format!("http://{addr}")),
+        None => over(http, format!("http://{addr}"), api),
         Some(dir) => {
             http.enforce_http(false);
             let https = hyper_rustls::HttpsConnector::from((http, tls_config(dir)?));
-            over(https, format!("https://{addr}"))
+            over(https, format!("https://{addr}"), api)
         }
     };
     docker.map_err(|e| e.to_string())
 }
 
 /// A bollard client sending its requests through `connector`.
-fn over<C>(connector: C, url: String) -> Result<Docker, bollard::errors::Error>
+fn over<C>(
+    connector: C,
+    url: String,
+    api: &bollard::ClientVersion,
+) -> Result<Docker, bollard::errors::Error>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
@@ -72,7 +80,7 @@ where
         },
         Some(url),
         TIMEOUT_SECS,
-        bollard::API_DEFAULT_VERSION,
+        api,
     )
 }
 
@@ -126,14 +134,24 @@ mod tests {
     fn tls_errors_name_the_file() {
         let dir = std::env::temp_dir().join(format!("transport-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let e = connect("tcp://127.0.0.1:1", Some(&dir)).unwrap_err();
+        let e = connect(
+            "tcp://127.0.0.1:1",
+            Some(&dir),
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap_err();
         assert!(
             e.contains("ca.pem") && e.contains("DOCKER_CERT_PATH"),
             "{e}"
         );
         std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
         std::fs::write(dir.join("cert.pem"), "").unwrap();
-        let e = connect("tcp://127.0.0.1:1", Some(&dir)).unwrap_err();
+        let e = connect(
+            "tcp://127.0.0.1:1",
+            Some(&dir),
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap_err();
         assert!(e.contains("key.pem"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -186,7 +204,12 @@ mod tests {
                     .is_ok();
             (seen, accepted_again)
         });
-        let docker = connect(&format!("tcp://127.0.0.1:{port}"), None).unwrap();
+        let docker = connect(
+            &format!("tcp://127.0.0.1:{port}"),
+            None,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .unwrap();
         assert_eq!(docker.ping().await.unwrap(), "OK");
         assert_eq!(docker.ping().await.unwrap(), "OK");
         let (seen, accepted_again) = server.await.unwrap();

@@ -492,6 +492,28 @@ impl Session {
         }
     }
 
+    /// Copies the sandbox's workspace back to the caller's directory now,
+    /// as [`close`](Session::close) does at the end, and goes on. Only an
+    /// engine that does not share this machine's files has a copy (see the
+    /// README's engines); with a bind mount the directory is the workspace
+    /// and there is nothing to do (an empty report). A file changed on both
+    /// sides keeps the local version and gets the sandbox's beside it
+    /// (`NAME.from-sandbox`, listed in the report's `conflicts`); a file the
+    /// sandbox removed is removed here only if unchanged here. Commands
+    /// running meanwhile may be caught halfway (the copy is of one moment).
+    ///
+    /// # Errors
+    /// [`Error::SessionClosed`], [`Error::Engine`], [`Error::Io`].
+    pub async fn sync_back(&self) -> Result<crate::SyncReport, Error> {
+        if self.is_closed() {
+            return Err(Error::SessionClosed);
+        }
+        match &self.inner.launched.remote {
+            Some(remote) => remote.sync_back().await,
+            None => Ok(crate::SyncReport::default()),
+        }
+    }
+
     /// `Some((root, parts))` when the path is in a host-mounted workspace:
     /// `root` is a descriptor of the workspace.
     fn host_side(

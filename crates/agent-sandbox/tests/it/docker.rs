@@ -145,15 +145,39 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         !secopt.iter().any(|s| s.contains("unconfined")),
         "seccomp and apparmor kept: {secopt:?}"
     );
+    // Docker takes the profile inline; Podman's compatible API takes a
+    // file on the engine's machine (this one): either way, ours.
+    let profile = secopt
+        .iter()
+        .find_map(|s| s.strip_prefix("seccomp="))
+        .map(|p| match podman {
+            true => std::fs::read_to_string(p).unwrap_or_else(|e| format!("{p}: {e}")),
+            false => p.to_owned(),
+        });
     assert!(
-        secopt
-            .iter()
-            .any(|s| s.strip_prefix("seccomp=") == Some(agent_sandbox::runtime::SECCOMP_PROFILE)),
-        "our seccomp profile, not the engine's default"
+        profile.as_deref() == Some(agent_sandbox::runtime::SECCOMP_PROFILE),
+        "our seccomp profile, not the engine's default: {secopt:?}"
     );
     assert_eq!(hc.network_mode.as_deref(), Some("none"));
+    let sysctls = if podman {
+        // Podman 4.3 does not read sysctls back: read the sandbox's network
+        // namespace itself.
+        let pid = info.state.as_ref().and_then(|s| s.pid).expect("a pid");
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net=/proc/{pid}/ns/net"))
+            .args(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])
+            .output()
+            .unwrap();
+        let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Some(HashMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            value,
+        )]))
+    } else {
+        hc.sysctls
+    };
     assert_eq!(
-        hc.sysctls,
+        sysctls,
         Some(HashMap::from([(
             "net.ipv4.ip_unprivileged_port_start".to_owned(),
             "0".to_owned()

@@ -785,3 +785,78 @@ async fn listings_are_bounded_and_say_so() {
     assert!(s.listing("/tmp/missing").await.is_err());
     s.close().await.unwrap();
 }
+
+/// `sync_back` copies a gateway's workspace back mid-session (and is
+/// nothing to do with a bind mount); with `skip_gitignored`, what the
+/// workspace's `.gitignore` ignores neither goes in nor comes back.
+#[tokio::test]
+async fn sync_back_and_gitignored_paths() {
+    let _engine = engine_shared().await;
+    let ws = tempdir("sync");
+    std::fs::create_dir_all(ws.join("target")).unwrap();
+    std::fs::write(ws.join(".gitignore"), "target/\n*.log\n").unwrap();
+    std::fs::write(ws.join("target/big"), "built here").unwrap();
+    std::fs::write(ws.join("a.log"), "log").unwrap();
+    std::fs::write(ws.join("src.txt"), "v1").unwrap();
+    // Everything the workspace's owner's, as a checkout would be.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&ws).unwrap());
+    let chown = std::process::Command::new("chown")
+        .args(["-R", &format!("{owner}:{owner}")])
+        .arg(&ws)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let s = sandbox()
+        .workspace(&ws)
+        .skip_gitignored(true)
+        .start()
+        .await
+        .unwrap();
+    let seen = s
+        .exec("ls -A | sort | tr '\\n' ' '; echo v2 > src.txt; echo new > new.txt; mkdir -p target; echo box > target/out; echo l > b.log")
+        .await
+        .unwrap();
+    let gateway = through_gateway().await;
+    let read = |p: &str| std::fs::read_to_string(ws.join(p)).ok();
+    let report = s.sync_back().await.unwrap();
+    if gateway {
+        assert_eq!(
+            seen.stdout_str(),
+            ".gitignore src.txt ",
+            "ignored paths stay here"
+        );
+        assert_eq!((report.written, report.removed), (2, 0), "{report:?}");
+        assert!(report.conflicts.is_empty(), "{report:?}");
+        assert_eq!(read("target/out"), None, "ignored: not copied back");
+        assert_eq!(read("b.log"), None);
+    } else {
+        // A bind mount: the directory is the workspace, everything shows.
+        assert_eq!(seen.stdout_str(), ".gitignore a.log src.txt target ");
+        assert_eq!(report, agent_sandbox::SyncReport::default());
+        assert_eq!(read("target/out").as_deref(), Some("box\n"));
+    }
+    assert_eq!(read("src.txt").as_deref(), Some("v2\n"));
+    assert_eq!(read("new.txt").as_deref(), Some("new\n"));
+    assert_eq!(read("target/big").as_deref(), Some("built here"));
+    assert_eq!(read("a.log").as_deref(), Some("log"));
+    // Changed on both sides after the sync: the local one is kept at close.
+    std::thread::sleep(Duration::from_millis(10));
+    std::fs::write(ws.join("src.txt"), "local").unwrap();
+    s.exec("echo v3 > src.txt; rm new.txt").await.unwrap();
+    s.close().await.unwrap();
+    if gateway {
+        assert_eq!(read("src.txt").as_deref(), Some("local"));
+        assert_eq!(read("src.txt.from-sandbox").as_deref(), Some("v3\n"));
+    } else {
+        assert_eq!(read("src.txt").as_deref(), Some("v3\n"));
+    }
+    assert_eq!(
+        read("new.txt"),
+        None,
+        "removed in the sandbox, unchanged here"
+    );
+    assert!(matches!(
+        s.sync_back().await,
+        Err(agent_sandbox::Error::SessionClosed)
+    ));
+}
