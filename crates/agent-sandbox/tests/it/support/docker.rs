@@ -82,12 +82,31 @@ pub async fn podman() -> bool {
 }
 
 /// The engine, straight through bollard (not through the code under test).
+/// The API version is negotiated once per process, as the library does:
+/// Podman 4.3 answers `/version` by running its package manager, which
+/// now and then hung for minutes.
 pub async fn docker() -> Docker {
-    Docker::connect_with_defaults()
+    static API: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if let (Some(&(major_version, minor_version)), false) = (API.get(), host.starts_with("tcp://"))
+    {
+        let v = bollard::ClientVersion {
+            major_version,
+            minor_version,
+        };
+        let socket = host
+            .strip_prefix("unix://")
+            .unwrap_or("/var/run/docker.sock");
+        return Docker::connect_with_unix(socket, 120, &v).unwrap();
+    }
+    let d = Docker::connect_with_defaults()
         .unwrap()
         .negotiate_version()
         .await
-        .unwrap()
+        .unwrap();
+    let v = d.client_version();
+    let _ = API.set((v.major_version, v.minor_version));
+    d
 }
 
 /// Containers (running or not) carrying `label` (`key=value`).
