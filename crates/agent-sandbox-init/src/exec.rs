@@ -109,10 +109,16 @@ fn pump_output(
             events: 1, // POLLIN
             revents: 0,
         };
+        // Whether the command had exited before this poll began: then all
+        // it wrote was in the pipe already and a quiet poll means done. Read
+        // after the poll instead, a command that wrote and exited while this
+        // thread waited between the poll's timeout and the check lost its
+        // output (an exec under gVisor with 50 sandboxes starting returned
+        // exit 0 and no stdout).
+        let exited_before = exited.lock().ok().and_then(|e| *e).is_some();
         let ready = unsafe { poll(&mut p, 1, QUIET_AFTER_EXIT.as_millis() as i32) };
         if ready == 0 {
-            let since = exited.lock().ok().and_then(|e| *e);
-            if since.is_some() {
+            if exited_before {
                 return; // quiet after the exit: done
             }
             continue;
