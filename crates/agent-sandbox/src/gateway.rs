@@ -590,12 +590,7 @@ impl Remote {
         else {
             return Ok(crate::SyncReport::default());
         };
-        let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let tar = self
-            .engine
-            .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
-            .await?;
-        crate::workspace_sync::merge(&tar, &root, manifest, *skip_gitignored)
+        copy_back(&self.engine, gw, fd, manifest, *skip_gitignored).await
     }
 
     /// Copies the workspace back (see `workspace_sync::merge`), then
@@ -609,19 +604,26 @@ impl Remote {
     }
 }
 
+/// The gateway's `/workspace` merged into the checked directory `fd`
+/// (itself, through `/proc/self/fd/N`, never its path again).
+async fn copy_back(
+    engine: &crate::runtime::Engine,
+    gw: &str,
+    fd: &OwnedFd,
+    manifest: &mut crate::workspace_sync::Manifest,
+    skip_gitignored: bool,
+) -> Result<crate::SyncReport, Error> {
+    let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let tar = engine
+        .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
+        .await?;
+    crate::workspace_sync::merge(&tar, &root, manifest, skip_gitignored)
+}
+
 async fn tear_down(engine: &crate::runtime::Engine, mut parts: Parts) {
     let mut keep = None;
     if let (Some(gw), Some((local, fd, manifest))) = (&parts.gateway, &mut parts.workspace) {
-        // The checked directory itself, not its path again.
-        let root = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let copied = match engine
-            .download(gw, "/workspace", crate::workspace_sync::MAX_WORKSPACE)
-            .await
-        {
-            Ok(tar) => crate::workspace_sync::merge(&tar, &root, manifest, parts.skip_gitignored),
-            Err(e) => Err(e),
-        };
-        match copied {
+        match copy_back(engine, gw, fd, manifest, parts.skip_gitignored).await {
             Ok(report) => report.tell(local),
             Err(e) => {
                 keep = parts.volumes.iter().find(|v| v.ends_with("-ws")).cloned();

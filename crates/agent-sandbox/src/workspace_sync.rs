@@ -210,21 +210,17 @@ impl Ignorer<'_> {
         self.cache
             .entry(rel.to_owned())
             .or_insert_with(|| {
+                // A `.gitignore` that is a link or a FIFO is not read.
+                let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
                 let file = std::fs::OpenOptions::new()
                     .read(true)
-                    .custom_flags(libc_flags())
+                    .custom_flags(flags.bits() as i32)
                     .open(root.join(rel).join(".gitignore"))
                     .ok()?;
                 rules_from(file, rel).map(std::sync::Arc::new)
             })
             .clone()
     }
-}
-
-/// `O_NOFOLLOW | O_NONBLOCK`: a `.gitignore` that is a link or a FIFO is
-/// not read.
-fn libc_flags() -> i32 {
-    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32
 }
 
 /// Whether the deepest `.gitignore` with a say about `path` ignores it.
