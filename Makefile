@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/tmp/agent-sandbox-target
 export CARGO_TERM_COLOR ?= never
+# No incremental state: it grew to tens of GiB across runs (scripts/cache.sh).
+export CARGO_INCREMENTAL ?= 0
 export AGENT_SANDBOX_IMAGE ?= agent-sandbox/base:bookworm
 BIN := $(CARGO_TARGET_DIR)/release/agent-sandbox
 
@@ -11,6 +13,7 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 setup: ## install what is missing, start Docker, build the base image, register gVisor (runsc)
+	scripts/cache.sh
 	scripts/setup.sh
 	scripts/docker.sh
 	scripts/runsc.sh
@@ -91,6 +94,7 @@ demo: setup build ## a sandboxed run that shows the allowlist and the jail worki
 	scripts/demo.sh $(BIN)
 
 bench: ## criterion policy benchmark, proxy/run/session comparisons (runc and runsc), the load test
+	scripts/cache.sh
 	scripts/setup.sh --bench
 	scripts/docker.sh
 	scripts/runsc.sh
