@@ -219,6 +219,10 @@ export declare class Session {
   remove(path: string): Promise<void>
   /** Copies the workspace back to your directory now, as close() does at the end (only a remote engine has a copy; with a bind mount there is nothing to do). A file changed on both sides keeps yours; the sandbox's is beside it as NAME.from-sandbox, listed in `conflicts`. */
   syncBack(): Promise<SyncReport>
+  /** Copies a local directory (links as links; with skipGitignored what its .gitignore ignores left out) or a tar file into the sandbox directory `dest` (under /workspace or /tmp; created if missing, never through a link), written inside the sandbox by its own user with the image's tar. */
+  upload(local: string, dest: string): Promise<void>
+  /** Copies the sandbox directory `path` into the existing local directory `local`: nothing written through a link or outside it; a local file that differs is kept, the sandbox's beside it as NAME.from-sandbox (listed in `conflicts`). */
+  download(path: string, local: string): Promise<SyncReport>
   allow(rule: string): void
   deny(rule: string): void
   removeRule(rule: string): void

@@ -180,6 +180,26 @@ class Session {
     return parsed(await this.#native.syncBack())
   }
 
+  /**
+   * Copies a local directory (links as links; with skipGitignored what its
+   * .gitignore ignores left out) or a tar file into the sandbox directory
+   * `dest` (under /workspace or /tmp; created if missing, never through a
+   * link). Written inside the sandbox by its own user, with the image's tar.
+   */
+  upload(local, dest) {
+    return this.#native.upload(String(local), dest)
+  }
+
+  /**
+   * Copies the sandbox directory `path` into the existing local directory
+   * `local`: nothing written through a link or outside it; a local file that
+   * differs is kept, the sandbox's beside it as NAME.from-sandbox (listed in
+   * conflicts): {written, removed, conflicts}.
+   */
+  async download(path, local) {
+    return parsed(await this.#native.download(path, String(local)))
+  }
+
   /** Allows a host rule from now on (new connections). */
   allow(rule) {
     this.#native.changeRules('allow', rule)

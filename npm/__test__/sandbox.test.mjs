@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { createServer } from 'node:http'
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
-import { mkdtempSync, readFileSync, statSync, existsSync, chownSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, mkdirSync, symlinkSync, readFileSync, statSync, existsSync, chownSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -224,6 +224,30 @@ test('syncBack and skipGitignored through a gateway', async () => {
   } finally {
     await s.close()
     delete process.env.AGENT_SANDBOX_GATEWAY
+  }
+})
+
+test('upload and download', async () => {
+  const src = mkdtempSync(join(tmpdir(), 'as-node-up-'))
+  mkdirSync(join(src, 'sub'))
+  writeFileSync(join(src, 'sub', 'b.txt'), 'b')
+  symlinkSync('/etc/passwd', join(src, 'link'))
+  const out = mkdtempSync(join(tmpdir(), 'as-node-down-'))
+  writeFileSync(join(out, 'b.txt'), 'mine')
+  const s = await sandbox().session()
+  try {
+    await s.upload(src, '/tmp/in')
+    assert.equal((await s.exec('cat /tmp/in/sub/b.txt; echo; readlink /tmp/in/link')).stdout, 'b\n/etc/passwd\n')
+    const report = await s.download('/tmp/in/sub', out)
+    assert.equal(report.written, 1)
+    assert.ok(report.conflicts[0].startsWith('b.txt'), JSON.stringify(report))
+    assert.equal(readFileSync(join(out, 'b.txt'), 'utf8'), 'mine', 'a local file is never overwritten')
+    assert.equal(readFileSync(join(out, 'b.txt.from-sandbox'), 'utf8'), 'b')
+    await assert.rejects(s.upload(join(out, 'b.txt'), '/tmp/x'), (e) => e.code === 'io' && /not a tar file/.test(e.message))
+    await s.exec('ln -s /etc /tmp/esc')
+    await assert.rejects(s.download('/tmp/esc', out), (e) => e.code === 'file' && /symbolic link/.test(e.message))
+  } finally {
+    await s.close()
   }
 })
 

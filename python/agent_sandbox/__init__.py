@@ -520,6 +520,29 @@ class Session(_Started):
     def sync_back(self) -> dict[str, Any]:
         return _block(self.sync_back_async())
 
+    async def upload_async(self, local: str | os.PathLike[str], dest: str) -> None:
+        """Copies a local directory (links as links; with
+        ``skip_gitignored`` what its ``.gitignore`` ignores left out) or a
+        tar file into the sandbox directory ``dest`` (under ``/workspace``
+        or ``/tmp``; created if missing, never through a link). Written
+        inside the sandbox by its own user, with the image's ``tar``."""
+        await self._handle().upload(os.fspath(local), dest)
+
+    def upload(self, local: str | os.PathLike[str], dest: str) -> None:
+        _block(self.upload_async(local, dest))
+
+    async def download_async(self, path: str, local: str | os.PathLike[str]) -> dict[str, Any]:
+        """Copies the sandbox directory ``path`` into the existing local
+        directory ``local``: nothing written through a link or outside it;
+        a local file that differs is kept and the sandbox's put beside it
+        as ``NAME.from-sandbox`` (listed in ``conflicts``). Returns
+        ``written``, ``removed`` (always 0) and ``conflicts``."""
+        written, removed, conflicts = await self._handle().download(path, os.fspath(local))
+        return {"written": written, "removed": removed, "conflicts": conflicts}
+
+    def download(self, path: str, local: str | os.PathLike[str]) -> dict[str, Any]:
+        return _block(self.download_async(path, local))
+
     def allow(self, rule: str) -> None:
         """Allows a host rule from now on (new connections)."""
         self._handle().change_rules("allow", rule)

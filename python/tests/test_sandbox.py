@@ -340,6 +340,29 @@ def test_sync_back_and_skip_gitignored_through_a_gateway(tmp_path, monkeypatch):
     assert (tmp_path / "build" / "big").read_text() == "local build"
 
 
+def test_upload_and_download(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "b.txt").write_text("b")
+    (src / "link").symlink_to("/etc/passwd")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b.txt").write_text("mine")
+    with sandbox().session() as s:
+        s.upload(src, "/tmp/in")
+        assert s.exec("cat /tmp/in/sub/b.txt; echo; readlink /tmp/in/link").stdout == "b\n/etc/passwd\n"
+        report = s.download("/tmp/in/sub", out)
+        assert report["written"] == 1 and report["removed"] == 0
+        assert report["conflicts"][0].startswith("b.txt"), report
+        assert (out / "b.txt").read_text() == "mine", "a local file is never overwritten"
+        assert (out / "b.txt.from-sandbox").read_text() == "b"
+        with pytest.raises(SandboxError, match="not a tar file"):
+            s.upload(out / "b.txt", "/tmp/x")
+        s.exec("ln -s /etc /tmp/esc")
+        with pytest.raises(SandboxError, match="symbolic link"):
+            s.download("/tmp/esc", out)
+
+
 def test_a_blocking_call_from_a_callback_fails_instead_of_hanging():
     errors = []
 

@@ -67,6 +67,16 @@ fn promise<'e, T: Send + 'static, V: ToNapiValue>(
     })
 }
 
+/// A [`SyncReport`](agent_sandbox::SyncReport) as JSON: `{"written", "removed", "conflicts"}`.
+fn report(_: &Env, r: agent_sandbox::SyncReport) -> Result<String> {
+    Ok(serde_json::json!({
+        "written": r.written,
+        "removed": r.removed,
+        "conflicts": r.conflicts,
+    })
+    .to_string())
+}
+
 fn text_sink(cb: TextCallback) -> impl Fn(&[u8]) + Send + Sync + 'static {
     move |bytes: &[u8]| {
         cb.call(
@@ -296,18 +306,39 @@ impl Session {
         promise(env, async move { s.remove(&path).await }, |_, ()| Ok(()))
     }
 
+    /// Copies a local directory or tar file into the sandbox at `dest`.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn upload<'e>(
+        &self,
+        env: &'e Env,
+        local: String,
+        dest: String,
+    ) -> Result<PromiseRaw<'e, ()>> {
+        let s = self.0.clone();
+        promise(
+            env,
+            async move { s.upload(&local, &dest).await },
+            |_, ()| Ok(()),
+        )
+    }
+
+    /// Copies a sandbox directory into a local one: `{"written", "removed", "conflicts"}` as JSON.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn download<'e>(
+        &self,
+        env: &'e Env,
+        path: String,
+        local: String,
+    ) -> Result<PromiseRaw<'e, String>> {
+        let s = self.0.clone();
+        promise(env, async move { s.download(&path, &local).await }, report)
+    }
+
     /// Copies the workspace back now: `{"written", "removed", "conflicts"}` as JSON.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn sync_back<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, String>> {
         let s = self.0.clone();
-        promise(env, async move { s.sync_back().await }, |_, r| {
-            Ok(serde_json::json!({
-                "written": r.written,
-                "removed": r.removed,
-                "conflicts": r.conflicts,
-            })
-            .to_string())
-        })
+        promise(env, async move { s.sync_back().await }, report)
     }
 
     /// `op`: `allow`, `deny` or `removeRule`.

@@ -309,6 +309,30 @@ impl Session {
         awaitable(py, async move { s.remove(&path).await })
     }
 
+    fn upload<'py>(
+        &self,
+        py: Python<'py>,
+        local: std::path::PathBuf,
+        dest: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.0.clone();
+        awaitable(py, async move { s.upload(&local, &dest).await })
+    }
+
+    /// `(written, removed, conflicts)`.
+    fn download<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        local: std::path::PathBuf,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.0.clone();
+        awaitable(py, async move {
+            let r = s.download(&path, &local).await?;
+            Ok((r.written, r.removed, r.conflicts))
+        })
+    }
+
     /// `(written, removed, conflicts)`.
     fn sync_back<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let s = self.0.clone();

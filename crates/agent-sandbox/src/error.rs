@@ -101,7 +101,7 @@ pub enum Error {
     /// A file operation of a session was refused or failed.
     #[error("{op} {path:?}: {reason}")]
     File {
-        /// `read_file`, `write_file`, `list`, `remove`.
+        /// `read_file`, `write_file`, `list`, `remove`, `upload`, `download`.
         op: &'static str,
         /// The path as given.
         path: String,

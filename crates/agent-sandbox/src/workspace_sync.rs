@@ -147,6 +147,46 @@ pub(crate) fn pack(
     Ok((tar, manifest))
 }
 
+/// What [`Session::upload`](crate::Session::upload) copies: a local
+/// directory packed as the workspace is (links as links, never followed;
+/// sockets, pipes and devices left out; with `skip_gitignored` what its
+/// `.gitignore` files ignore left out), or a tar file as it is (it must
+/// read as one: a tar that does not parse is refused here, not half
+/// extracted in the sandbox).
+pub(crate) fn upload_tar(local: &Path, skip_gitignored: bool) -> Result<Vec<u8>, Error> {
+    let io = |e: std::io::Error| Error::io("upload", local, e);
+    let meta = std::fs::metadata(local).map_err(io)?;
+    if meta.is_dir() {
+        let fd = open_dir(local).map_err(|e| io(e.into()))?;
+        return pack(&fd, local, None, skip_gitignored).map(|(tar, _)| tar);
+    }
+    if !meta.is_file() {
+        return Err(io(std::io::Error::other(
+            "neither a directory nor a tar file",
+        )));
+    }
+    if meta.len() > MAX_WORKSPACE as u64 {
+        return Err(io(std::io::Error::other(format!(
+            "larger than the {} GiB a copy may hold",
+            MAX_WORKSPACE >> 30
+        ))));
+    }
+    let tar = std::fs::read(local).map_err(io)?;
+    let not_tar = |e: std::io::Error| io(std::io::Error::other(format!("not a tar file ({e})")));
+    let mut archive = tar::Archive::new(&tar[..]);
+    let mut entries = 0usize;
+    for entry in archive.entries().map_err(not_tar)? {
+        let mut entry = entry.map_err(not_tar)?;
+        // Read through, so a truncated member is found here.
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(not_tar)?;
+        entries += 1;
+    }
+    if entries == 0 && !tar.iter().all(|b| *b == 0) {
+        return Err(not_tar(std::io::Error::other("no entries")));
+    }
+    Ok(tar)
+}
+
 /// The rules of `dir`'s `.gitignore` (a regular file; read without
 /// following a link), for paths below `rel`. `None`: no such file.
 fn gitignore(dir: &OwnedFd, rel: &Path) -> Option<ignore::gitignore::Gitignore> {
@@ -205,18 +245,12 @@ impl Ignorer<'_> {
     }
 
     fn rules(&mut self, rel: &Path) -> Option<std::sync::Arc<ignore::gitignore::Gitignore>> {
-        use std::os::unix::fs::OpenOptionsExt as _;
         let root = self.root;
         self.cache
             .entry(rel.to_owned())
             .or_insert_with(|| {
                 // A `.gitignore` that is a link or a FIFO is not read.
-                let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(flags.bits() as i32)
-                    .open(root.join(rel).join(".gitignore"))
-                    .ok()?;
+                let file = open_unfollowed(&root.join(rel).join(".gitignore")).ok()?;
                 rules_from(file, rel).map(std::sync::Arc::new)
             })
             .clone()
@@ -310,6 +344,42 @@ fn write_file(
     std::fs::rename(&tmp, root.join(rel))
 }
 
+/// Opens the directory `path` (the caller's: a link on the way is theirs).
+pub(crate) fn open_dir(path: &Path) -> rustix::io::Result<OwnedFd> {
+    use rustix::fs::OFlags;
+    rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+}
+
+/// Whether `path` is a regular file (never followed if a link) holding
+/// exactly `data`.
+fn same_content(path: &Path, data: &[u8]) -> bool {
+    open_unfollowed(path)
+        .and_then(|mut f| {
+            if !f.metadata()?.is_file() || f.metadata()?.len() != data.len() as u64 {
+                return Ok(false);
+            }
+            let mut have = Vec::with_capacity(data.len());
+            f.read_to_end(&mut have)?;
+            Ok(have == data)
+        })
+        .unwrap_or(false)
+}
+
+/// Opens `path` for reading, refusing a link in its last component and
+/// never waiting on a FIFO (what the sandbox may have left there).
+fn open_unfollowed(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+}
+
 /// Copies the volume's `tar` (of `/workspace`) back into `dir` (give the
 /// checked directory as `/proc/self/fd/N`, so a path swapped since is not
 /// followed; nothing below it is either, see [`real_dirs`]). What the
@@ -401,6 +471,9 @@ pub(crate) fn merge(
                 (Ok(_), Some(w)) => unchanged(&local, w),
                 (Ok(_), None) => false,
             };
+            if !free && same_content(&local, &data) {
+                continue; // both sides made the same file
+            }
             let target = if free {
                 rel.clone()
             } else {
@@ -574,15 +647,6 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    fn open_dir(dir: &Path) -> OwnedFd {
-        rustix::fs::open(
-            dir,
-            rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap()
-    }
-
     fn names(tar: &[u8]) -> Vec<String> {
         let mut names: Vec<String> = tar::Archive::new(tar)
             .entries()
@@ -618,7 +682,7 @@ mod tests {
         ] {
             std::fs::write(dir.join(p), t).unwrap();
         }
-        let fd = open_dir(&dir);
+        let fd = open_dir(&dir).unwrap();
         let (all, _) = pack(&fd, &dir, None, false).unwrap();
         assert!(names(&all).contains(&"target/debug/app".to_owned()));
         let (tar, mut copied) = pack(&fd, &dir, None, true).unwrap();
@@ -663,6 +727,48 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A `.gitignore` the sandbox planted as a link (to a host file that
+    /// would ignore everything) is not read on a later copy-back, and one
+    /// that is a FIFO does not hang it: what it would have hidden arrives.
+    #[test]
+    fn planted_gitignore_links_and_fifos_are_not_read() {
+        let root = std::env::temp_dir().join(format!("as-planted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("ws");
+        std::fs::create_dir_all(dir.join("fifo")).unwrap();
+        let everything = root.join("everything");
+        std::fs::write(&everything, "*\n").unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join("fifo/.gitignore"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut copied = Manifest::new();
+        // First copy-back: the sandbox made sub/.gitignore a link.
+        let target = everything.to_str().unwrap();
+        let first = volume(&[("sub/keep", b"k")], &[("sub/.gitignore", target)]);
+        merge(&first, &dir, &mut copied, true).unwrap();
+        assert!(std::fs::symlink_metadata(dir.join("sub/.gitignore"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // A later one, in another thread so a hang fails the test.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || {
+            let later = volume(&[("sub/x", b"x"), ("fifo/y", b"y")], &[]);
+            let _ = tx.send(merge(&later, &d, &mut copied, true).map(|r| r.written));
+        });
+        let written = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a FIFO named .gitignore hung the copy-back")
+            .unwrap();
+        assert_eq!(written, 2);
+        assert_eq!(std::fs::read_to_string(dir.join("sub/x")).unwrap(), "x");
+        assert_eq!(std::fs::read_to_string(dir.join("fifo/y")).unwrap(), "y");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     /// A merge before the end (a session's `sync_back`) leaves the manifest
     /// so that the final merge neither loses a local change nor redoes
     /// what was already copied.
@@ -674,7 +780,7 @@ mod tests {
         for p in ["synced", "conflict", "removed"] {
             std::fs::write(root.join(p), "1").unwrap();
         }
-        let (_, mut copied) = pack(&open_dir(&root), &root, None, false).unwrap();
+        let (_, mut copied) = pack(&open_dir(&root).unwrap(), &root, None, false).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(root.join("conflict"), "local").unwrap();
         let first = volume(&[("synced", b"box"), ("conflict", b"box")], &[]);

@@ -217,4 +217,91 @@ mod tests {
         assert!(seen.contains("/_ping"), "{seen}");
         assert!(!accepted_again, "a second connection was opened");
     }
+
+    /// TLS trusts exactly the engine's CA (`ca.pem`), never the system's
+    /// roots or any other: the same fake engine answers a client holding
+    /// its CA (the positive control) and is refused by one holding another
+    /// CA, before any request is sent.
+    #[tokio::test]
+    async fn tls_trusts_only_the_engines_ca() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rustls::pki_types::PrivatePkcs8KeyDer;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let ca = || {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let (engine_ca, other_ca) = (ca(), ca());
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&server_key, &engine_ca)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK";
+                        if tls.write_all(ok.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        // A client directory trusting `trusted`, with a certificate of its own.
+        let client = |tag: &str, trusted: &CertifiedIssuer<'static, KeyPair>| {
+            let dir =
+                std::env::temp_dir().join(format!("transport-ca-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec!["client".to_owned()])
+                .unwrap()
+                .signed_by(&key, trusted)
+                .unwrap();
+            std::fs::write(dir.join("ca.pem"), trusted.pem()).unwrap();
+            std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+            dir
+        };
+        let host = format!("tcp://127.0.0.1:{port}");
+        let good = client("engine", &engine_ca);
+        let docker = connect(&host, Some(&good), bollard::API_DEFAULT_VERSION).unwrap();
+        assert_eq!(docker.ping().await.unwrap(), "OK");
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let bad = client("other", &other_ca);
+        let docker = connect(&host, Some(&bad), bollard::API_DEFAULT_VERSION).unwrap();
+        let e = docker.ping().await.unwrap_err();
+        assert_eq!(
+            served.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a request reached an engine whose certificate is not from ca.pem ({e})"
+        );
+        for d in [good, bad] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }

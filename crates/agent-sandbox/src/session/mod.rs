@@ -14,6 +14,8 @@ use channel::ExecHub;
 pub use files::{DirEntry, Listing};
 pub use process::{Chunk, NewOutput, Pipe, Process};
 
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -514,6 +516,95 @@ impl Session {
         }
     }
 
+    /// Copies `local` into the sandbox at `dest`: a local directory (its
+    /// contents, packed as the workspace is: links as links, never
+    /// followed; sockets, pipes and devices left out; with
+    /// `skip_gitignored` what its `.gitignore` files ignore left out) or a
+    /// tar file. `dest` is a directory under `/workspace` or `/tmp`,
+    /// created if missing, never reached through a link; what is there
+    /// already is overwritten by what the upload holds. The files are
+    /// written inside the sandbox by its own user (with `tar`, which the
+    /// image must have), so an upload can do nothing the sandbox could not:
+    /// the same on every engine, bind mount or volume.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for what cannot be read here (or a file that is not a
+    /// tar), [`Error::File`] for a `dest` the sandbox refuses.
+    pub async fn upload(&self, local: impl AsRef<Path>, dest: &str) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::SessionClosed);
+        }
+        let target = in_sandbox_path("upload", dest)?;
+        let skip = self.inner.launched.config.s.skip_gitignored;
+        let tar = crate::workspace_sync::upload_tar(local.as_ref(), skip)?;
+        let script = format!(
+            "{GUARD} {NEED_TAR} nolinks \"$1\"; [ ! -e \"$1\" ] || [ -d \"$1\" ] || refuse 'not a directory'; mkdir -p \"$1\" && exec tar -x --no-same-owner -f - -C \"$1\""
+        );
+        let argv = vec!["sh".into(), "-c".into(), script, "sh".into(), target];
+        self.in_sandbox("upload", dest, argv, Some(tar))
+            .await
+            .map(|_| ())
+    }
+
+    /// Copies the sandbox's directory `path` (under `/workspace` or
+    /// `/tmp`) into the local directory `local` (which must exist), by the
+    /// rules of copying the workspace back: nothing is written through a
+    /// link or outside `local`; links come as links; a local file that
+    /// differs is kept and the sandbox's version put beside it
+    /// (`NAME.from-sandbox`, listed in the report's `conflicts`). Read
+    /// inside the sandbox by its user (with `tar`), so it gives what the
+    /// sandbox sees, at most 4 GiB of it.
+    ///
+    /// # Errors
+    /// [`Error::File`] for a `path` the sandbox refuses or a copy over the
+    /// bound, [`Error::Io`] for a `local` that is not a directory.
+    pub async fn download(
+        &self,
+        path: &str,
+        local: impl AsRef<Path>,
+    ) -> Result<crate::SyncReport, Error> {
+        if self.is_closed() {
+            return Err(Error::SessionClosed);
+        }
+        let target = in_sandbox_path("download", path)?;
+        let local = local.as_ref();
+        let dir = crate::workspace_sync::open_dir(local)
+            .map_err(|e| Error::io("download into", local, e.into()))?;
+        // Below `./`, the directory itself: the first component, as merge
+        // reads an engine's archive.
+        let script = format!(
+            "{GUARD} {NEED_TAR} nolinks \"$1\"; [ -d \"$1\" ] || refuse 'not a directory or no such directory'; cd \"$1\" && exec tar -c -f - ."
+        );
+        let argv = vec!["sh".into(), "-c".into(), script, "sh".into(), target];
+        let limit = crate::workspace_sync::MAX_WORKSPACE;
+        let out = self
+            .exec_with(
+                Command::Argv(argv),
+                ExecOptions::new().output_limit(limit.saturating_add(1)),
+            )
+            .await?;
+        if out.exit_code != 0 {
+            return Err(files::refuse(
+                "download",
+                path,
+                out.stderr_str().trim().to_owned(),
+            ));
+        }
+        if out.stdout.len() > limit {
+            return Err(files::refuse(
+                "download",
+                path,
+                format!("more than the {} GiB a copy may hold", limit >> 30),
+            ));
+        }
+        let root = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let mut none = crate::workspace_sync::Manifest::new();
+        crate::workspace_sync::merge(&out.stdout, &root, &mut none, false).map_err(|e| match e {
+            Error::Io { source, .. } => Error::io("download into", local, source),
+            e => e,
+        })
+    }
+
     /// `Some((root, parts))` when the path is in a host-mounted workspace:
     /// `root` is a descriptor of the workspace.
     fn host_side(
@@ -719,6 +810,10 @@ async fn idle_watch(inner: Weak<Inner>, idle: Duration) {
 /// fails with its words. Inside the sandbox a link only reaches what the
 /// sandbox sees anyway: refusing it keeps one contract, and a FIFO or a
 /// device is never opened (a read would wait forever).
+/// Refuses plainly when the image has no `tar` (upload and download).
+const NEED_TAR: &str =
+    "command -v tar >/dev/null || refuse 'the image has no tar (upload and download need it)';";
+
 const GUARD: &str = r#"refuse() { echo "$1" >&2; exit 3; }
 nolinks() { p=; rest=${1#/}; while [ -n "$rest" ]; do c=${rest%%/*}; case $rest in */*) rest=${rest#*/};; *) rest=;; esac; [ -n "$c" ] || continue; p=$p/$c; if [ -L "$p" ] && { [ -n "$rest" ] || [ -z "$2" ]; }; then refuse "$p is a symbolic link (links are not followed)"; fi; done; }
 "#;

@@ -582,6 +582,7 @@ async fn direct_connections_cannot_leave_the_sandbox() {
         )
         .await
         .unwrap();
+    let _peer = crate::support::docker::RemoveOnDrop(other.id.clone());
     d.start_container(
         &other.id,
         None::<bollard::query_parameters::StartContainerOptions>,
@@ -624,15 +625,6 @@ async fn direct_connections_cannot_leave_the_sandbox() {
         .filter(|n| !n.contains('|'))
         .collect();
     assert_eq!(ifaces, vec!["lo"], "loopback only: {text}");
-    d.remove_container(
-        &other.id,
-        Some(bollard::query_parameters::RemoveContainerOptions {
-            force: true,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
 }
 
 /// A process that binds the next synthetic addresses first, hoping to

@@ -860,3 +860,185 @@ async fn sync_back_and_gitignored_paths() {
         Err(agent_sandbox::Error::SessionClosed)
     ));
 }
+
+/// `upload` puts a local directory (its `.gitignore` honoured with
+/// `skip_gitignored`, links as links) or a tar file into the sandbox;
+/// `download` brings a directory of the sandbox's into a local one without
+/// overwriting a local file or writing through a link. Both refuse a
+/// destination reached through a link the sandbox made, input that is not
+/// what it claims, and a closed session; the same on every engine.
+#[tokio::test]
+async fn upload_and_download_directories_and_tars() {
+    use agent_sandbox::Error;
+    let _engine = engine_shared().await;
+    let ws = tempdir("updown");
+    let src = tempdir("updown-src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), "a").unwrap();
+    std::fs::write(src.join("sub/b.txt"), "b").unwrap();
+    std::fs::write(src.join("x.log"), "ignored").unwrap();
+    std::fs::write(src.join(".gitignore"), "*.log\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
+    let s = sandbox()
+        .workspace(&ws)
+        .skip_gitignored(true)
+        .start()
+        .await
+        .unwrap();
+
+    s.upload(&src, "/workspace/in").await.unwrap();
+    let seen = s
+        .exec("cd in && find . | sort | tr '\\n' ' '; echo; cat a.txt sub/b.txt; echo; readlink link; find a.txt -printf '%U\\n'; id -u")
+        .await
+        .unwrap();
+    let text = seen.stdout_str();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0], ". ./.gitignore ./a.txt ./link ./sub ./sub/b.txt ",
+        "{seen:?}"
+    );
+    assert_eq!(lines[1], "ab");
+    assert_eq!(lines[2], "/etc/passwd", "a link stays a link");
+    assert_eq!(lines[3], lines[4], "the sandbox's user owns what came in");
+
+    // A tar file, into /tmp; made by the host's tar.
+    let tarfile = src.with_extension("tar");
+    let made = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tarfile)
+        .arg("-C")
+        .arg(&src)
+        .args(["a.txt", "sub"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    s.upload(&tarfile, "/tmp/t").await.unwrap();
+    let seen = s.exec("cat /tmp/t/a.txt /tmp/t/sub/b.txt").await.unwrap();
+    assert_eq!(seen.stdout_str(), "ab");
+
+    // Refusals: not a tar, a missing source, a destination through a link
+    // the sandbox made (into its own /etc: read-only, but refused before).
+    let bad = src.with_extension("txt");
+    std::fs::write(&bad, vec![b'x'; 2048]).unwrap();
+    let e = s.upload(&bad, "/tmp/bad").await.unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("not a tar file"), "{e}");
+    let e = s.upload(src.join("missing"), "/tmp/m").await.unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+    s.exec("ln -s /tmp /workspace/esc").await.unwrap();
+    let e = s.upload(&src, "/workspace/esc/in").await.unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    let e = s.upload(&src, "/etc/x").await.unwrap_err();
+    assert!(matches!(e, Error::File { .. }), "{e:?}");
+    let left = s
+        .exec("for p in /tmp/bad /tmp/m /tmp/in; do test -e $p && echo $p; done; true")
+        .await
+        .unwrap();
+    assert_eq!(
+        left.stdout_str(),
+        "",
+        "nothing of a refused upload is there"
+    );
+
+    // Download: a new file and a link arrive, a differing local file is
+    // kept with the sandbox's beside it, an identical one is no conflict.
+    s.exec("mkdir -p out/d && echo box > out/r.txt && echo same > out/same.txt && echo s > out/d/s.txt && ln -s /etc/shadow out/l")
+        .await
+        .unwrap();
+    let dl = tempdir("updown-dl");
+    std::fs::write(dl.join("r.txt"), "local").unwrap();
+    std::fs::write(dl.join("same.txt"), "same\n").unwrap();
+    let report = s.download("/workspace/out", &dl).await.unwrap();
+    let read = |p: &str| std::fs::read_to_string(dl.join(p)).ok();
+    assert_eq!(
+        report.written, 3,
+        "d/s.txt, l, r.txt.from-sandbox: {report:?}"
+    );
+    assert_eq!(report.conflicts.len(), 1, "{report:?}");
+    assert!(report.conflicts[0].starts_with("r.txt"), "{report:?}");
+    assert_eq!(read("r.txt").as_deref(), Some("local"));
+    assert_eq!(read("r.txt.from-sandbox").as_deref(), Some("box\n"));
+    assert_eq!(read("d/s.txt").as_deref(), Some("s\n"));
+    assert_eq!(
+        std::fs::read_link(dl.join("l")).unwrap(),
+        std::path::PathBuf::from("/etc/shadow"),
+        "a link comes as a link, never followed"
+    );
+    let e = s.download("/workspace/esc", &dl).await.unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    let e = s
+        .download("/workspace/out", dl.join("nope"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    let e = s.download("/workspace/out/r.txt", &dl).await.unwrap_err();
+    assert!(e.to_string().contains("not a directory"), "{e}");
+
+    s.close().await.unwrap();
+    assert!(matches!(
+        s.upload(&src, "/tmp/late").await,
+        Err(Error::SessionClosed)
+    ));
+    assert!(matches!(
+        s.download("/workspace/out", &dl).await,
+        Err(Error::SessionClosed)
+    ));
+    for d in [&ws, &src, &dl] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_file(&tarfile);
+    let _ = std::fs::remove_file(&bad);
+}
+
+/// A sandbox that connects straight to its proxy socket (past init's cap
+/// of 64) as often as it can, and holds the connections: through a gateway
+/// that is the gateway container's relay (two threads per connection, its
+/// own pids limit) and the library's stream table; on the direct path the
+/// library's proxy. Another session is served meanwhile, and once the
+/// flood ends the flooding one works again.
+#[tokio::test]
+async fn a_connection_flood_on_the_proxy_socket_harms_no_one_else() {
+    let _engine = engine_shared().await;
+    let flooding = sandbox().start().await.unwrap();
+    let other = sandbox().start().await.unwrap();
+    let flood = r#"python3 -c '
+import resource, socket, time
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held, refused = [], 0
+for _ in range(3000):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        s.connect("/.agent-sandbox/net/proxy.sock")
+        held.append(s)
+    except OSError:
+        refused += 1
+print("held", len(held), "refused", refused, flush=True)
+time.sleep(3)
+for s in held: s.close()
+'"#;
+    let probe = "curl -s -o /dev/null -w '%{http_code}' http://blocked.test/";
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        other.exec(probe).await.unwrap()
+    };
+    let (flooded, during) = tokio::join!(flooding.exec(flood), during);
+    let flooded = flooded.unwrap();
+    eprintln!("flood: {}", flooded.stdout_str().trim());
+    assert!(flooded.stdout_str().starts_with("held "), "{flooded:?}");
+    assert_eq!(during.stdout_str(), "403", "the other session: {during:?}");
+    // The flooding session recovers once its connections are closed.
+    let mut after = String::new();
+    for _ in 0..50 {
+        let out = flooding.exec(probe).await.unwrap();
+        after = out.stdout_str();
+        if after == "403" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(after, "403", "after the flood: {}", flooded.stdout_str());
+    flooding.close().await.unwrap();
+    other.close().await.unwrap();
+}

@@ -40,6 +40,19 @@ pub fn sandbox() -> SandboxBuilder {
     Sandbox::builder().image(image())
 }
 
+/// A container the test made itself, removed when this is dropped (a
+/// failed assertion included) with the `docker` CLI, which reads
+/// `DOCKER_HOST` and the TLS variables as the tests do.
+pub struct RemoveOnDrop(pub String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
 /// A fresh, empty host directory named after `tag`.
 pub fn tempdir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
