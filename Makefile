@@ -7,7 +7,7 @@ export CARGO_INCREMENTAL ?= 0
 export AGENT_SANDBOX_IMAGE ?= agent-sandbox/base:bookworm
 BIN := $(CARGO_TARGET_DIR)/release/agent-sandbox
 
-.PHONY: help setup image build lint test test-gvisor test-remote python-test node-test demo bench fuzz clean
+.PHONY: help setup image build lint test test-gvisor test-remote test-podman python-test node-test demo bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,7 @@ test: setup ## build everything and run every test (Docker tests included)
 	cargo test --workspace --doc
 	$(MAKE) test-gvisor
 	$(MAKE) test-remote
+	$(MAKE) test-podman
 	scripts/python-test.sh
 	scripts/node-test.sh
 	scripts/integrations-test.sh
@@ -71,6 +72,15 @@ test-gvisor: setup ## the Docker, session and pool suites under gVisor (runsc)
 # asserts what a gateway gives instead (support::docker::through_gateway). The
 # `remote` test binary checks the box, the workspace copy and cleanup on both
 # engines; the CLI connects over TLS.
+# Rootful Podman through its Docker-compatible API (`podman system service`,
+# started by scripts/podman.sh, which installs Podman if missing and loads the
+# base image into it): the one-shot, session, pool and background-process
+# suites, whole. Rootless Podman on this cgroup v1 machine drops the memory and
+# pids limits, and the library refuses it (README: Podman).
+test-podman: setup ## the one-shot, session, pool and background-process suites against rootful Podman
+	scripts/podman.sh start
+	DOCKER_HOST=unix:///run/agent-sandbox-podman/podman.sock cargo test -p agent-sandbox --test it -- docker:: session:: pool:: spawn::
+
 REMOTE_TLS := DOCKER_HOST=tcp://127.0.0.1:23760 DOCKER_TLS_VERIFY=1 DOCKER_CERT_PATH=/var/tmp/agent-sandbox-remote/certs
 test-remote: setup ## the gateway path against a second Docker engine over TCP (and TLS)
 	scripts/remote-engine.sh start

@@ -17,12 +17,14 @@ unset DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONTEXT
 
 die() { echo "podman: $*" >&2; exit 1; }
 compat() { DOCKER_HOST=unix://$SOCK docker "$@"; }
-answers() { compat version >/dev/null 2>&1; }
+# `/_ping`, never `/version`: Podman 4.3 answers `/version` by running the
+# package manager on conmon, which now and then did not return for minutes.
+answers() { curl -sf --max-time 5 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; }
 # The pid in PIDFILE, if it is still our service.
 service_pid() {
   local pid
   pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
-  [[ -n "$pid" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "system service.*unix://$SOCK" && echo "$pid"
+  [[ -n "$pid" ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q "system service.*unix://$SOCK" && echo "$pid"
 }
 
 install() {

@@ -223,6 +223,21 @@ pub(crate) struct Exit {
     pub(crate) oom_killed: bool,
 }
 
+/// Which limits asked for in `asked` the engine's read-back `host` lacks:
+/// `None` when both the memory and the pids limit are there.
+fn dropped_limits(host: &bollard::models::HostConfig, asked: &Resources) -> Option<&'static str> {
+    let kept = |v: Option<i64>, want: i64| want <= 0 || v.is_some_and(|v| v > 0);
+    match (
+        kept(host.memory, asked.memory),
+        kept(host.pids_limit, asked.pids),
+    ) {
+        (true, true) => None,
+        (false, true) => Some("memory limit"),
+        (true, false) => Some("pids limit"),
+        (false, false) => Some("memory and pids limits"),
+    }
+}
+
 impl Engine {
     /// Creates the container (not started).
     ///
@@ -253,7 +268,10 @@ impl Engine {
                 .create_container(Some(opts.clone()), spec.to_body())
                 .await
             {
-                Ok(resp) => return Ok(resp.id),
+                Ok(resp) => {
+                    self.check_limits_kept(&resp.id, spec).await?;
+                    return Ok(resp.id);
+                }
                 Err(E::HyperLegacyError { .. }) if !retried && name.is_some() => retried = true,
                 Err(E::DockerResponseServerError {
                     status_code: 409, ..
@@ -278,6 +296,40 @@ impl Engine {
                 Err(other) => return Err(self.err("create the container", other)),
             }
         }
+    }
+
+    /// Refuses an engine that drops a sandbox's memory or pids limit
+    /// (rootless Podman on cgroup v1 does, saying so only in its own log:
+    /// the create answer has no warning and `/info` claims support): the
+    /// first container of each endpoint and runtime in a process is read
+    /// back, and if a limit asked for is not there it is removed and the
+    /// launch fails. A box without its limits is never given silently.
+    async fn check_limits_kept(&self, id: &str, spec: &ContainerSpec) -> Result<(), Error> {
+        static CHECKED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+            std::sync::OnceLock::new();
+        let key = format!("{} {}", self.host(), spec.runtime.as_deref().unwrap_or(""));
+        let checked = CHECKED.get_or_init(Default::default);
+        if checked.lock().is_ok_and(|c| c.contains(&key)) {
+            return Ok(());
+        }
+        let host = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| self.err("inspect the new container", e))?
+            .host_config
+            .unwrap_or_default();
+        if let Some(dropped) = dropped_limits(&host, &spec.resources) {
+            let _ = self.remove(id).await;
+            return Err(self.err_msg(
+                "create the container",
+                format!("the engine dropped the sandbox's {dropped} (rootless on cgroup v1 cannot enforce them), so the box would not hold; use a rootful engine, or a host with cgroup v2"),
+            ));
+        }
+        if let Ok(mut c) = checked.lock() {
+            c.insert(key);
+        }
+        Ok(())
     }
 
     /// The bytes of each regular file of `paths` in `image` (following at
@@ -570,12 +622,26 @@ impl Engine {
                 }),
             )
         };
-        match self.again(remove).await {
-            Ok(())
-            | Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(self.err("remove the container", e)),
+        // Podman refuses to remove a container it is still stopping (a
+        // kill just sent, one killed from outside): seen as exited
+        // containers left behind by pools and dropped sandboxes. A few
+        // more tries, a moment apart.
+        let mut tries = 0;
+        loop {
+            match self.again(remove).await {
+                Ok(())
+                | Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409 | 500,
+                    ..
+                }) if self.kind() == super::EngineKind::Podman && tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(self.err("remove the container", e)),
+            }
         }
     }
 }
@@ -629,5 +695,50 @@ mod tar_tests {
         assert!(first_tar_entry(b"short").is_none());
         let truncated = header("x", 100, b'0', "");
         assert!(first_tar_entry(&truncated).is_none());
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    /// What rootless Podman on cgroup v1 reads back (limits zeroed) is
+    /// refused, naming what was dropped; an engine that kept them is not.
+    #[test]
+    fn dropped_limits_are_named() {
+        let asked = Resources {
+            memory: 512 << 20,
+            cpus: 1.0,
+            pids: 256,
+            tmp_size: 1 << 20,
+            shm_size: 1 << 20,
+        };
+        let read_back = |memory, pids_limit| bollard::models::HostConfig {
+            memory,
+            pids_limit,
+            ..Default::default()
+        };
+        assert_eq!(
+            dropped_limits(&read_back(Some(512 << 20), Some(256)), &asked),
+            None
+        );
+        assert_eq!(
+            dropped_limits(&read_back(Some(0), Some(0)), &asked),
+            Some("memory and pids limits")
+        );
+        assert_eq!(
+            dropped_limits(&read_back(None, Some(256)), &asked),
+            Some("memory limit")
+        );
+        assert_eq!(
+            dropped_limits(&read_back(Some(512 << 20), None), &asked),
+            Some("pids limit")
+        );
+        let none_asked = Resources {
+            memory: 0,
+            pids: 0,
+            ..asked
+        };
+        assert_eq!(dropped_limits(&read_back(None, None), &none_asked), None);
     }
 }

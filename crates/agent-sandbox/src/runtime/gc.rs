@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use bollard::models::ContainerSummary;
 use bollard::query_parameters::ListContainersOptions;
 
 use super::{labels, Engine};
@@ -95,22 +96,52 @@ fn owner_alive(owner: &str, this_host: &str) -> bool {
     start_time(pid).is_some_and(|s| s == start)
 }
 
+/// Every container carrying the library's label. Podman 4.3 lists a
+/// container between its end and its clean-up as `stopped`, a state the
+/// Docker API does not have, and the client then cannot read the whole
+/// list: it is asked again state by state (those in Podman's `stopped`
+/// are left for a later collection, when Podman has made them `exited`).
+async fn list_managed(engine: &Engine) -> Result<Vec<ContainerSummary>, Error> {
+    let list = |status: Option<&str>| {
+        let mut filters = HashMap::from([("label".to_owned(), vec![labels::MANAGED.to_owned()])]);
+        if let Some(s) = status {
+            filters.insert("status".to_owned(), vec![s.to_owned()]);
+        }
+        engine.docker.list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+    };
+    match list(None).await {
+        Err(bollard::errors::Error::JsonDataError { message, .. })
+            if message.contains("unknown variant") =>
+        {
+            let mut all = Vec::new();
+            for status in [
+                "created",
+                "running",
+                "paused",
+                "restarting",
+                "removing",
+                "exited",
+                "dead",
+            ] {
+                all.extend(list(Some(status)).await.unwrap_or_default());
+            }
+            Ok(all)
+        }
+        other => other.map_err(|e| engine.err("list containers", e)),
+    }
+}
+
 /// Removes every sandbox container on `engine` whose owner process (on this
 /// host) is no longer running.
 ///
 /// # Errors
 /// [`Error::Engine`] if the engine cannot list containers.
 pub async fn gc(engine: &Engine) -> Result<GcReport, Error> {
-    let filters = HashMap::from([("label".to_owned(), vec![labels::MANAGED.to_owned()])]);
-    let list = engine
-        .docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map_err(|e| engine.err("list containers", e))?;
+    let list = list_managed(engine).await?;
     let here = hostname();
     let mut report = GcReport::default();
     for c in list {

@@ -55,6 +55,17 @@ pub struct Engine {
     default_runtime: String,
 }
 
+/// What an endpoint's engine is, asked once per process (see
+/// [`Engine::connect_to`]).
+#[derive(Clone)]
+struct Known {
+    api: (usize, usize),
+    kind: EngineKind,
+    version: String,
+    local: bool,
+    default_runtime: String,
+}
+
 /// Which engine answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
@@ -175,7 +186,6 @@ impl Engine {
         // the runtime that made them), made at the known API version
         // without asking again. Podman answers `/version` by running its
         // package manager on conmon, which took minutes now and then.
-        type Known = ((usize, usize), EngineKind, String, bool, String);
         static KNOWN: OnceLock<Mutex<HashMap<String, Known>>> = OnceLock::new();
         let known = KNOWN.get_or_init(Default::default);
         let cached = known.lock().ok().and_then(|k| k.get(&host).cloned());
@@ -183,8 +193,8 @@ impl Engine {
             cached
                 .as_ref()
                 .map_or(*bollard::API_DEFAULT_VERSION, |k| bollard::ClientVersion {
-                    major_version: k.0 .0,
-                    minor_version: k.0 .1,
+                    major_version: k.api.0,
+                    minor_version: k.api.1,
                 });
         let docker = match &at.tls_dir {
             _ if host.starts_with("ssh://") => {
@@ -205,14 +215,14 @@ impl Engine {
             None => transport::connect(&host, transport::env_tls_dir(&host).as_deref(), &api),
         }
         .map_err(unavailable)?;
-        if let Some((_, kind, version, local, default_runtime)) = cached {
+        if let Some(k) = cached {
             return Ok(Engine {
                 docker,
                 host,
-                kind,
-                version,
-                local,
-                default_runtime,
+                kind: k.kind,
+                version: k.version,
+                local: k.local,
+                default_runtime: k.default_runtime,
             });
         }
         let docker = docker
@@ -267,13 +277,13 @@ impl Engine {
             let e = &engine;
             k.insert(
                 e.host.clone(),
-                (
+                Known {
                     api,
-                    e.kind,
-                    e.version.clone(),
-                    e.local,
-                    e.default_runtime.clone(),
-                ),
+                    kind: e.kind,
+                    version: e.version.clone(),
+                    local: e.local,
+                    default_runtime: e.default_runtime.clone(),
+                },
             );
         }
         Ok(engine)

@@ -208,9 +208,13 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
         "no logs kept"
     );
     assert!(hc.devices.unwrap_or_default().is_empty(), "no devices");
+    // Docker leaves the modes empty; Podman says `private` (its own).
+    let own = |m: Option<String>| matches!(m.as_deref().unwrap_or_default(), "" | "private");
     assert!(
-        hc.pid_mode.unwrap_or_default().is_empty() && hc.uts_mode.unwrap_or_default().is_empty(),
-        "no host namespaces"
+        own(hc.pid_mode.clone()) && own(hc.uts_mode.clone()),
+        "no host namespaces: pid {:?}, uts {:?}",
+        hc.pid_mode,
+        hc.uts_mode
     );
     assert_ne!(hc.ipc_mode.as_deref(), Some("host"));
     let me = std::fs::metadata(&ws).unwrap();
@@ -225,7 +229,14 @@ async fn hardening_defaults_are_visible_in_docker_inspect() {
     // Init enters /workspace for the command; the container starts in `/`
     // (see `launch`: the engine would otherwise create the mount point).
     assert_eq!(cfg.working_dir.as_deref(), Some("/"));
-    let binds = hc.binds.unwrap();
+    // Podman spells out the defaults Docker leaves unsaid (`rprivate`
+    // propagation, a recursive bind): the same mounts.
+    let binds: Vec<String> = hc
+        .binds
+        .unwrap()
+        .iter()
+        .map(|b| b.replace(",rprivate", "").replace(",rbind", ""))
+        .collect();
     let mut targets: Vec<(&str, &str, &str)> = binds
         .iter()
         .map(|b| {

@@ -123,17 +123,66 @@ pub async fn docker() -> Docker {
 }
 
 /// Containers (running or not) carrying `label` (`key=value`).
+/// Podman 4.3 lists a container between its end and its clean-up as
+/// `stopped`, which the client cannot read: then the list is asked for
+/// again by state, and those read through the `docker` CLI (as exited).
 pub async fn containers_with_label(label: &str) -> Vec<bollard::models::ContainerSummary> {
-    let filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
-    docker()
-        .await
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
+    let list = |status: Option<&str>| {
+        let mut filters = HashMap::from([("label".to_owned(), vec![label.to_owned()])]);
+        if let Some(s) = status {
+            filters.insert("status".to_owned(), vec![s.to_owned()]);
+        }
+        async move {
+            docker()
+                .await
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+        }
+    };
+    match list(None).await {
+        Err(bollard::errors::Error::JsonDataError { message, .. })
+            if message.contains("unknown variant `stopped`") =>
+        {
+            let mut all = Vec::new();
+            for status in [
+                "created",
+                "running",
+                "paused",
+                "restarting",
+                "removing",
+                "exited",
+                "dead",
+            ] {
+                // Podman refuses the states it does not have (`restarting`).
+                all.extend(list(Some(status)).await.unwrap_or_default());
+            }
+            let stopped = std::process::Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--no-trunc",
+                    "--filter",
+                    &format!("label={label}"),
+                    "--filter",
+                    "status=stopped",
+                ])
+                .output()
+                .unwrap();
+            for id in String::from_utf8_lossy(&stopped.stdout).split_whitespace() {
+                all.push(bollard::models::ContainerSummary {
+                    id: Some(id.to_owned()),
+                    state: Some(bollard::models::ContainerSummaryStateEnum::EXITED),
+                    ..Default::default()
+                });
+            }
+            all
+        }
+        other => other.unwrap(),
+    }
 }
 
 /// How many containers the sandbox `id` has (0 once removed).
