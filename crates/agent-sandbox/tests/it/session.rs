@@ -879,6 +879,11 @@ async fn upload_and_download_directories_and_tars() {
     std::fs::write(src.join("x.log"), "ignored").unwrap();
     std::fs::write(src.join(".gitignore"), "*.log\n").unwrap();
     std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
+    // 16 MiB, to carry more than one exec frame's worth through stdin.
+    let big: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(src.join("big.bin"), &big).unwrap();
     let s = sandbox()
         .workspace(&ws)
         .skip_gitignored(true)
@@ -894,12 +899,28 @@ async fn upload_and_download_directories_and_tars() {
     let text = seen.stdout_str();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
-        lines[0], ". ./.gitignore ./a.txt ./link ./sub ./sub/b.txt ",
+        lines[0], ". ./.gitignore ./a.txt ./big.bin ./link ./sub ./sub/b.txt ",
         "{seen:?}"
     );
     assert_eq!(lines[1], "ab");
     assert_eq!(lines[2], "/etc/passwd", "a link stays a link");
     assert_eq!(lines[3], lines[4], "the sandbox's user owns what came in");
+    let sum = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+    };
+    let here = std::process::Command::new("sha256sum")
+        .arg(src.join("big.bin"))
+        .output()
+        .unwrap();
+    let inside = s.exec("sha256sum in/big.bin").await.unwrap();
+    assert_eq!(
+        sum(&inside.stdout),
+        sum(&here.stdout),
+        "16 MiB arrive whole"
+    );
 
     // A tar file, into /tmp; made by the host's tar.
     let tarfile = src.with_extension("tar");
