@@ -577,20 +577,10 @@ impl Session {
         );
         let argv = vec!["sh".into(), "-c".into(), script, "sh".into(), target];
         let limit = crate::workspace_sync::MAX_WORKSPACE;
-        let out = self
-            .exec_with(
-                Command::Argv(argv),
-                ExecOptions::new().output_limit(limit.saturating_add(1)),
-            )
+        let tar = self
+            .in_sandbox_up_to("download", path, argv, None, limit.saturating_add(1))
             .await?;
-        if out.exit_code != 0 {
-            return Err(files::refuse(
-                "download",
-                path,
-                out.stderr_str().trim().to_owned(),
-            ));
-        }
-        if out.stdout.len() > limit {
+        if tar.len() > limit {
             return Err(files::refuse(
                 "download",
                 path,
@@ -599,7 +589,7 @@ impl Session {
         }
         let root = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
         let mut none = crate::workspace_sync::Manifest::new();
-        crate::workspace_sync::merge(&out.stdout, &root, &mut none, false).map_err(|e| match e {
+        crate::workspace_sync::merge(&tar, &root, &mut none, false).map_err(|e| match e {
             Error::Io { source, .. } => Error::io("download into", local, source),
             e => e,
         })
@@ -651,7 +641,21 @@ impl Session {
     ) -> Result<Vec<u8>, Error> {
         // Helper output is bounded like any read: the file limit plus room
         // for a listing's lines.
-        let mut opts = ExecOptions::new().output_limit(self.file_limit().saturating_add(1 << 20));
+        let limit = self.file_limit().saturating_add(1 << 20);
+        self.in_sandbox_up_to(op, path, argv, stdin, limit).await
+    }
+
+    /// [`in_sandbox`](Session::in_sandbox) keeping at most `limit` bytes of
+    /// output.
+    async fn in_sandbox_up_to(
+        &self,
+        op: &'static str,
+        path: &str,
+        argv: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let mut opts = ExecOptions::new().output_limit(limit);
         if let Some(data) = stdin {
             opts = opts.stdin(data);
         }
