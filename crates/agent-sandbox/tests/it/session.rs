@@ -1019,7 +1019,12 @@ async fn upload_and_download_directories_and_tars() {
 /// flood ends the flooding one works again.
 #[tokio::test]
 async fn a_connection_flood_on_the_proxy_socket_harms_no_one_else() {
-    let _engine = engine_shared().await;
+    // Alone: during the full remote suite on this 2-core machine, a
+    // session of another test running beside the flood was once closed
+    // (SessionClosed in idle_connections_to_the_exec_socket_do_not_stall_execs);
+    // not yet understood, see the issue note. This test's own second
+    // session is the bystander it checks.
+    let _engine = crate::support::docker::engine_alone().await;
     let flooding = sandbox().start().await.unwrap();
     let other = sandbox().start().await.unwrap();
     let flood = r#"python3 -c '
